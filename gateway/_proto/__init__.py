@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (built from protos/ at install time; never edited)."""

@@ -1,0 +1,88 @@
+"""Typed errors of the gateway.
+
+Each failure has its own class carrying an :class:`ErrorCode`. The wire layers
+map codes to gRPC status and HTTP status in exactly one table each
+(``gateway/api/errors.py``); nothing else decides a status.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ErrorCode(enum.Enum):
+    INVALID_ARGUMENT = "invalid_argument"
+    NOT_FOUND = "not_found"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    RESOURCE_EXHAUSTED = "resource_exhausted"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
+    UNAVAILABLE = "unavailable"
+    CANCELLED = "cancelled"
+    UNIMPLEMENTED = "unimplemented"
+    INTERNAL = "internal"
+
+
+class GatewayError(Exception):
+    """Base of every expected failure; the message is shown to the client."""
+
+    code: ErrorCode = ErrorCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(GatewayError):
+    """A request is malformed: wrong name, datatype, shape, length or value."""
+
+    code = ErrorCode.INVALID_ARGUMENT
+
+
+class ModelNotFoundError(GatewayError):
+    code = ErrorCode.NOT_FOUND
+
+
+class PayloadTooLargeError(GatewayError):
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+
+
+class QueueFullError(GatewayError):
+    """The model's queue is at ``max_queue_size``; the client may retry later."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineExceededError(GatewayError):
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class ModelNotReadyError(GatewayError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class ShuttingDownError(GatewayError):
+    code = ErrorCode.UNAVAILABLE
+
+
+class CancelledError(GatewayError):
+    code = ErrorCode.CANCELLED
+
+
+class UnsupportedError(GatewayError):
+    code = ErrorCode.UNIMPLEMENTED
+
+
+class ExecutorError(GatewayError):
+    """The runtime raised while executing a batch; the daemon keeps serving."""
+
+    code = ErrorCode.INTERNAL
+
+
+class ConfigError(Exception):
+    """A configuration file is invalid. Carries the file, the field and why."""
+
+    def __init__(self, file: str, field: str, reason: str) -> None:
+        super().__init__(f"{file}: {field}: {reason}")
+        self.file = file
+        self.field = field
+        self.reason = reason

@@ -1,0 +1,216 @@
+"""Per-model configuration (``models/<name>/model.yaml``), validated at load.
+
+Every field has a default that serves. Unknown keys are rejected so that a
+typo in an operator's file is an error naming the field, not a silent no-op.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.core import datatypes
+from gateway.core.errors import ConfigError
+
+CONFIG_FILENAME = "model.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorConfig(_Strict):
+    name: str = Field(min_length=1)
+    datatype: str
+    # Shape without the batch dim when max_batch_size > 0; -1 = any size.
+    shape: tuple[int, ...]
+    # Requests whose trailing dims differ are padded to the batch's largest
+    # with pad_value instead of being batched apart.
+    ragged: bool = False
+    pad_value: float = 0.0
+
+    @field_validator("datatype")
+    @classmethod
+    def _known_datatype(cls, v: str) -> str:
+        if not datatypes.is_valid(v):
+            raise ValueError(f"unknown datatype '{v}' (expected one of {', '.join(datatypes.DATATYPES)})")
+        return v
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        for d in v:
+            if d < -1 or d == 0:
+                raise ValueError(f"dimension {d} is invalid: use a positive size or -1 for any")
+        return v
+
+
+class DynamicBatchingConfig(_Strict):
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_us: int = Field(default=0, ge=0, le=10_000_000)
+    max_queue_size: int = Field(default=1024, ge=1, le=1_000_000)
+    priority_levels: int = Field(default=1, ge=1, le=16)
+    default_priority: int = Field(default=1, ge=1)
+    default_timeout_us: int = Field(default=0, ge=0)
+    timeout_action: Literal["reject", "delay"] = "reject"
+    allow_timeout_override: bool = True
+
+    @field_validator("preferred_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if any(s < 1 for s in v):
+            raise ValueError("batch sizes must be >= 1")
+        return tuple(sorted(set(v)))
+
+    @model_validator(mode="after")
+    def _priority_in_range(self) -> DynamicBatchingConfig:
+        if self.default_priority > self.priority_levels:
+            raise ValueError(
+                f"default_priority {self.default_priority} exceeds priority_levels {self.priority_levels}"
+            )
+        return self
+
+
+class VersionPolicy(_Strict):
+    """Exactly one of: serve the latest N versions, all versions, or the listed ones."""
+
+    latest: int | None = Field(default=None, ge=1)
+    all: bool = False
+    specific: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> VersionPolicy:
+        kinds = sum([self.latest is not None, self.all, self.specific is not None])
+        if kinds > 1:
+            raise ValueError("set only one of latest, all, specific")
+        return self
+
+    def select(self, available: list[int]) -> list[int]:
+        ordered = sorted(available)
+        if self.all:
+            return ordered
+        if self.specific is not None:
+            return [v for v in ordered if v in self.specific]
+        return ordered[-(self.latest or 1) :]
+
+
+class ModelConfig(_Strict):
+    name: str
+    backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
+    # onnxruntime execution providers in order of preference.
+    providers: tuple[Literal["cpu", "cuda", "tensorrt"], ...] = ("cpu",)
+    inputs: tuple[TensorConfig, ...] = ()
+    outputs: tuple[TensorConfig, ...] = ()
+    # None: batch when every input of the graph has a dynamic leading dim.
+    max_batch_size: int | None = Field(default=None, ge=0, le=65536)
+    dynamic_batching: DynamicBatchingConfig = DynamicBatchingConfig()
+    instances: int = Field(default=1, ge=1, le=64)
+    # One intra-op thread by default: on small hosts a 2-thread pool collapses
+    # as soon as the front end wants the second core (REFERENCE.md).
+    intra_op_threads: int = Field(default=1, ge=0, le=256)
+    version_policy: VersionPolicy = VersionPolicy()
+    default_model_filename: str = "model.onnx"
+
+    @field_validator("providers")
+    @classmethod
+    def _providers_nonempty(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if not v:
+            raise ValueError("at least one provider is required")
+        return v
+
+
+def cross_field_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(field, reason) for rules spanning several fields."""
+    problems = []
+    mbs = cfg.max_batch_size
+    if mbs is not None and mbs > 0:
+        too_big = [s for s in cfg.dynamic_batching.preferred_batch_sizes if s > mbs]
+        if too_big:
+            problems.append(
+                ("dynamic_batching.preferred_batch_sizes", f"sizes {too_big} exceed max_batch_size {mbs}")
+            )
+    for kind, tensors in (("inputs", cfg.inputs), ("outputs", cfg.outputs)):
+        names = [t.name for t in tensors]
+        for i, n in enumerate(names):
+            if n in names[:i]:
+                problems.append((f"{kind}[{i}].name", f"duplicate name '{n}'"))
+    return problems
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + str(part)
+    return path or "(file)"
+
+
+def parse_model_config(raw: Any, *, file: str, default_name: str) -> ModelConfig:
+    """Validate a parsed YAML document; errors name the file and the field."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(file, "(file)", f"expected a mapping at the top level, got {type(raw).__name__}")
+    raw = dict(raw)
+    raw.setdefault("name", default_name)
+    if raw["name"] != default_name:
+        raise ConfigError(file, "name", f"'{raw['name']}' must match the model's directory '{default_name}'")
+    try:
+        cfg = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise _to_config_errors(exc, file)[0] from None
+    for field, reason in cross_field_problems(cfg):
+        raise ConfigError(file, field, reason)
+    return cfg
+
+
+def _to_config_errors(exc: ValidationError, file: str) -> list[ConfigError]:
+    out = []
+    for err in exc.errors():
+        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+        out.append(ConfigError(file, _field_path(tuple(err["loc"])), reason))
+    return out
+
+
+def load_model_config(model_dir: str) -> ModelConfig:
+    name = os.path.basename(os.path.normpath(model_dir))
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    if not os.path.exists(path):
+        return parse_model_config({}, file=path, default_name=name)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(path, "(file)", f"not valid YAML: {exc}") from None
+    return parse_model_config(raw, file=path, default_name=name)
+
+
+def all_errors(model_dir: str) -> list[ConfigError]:
+    """Every problem in a model directory's config (for ``gateway check``)."""
+    name = os.path.basename(os.path.normpath(model_dir))
+    path = os.path.join(model_dir, CONFIG_FILENAME)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            raw = yaml.safe_load(fh) if os.path.exists(path) else {}
+    except (OSError, yaml.YAMLError) as exc:
+        return [ConfigError(path, "(file)", f"not valid YAML: {exc}")]
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        return [ConfigError(path, "(file)", "expected a mapping at the top level")]
+    raw = dict(raw)
+    raw.setdefault("name", name)
+    errors: list[ConfigError] = []
+    if raw["name"] != name:
+        errors.append(ConfigError(path, "name", f"'{raw['name']}' must match the model's directory '{name}'"))
+        raw["name"] = name
+    try:
+        cfg = ModelConfig.model_validate(raw)
+    except ValidationError as exc:
+        return errors + _to_config_errors(exc, path)
+    return errors + [ConfigError(path, f, r) for f, r in cross_field_problems(cfg)]

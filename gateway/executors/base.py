@@ -1,0 +1,29 @@
+"""The interface every runtime implements.
+
+Executors know nothing of requests: they load a model, describe its tensors,
+and run one batch of named arrays synchronously in a worker thread.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+
+from gateway.core.types import TensorSpec
+
+
+class Executor(Protocol):
+    # As the model file declares them, batch dim included (-1 = dynamic).
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        """Execute one batch; called from a worker thread, never on the event loop."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class ExecutorUnavailableError(RuntimeError):
+    """The runtime or device the config asks for is not present on this host."""

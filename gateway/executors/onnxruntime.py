@@ -1,0 +1,64 @@
+"""ONNX Runtime executor (CPU, CUDA and TensorRT execution providers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+from gateway.core import datatypes
+from gateway.core.types import TensorSpec
+from gateway.executors.base import ExecutorUnavailableError
+
+PROVIDER_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
+
+
+def _spec(node) -> TensorSpec:
+    # Symbolic or unknown dims are dynamic.
+    shape = tuple(d if isinstance(d, int) and d >= 0 else -1 for d in node.shape)
+    return TensorSpec(node.name, datatypes.from_onnx(node.type), shape)
+
+
+def resolve_providers(requested: tuple[str, ...]) -> list[str]:
+    available = set(ort.get_available_providers())
+    chosen = []
+    for p in requested:
+        name = PROVIDER_NAMES[p]
+        if name not in available:
+            raise ExecutorUnavailableError(
+                f"execution provider '{p}' ({name}) is not available in this onnxruntime build "
+                f"(available: {', '.join(sorted(available))}); install onnxruntime-gpu on a host with a GPU "
+                f"or set providers: [cpu]"
+            )
+        chosen.append(name)
+    return chosen
+
+
+class OnnxRuntimeExecutor:
+    def __init__(self, path: str, *, providers: tuple[str, ...] = ("cpu",), intra_op_threads: int = 1) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._session = ort.InferenceSession(path, sess_options=options, providers=resolve_providers(providers))
+        self.inputs = tuple(_spec(i) for i in self._session.get_inputs())
+        self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
+        self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
+        self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
+
+    def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
+        for name in self._string_inputs & feeds.keys():
+            # ORT string tensors hold str; the wire carries bytes.
+            feeds[name] = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(feeds[name])
+        results = self._session.run(output_names, feeds)
+        for i, name in enumerate(output_names):
+            if name in self._string_outputs:
+                results[i] = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(results[i])
+        return results
+
+    def close(self) -> None:
+        self._session = None

@@ -1,0 +1,37 @@
+"""The hot-path functions, chosen in this one place.
+
+The compiled module is required. GATEWAY_NO_EXTENSIONS=1 selects the
+plain-Python twin explicitly (for parity tests and debugging); a missing build
+without that switch is a start-up error, never a silent slow path.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+_log = logging.getLogger("gateway.native")
+
+USING_EXTENSIONS = os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("1", "true", "yes")
+
+if USING_EXTENSIONS:
+    try:
+        from gateway.native import _speedups as _impl
+    except ImportError as exc:  # pragma: no cover - exercised by a broken install
+        raise ImportError(
+            "gateway's compiled module gateway.native._speedups is missing: build the package "
+            "(pip install .) or set GATEWAY_NO_EXTENSIONS=1 to run the slow Python twin on purpose"
+        ) from exc
+else:
+    from gateway.native import reference as _impl
+
+gather_rows = _impl.gather_rows
+gather_padded = _impl.gather_padded
+split_rows = _impl.split_rows
+split_rows_padded = _impl.split_rows_padded
+
+IMPLEMENTATION = "cython" if USING_EXTENSIONS else "python (GATEWAY_NO_EXTENSIONS=1)"
+
+
+def log_choice() -> None:
+    _log.info("hot path implementation: %s", IMPLEMENTATION)
