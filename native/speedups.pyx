@@ -71,15 +71,3 @@ def split_rows(cnp.ndarray array, list counts):
         parts.append(array[start:start + n])
         start += n
     return parts
-
-
-def split_rows_padded(cnp.ndarray array, list counts, list shapes):
-    """Views along dim 0, each cropped back to its request's own trailing dims."""
-    cdef Py_ssize_t start = 0
-    cdef Py_ssize_t n
-    cdef list parts = []
-    for c, shape in zip(counts, shapes):
-        n = c
-        parts.append(array[(slice(start, start + n),) + tuple(slice(0, d) for d in shape)])
-        start += n
-    return parts

@@ -28,7 +28,6 @@ else:
 gather_rows = _impl.gather_rows
 gather_padded = _impl.gather_padded
 split_rows = _impl.split_rows
-split_rows_padded = _impl.split_rows_padded
 
 IMPLEMENTATION = "cython" if USING_EXTENSIONS else "python (GATEWAY_NO_EXTENSIONS=1)"
 

@@ -43,12 +43,3 @@ def split_rows(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:
         parts.append(array[start : start + n])
         start += n
     return parts
-
-
-def split_rows_padded(array: np.ndarray, counts: list[int], shapes: list[tuple[int, ...]]) -> list[np.ndarray]:
-    parts = []
-    start = 0
-    for n, shape in zip(counts, shapes):
-        parts.append(array[(slice(start, start + n),) + tuple(slice(0, d) for d in shape)])
-        start += n
-    return parts

@@ -1,0 +1,262 @@
+"""KServe v2 / Triton-compatible gRPC servicer on grpc.aio, plus health and reflection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from gateway._proto import grpc_service_pb2 as pb
+from gateway._proto import grpc_service_pb2_grpc as pb_grpc
+from gateway._proto import model_config_pb2 as mc
+from gateway.api.errors import GRPC_STATUS, classify
+from gateway.api.grpc_codec import decode_request, encode_response
+from gateway.core.errors import GatewayError, ModelNotFoundError
+from gateway.core.stats import Duration
+from gateway.service import InferenceService
+from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
+from gateway.service.models import LoadedVersion
+
+_log = logging.getLogger("gateway.grpc")
+SERVICE_NAME = "inference.GRPCInferenceService"
+
+
+def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
+    remaining = context.time_remaining()
+    if remaining is None or remaining > 1e9:
+        return 0
+    return time.monotonic_ns() + int(remaining * 1e9)
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
+    code, message = classify(exc)
+    await context.abort(GRPC_STATUS[code], message)
+
+
+def _duration(d: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=d.count, ns=d.ns)
+
+
+def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
+    cfg = v.config
+    db = cfg.dynamic_batching
+
+    def tensors(specs, cls):
+        return [cls(name=s.name, data_type=mc.DataType.Value("TYPE_STRING" if s.datatype == "BYTES" else "TYPE_" + s.datatype), dims=s.shape) for s in specs]
+
+    msg = mc.ModelConfig(
+        name=v.name,
+        platform=v.platform,
+        backend=cfg.backend,
+        max_batch_size=v.max_batch_size,
+        input=tensors(v.inputs, mc.ModelInput),
+        output=tensors(v.outputs, mc.ModelOutput),
+        instance_group=[mc.ModelInstanceGroup(name=f"{v.name}_0", count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
+        default_model_filename=cfg.default_model_filename,
+    )
+    policy = cfg.version_policy
+    if policy.all:
+        msg.version_policy.all.SetInParent()
+    elif policy.specific is not None:
+        msg.version_policy.specific.versions.extend(policy.specific)
+    else:
+        msg.version_policy.latest.num_versions = policy.latest or 1
+    if v.max_batch_size > 0:
+        dbm = msg.dynamic_batching
+        dbm.preferred_batch_size.extend(db.preferred_batch_sizes)
+        dbm.max_queue_delay_microseconds = db.max_queue_delay_us
+        dbm.priority_levels = db.priority_levels if db.priority_levels > 1 else 0
+        dbm.default_priority_level = db.default_priority if db.priority_levels > 1 else 0
+        q = dbm.default_queue_policy
+        q.timeout_action = mc.ModelQueuePolicy.REJECT if db.timeout_action == "reject" else mc.ModelQueuePolicy.DELAY
+        q.default_timeout_microseconds = db.default_timeout_us
+        q.allow_timeout_override = db.allow_timeout_override
+        q.max_queue_size = db.max_queue_size
+    return msg
+
+
+def statistics_message(v: LoadedVersion) -> pb.ModelStatistics:
+    s = v.stats
+    msg = pb.ModelStatistics(
+        name=v.name,
+        version=v.version,
+        last_inference=s.last_inference_ms,
+        inference_count=s.inference_count,
+        execution_count=s.execution_count,
+    )
+    st = msg.inference_stats
+    st.success.CopyFrom(_duration(s.success))
+    st.fail.CopyFrom(_duration(s.fail))
+    st.queue.CopyFrom(_duration(s.queue))
+    st.compute_input.CopyFrom(_duration(s.compute_input))
+    st.compute_infer.CopyFrom(_duration(s.compute_infer))
+    st.compute_output.CopyFrom(_duration(s.compute_output))
+    for size in sorted(s.batches):
+        b = s.batches[size]
+        msg.batch_stats.add(
+            batch_size=size,
+            compute_input=_duration(b.compute_input),
+            compute_infer=_duration(b.compute_infer),
+            compute_output=_duration(b.compute_output),
+        )
+    return msg
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=self.service.live)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.service.ready)
+
+    async def ModelReady(self, request, context):
+        return pb.ModelReadyResponse(ready=self.service.model_ready(request.name, request.version))
+
+    async def ServerMetadata(self, request, context):
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=SERVER_VERSION, extensions=EXTENSIONS)
+
+    async def ModelMetadata(self, request, context):
+        try:
+            md = self.service.model_metadata(request.name, request.version)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        tm = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=md.name,
+            versions=md.versions,
+            platform=md.platform,
+            inputs=[tm(name=s.name, datatype=s.datatype, shape=s.shape) for s in md.inputs],
+            outputs=[tm(name=s.name, datatype=s.datatype, shape=s.shape) for s in md.outputs],
+        )
+
+    async def ModelConfig(self, request, context):
+        try:
+            loaded = self.service.loaded(request.name, request.version)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        return pb.ModelConfigResponse(config=model_config_message(loaded))
+
+    async def ModelStatistics(self, request, context):
+        try:
+            versions = self.service.statistics(request.name, request.version)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        return pb.ModelStatisticsResponse(model_stats=[statistics_message(v) for v in versions])
+
+    async def ModelInfer(self, request, context):
+        try:
+            response = await self.service.infer(decode_request(request, _deadline_ns(context)))
+            return encode_response(response)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
+            return await _abort(context, exc)
+
+    async def ModelStreamInfer(self, request_iterator, context):
+        """Requests are served concurrently; each response (or error) carries its request's id."""
+        out: asyncio.Queue = asyncio.Queue()
+        tasks: set[asyncio.Task] = set()
+
+        async def serve_one(req) -> None:
+            try:
+                resp = await self.service.infer(decode_request(req))
+                out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(resp)))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                _, message = classify(exc)
+                out.put_nowait(pb.ModelStreamInferResponse(
+                    error_message=message,
+                    infer_response=pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version, id=req.id),
+                ))
+
+        async def read_all() -> None:
+            async for req in request_iterator:
+                task = asyncio.get_running_loop().create_task(serve_one(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            out.put_nowait(None)
+
+        reader = asyncio.get_running_loop().create_task(read_all())
+        reading = True
+        try:
+            while reading or tasks or not out.empty():
+                item = await out.get()
+                if item is None:
+                    reading = False
+                    if tasks:
+                        await asyncio.wait(set(tasks))
+                    continue
+                yield item
+        finally:
+            reader.cancel()
+            for t in tasks:
+                t.cancel()
+
+    async def RepositoryIndex(self, request, context):
+        rows = self.service.models.index()
+        models = [
+            pb.RepositoryIndexResponse.ModelIndex(name=n, version=v, state=s, reason=r)
+            for n, v, s, r in rows
+            if not request.ready or s == "READY"
+        ]
+        return pb.RepositoryIndexResponse(models=models)
+
+    async def RepositoryModelLoad(self, request, context):
+        try:
+            await self.service.models.load(request.model_name)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request, context):
+        try:
+            await self.service.models.unload(request.model_name)
+        except ModelNotFoundError as exc:
+            return await _abort(context, exc)
+        return pb.RepositoryModelUnloadResponse()
+
+
+class HealthMirror:
+    """Keeps the standard gRPC health service in step with readiness."""
+
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.servicer = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+
+    async def update(self) -> None:
+        status = health_pb2.HealthCheckResponse.SERVING if self.service.ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await _maybe_await(self.servicer.set(name, status))
+
+
+async def _maybe_await(value) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+def build_server(service: InferenceService, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, HealthMirror, int]:
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+            ("grpc.so_reuseport", 1),
+        ]
+    )
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    mirror = HealthMirror(service)
+    health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    return server, mirror, bound

@@ -1,0 +1,185 @@
+"""KServe v2 REST on aiohttp: health, metadata, config, statistics, repository, infer."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from aiohttp import web
+from google.protobuf import json_format
+
+from gateway.api.errors import HTTP_STATUS, classify
+from gateway.api.grpc_server import model_config_message, statistics_message
+from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
+from gateway.core.errors import GatewayError, InvalidInputError, PayloadTooLargeError
+from gateway.service import InferenceService
+from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
+
+_log = logging.getLogger("gateway.http")
+_JSON = "application/json"
+
+
+def _json(doc, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(doc).encode(), status=status, content_type=_JSON)
+
+
+def error_response(exc: BaseException) -> web.Response:
+    code, message = classify(exc)
+    return web.Response(body=encode_error(message), status=HTTP_STATUS[code], content_type=_JSON)
+
+
+def _version(request: web.Request) -> str:
+    return request.match_info.get("version", "")
+
+
+def _proto_json(msg) -> dict:
+    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
+
+
+class HttpApi:
+    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
+        self.service = service
+        self.max_request_bytes = max_request_bytes
+
+    def routes(self) -> list[web.RouteDef]:
+        model = "/v2/models/{model}"
+        versioned = "/v2/models/{model}/versions/{version}"
+        r = [
+            web.get("/v2/health/live", self.live),
+            web.get("/v2/health/ready", self.ready),
+            web.get("/v2", self.server_metadata),
+            web.get("/v2/models/stats", self.statistics),
+            web.post("/v2/repository/index", self.repository_index),
+            web.post("/v2/repository/models/{model}/load", self.load),
+            web.post("/v2/repository/models/{model}/unload", self.unload),
+        ]
+        for base in (model, versioned):
+            r += [
+                web.get(base, self.model_metadata),
+                web.get(base + "/ready", self.model_ready),
+                web.get(base + "/config", self.model_config),
+                web.get(base + "/stats", self.statistics),
+                web.post(base + "/infer", self.infer),
+            ]
+        return r
+
+    async def live(self, request: web.Request) -> web.Response:
+        return _json({"live": True})
+
+    async def ready(self, request: web.Request) -> web.Response:
+        ok = self.service.ready
+        return _json({"ready": ok}, 200 if ok else 503)
+
+    async def server_metadata(self, request: web.Request) -> web.Response:
+        return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": list(EXTENSIONS)})
+
+    async def model_metadata(self, request: web.Request) -> web.Response:
+        try:
+            md = self.service.model_metadata(request.match_info["model"], _version(request))
+        except GatewayError as exc:
+            return error_response(exc)
+
+        def tensors(specs):
+            return [{"name": s.name, "datatype": s.datatype, "shape": list(s.shape)} for s in specs]
+
+        return _json({
+            "name": md.name,
+            "versions": list(md.versions),
+            "platform": md.platform,
+            "inputs": tensors(md.inputs),
+            "outputs": tensors(md.outputs),
+        })
+
+    async def model_ready(self, request: web.Request) -> web.Response:
+        name = request.match_info["model"]
+        ok = self.service.model_ready(name, _version(request))
+        return _json({"name": name, "ready": ok}, 200 if ok else 503)
+
+    async def model_config(self, request: web.Request) -> web.Response:
+        try:
+            loaded = self.service.loaded(request.match_info["model"], _version(request))
+        except GatewayError as exc:
+            return error_response(exc)
+        return _json(_proto_json(model_config_message(loaded)))
+
+    async def statistics(self, request: web.Request) -> web.Response:
+        try:
+            versions = self.service.statistics(request.match_info.get("model", ""), _version(request))
+        except GatewayError as exc:
+            return error_response(exc)
+        return _json({"model_stats": [_proto_json(statistics_message(v)) for v in versions]})
+
+    async def repository_index(self, request: web.Request) -> web.Response:
+        ready_only = False
+        if request.can_read_body:
+            try:
+                body = await request.json() if await request.read() else {}
+            except ValueError:
+                return error_response(InvalidInputError("repository index body must be JSON"))
+            ready_only = bool(isinstance(body, dict) and body.get("ready"))
+        rows = [
+            {"name": n, **({"version": v} if v else {}), "state": s, "reason": r}
+            for n, v, s, r in self.service.models.index()
+            if not ready_only or s == "READY"
+        ]
+        return _json(rows)
+
+    async def load(self, request: web.Request) -> web.Response:
+        try:
+            await self.service.models.load(request.match_info["model"])
+        except GatewayError as exc:
+            return error_response(exc)
+        return _json({})
+
+    async def unload(self, request: web.Request) -> web.Response:
+        try:
+            await self.service.models.unload(request.match_info["model"])
+        except GatewayError as exc:
+            return error_response(exc)
+        return _json({})
+
+    async def infer(self, request: web.Request) -> web.Response:
+        try:
+            if request.content_length is not None and request.content_length > self.max_request_bytes:
+                raise PayloadTooLargeError(
+                    f"request body of {request.content_length} bytes exceeds the limit of {self.max_request_bytes}"
+                )
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_request_bytes} bytes") from None
+            header_length = request.headers.get(HEADER_LENGTH_HEADER)
+            if header_length is not None:
+                try:
+                    header_length = int(header_length)
+                except ValueError:
+                    raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
+            req, fmt = decode_infer_request(
+                body,
+                content_type=request.content_type,
+                header_length=header_length,
+                model=request.match_info["model"],
+                version=_version(request),
+            )
+            resp = await self.service.infer(req)
+            payload, headers = encode_infer_response(resp, fmt)
+            return web.Response(body=payload, headers=headers)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
+            return error_response(exc)
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler):
+    """Framework-level errors (unknown route, wrong method) get the same JSON shape."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return web.Response(body=encode_error(exc.reason or str(exc)), status=exc.status, content_type=_JSON)
+
+
+def build_app(service: InferenceService, max_request_bytes: int) -> web.Application:
+    app = web.Application(client_max_size=max_request_bytes, middlewares=[json_errors])
+    app.add_routes(HttpApi(service, max_request_bytes).routes())
+    return app

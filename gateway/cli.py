@@ -1,0 +1,96 @@
+"""Command line: ``gateway serve`` and ``gateway check``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import typing
+
+from gateway.core.errors import ConfigError
+from gateway.core.settings import ENV_PREFIX, FIELDS, load_settings
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help=f"server settings file (gateway.yaml); env {ENV_PREFIX}CONFIG")
+    for name, field in FIELDS.items():
+        kind = field.annotation
+        choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=None if choices else kind,
+            choices=choices,
+            default=None,
+            help=f"{field.description} (default {field.default!r}; env {ENV_PREFIX}{name.upper()})",
+        )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in FIELDS}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"gateway: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if not os.path.isdir(settings.model_repository):
+        print(f"gateway: model repository '{settings.model_repository}' is not a directory", file=sys.stderr)
+        return 2
+    from gateway.daemon import run  # imported late: the compiled module loads here
+
+    run(settings)
+    return 0
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Validate every model config of a repository and print every problem found."""
+    from gateway.core.model_config import all_errors
+    from gateway.core.repository import is_valid_model_name
+
+    root = args.repository
+    if not os.path.isdir(root):
+        print(f"{root}: not a directory", file=sys.stderr)
+        return 2
+    problems = 0
+    for name in sorted(os.listdir(root)):
+        directory = os.path.join(root, name)
+        if not os.path.isdir(directory):
+            continue
+        if not is_valid_model_name(name):
+            print(f"{directory}: invalid model name")
+            problems += 1
+            continue
+        errors = all_errors(directory)
+        versions = [v for v in os.listdir(directory) if v.isdigit() and os.path.isdir(os.path.join(directory, v))]
+        if not versions:
+            print(f"{directory}: no version directory (expected {directory}/1/model.onnx)")
+            problems += 1
+        for err in errors:
+            print(str(err))
+        problems += len(errors)
+        if not errors and versions:
+            print(f"{directory}: ok ({len(versions)} version(s))")
+    print(f"{problems} problem(s) found")
+    return 1 if problems else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gateway", description="Model-serving daemon (KServe v2 gRPC/HTTP)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the daemon",
+        description="Serve the model repository over KServe v2 gRPC and HTTP. "
+        "Settings: flag > environment > --config file > default.",
+    )
+    _add_setting_flags(serve)
+    serve.set_defaults(func=_serve)
+    check = sub.add_parser("check", help="validate a model repository and print every problem")
+    check.add_argument("repository", help="model repository directory")
+    check.set_defaults(func=_check)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

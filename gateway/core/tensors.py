@@ -1,0 +1,82 @@
+"""Raw tensor bytes <-> numpy, as the v2 protocol lays them out.
+
+Fixed-width tensors are row-major little-endian with no padding and decode
+zero-copy (``np.frombuffer``). BYTES elements are each a 4-byte little-endian
+length followed by that many bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+
+import numpy as np
+
+from gateway.core import datatypes
+from gateway.core.errors import InvalidInputError
+
+_LEN = struct.Struct("<I")
+
+
+def element_count(shape, what: str, max_elements: int = 1 << 31) -> int:
+    count = 1
+    for d in shape:
+        if d < 0:
+            raise InvalidInputError(f"{what} has a negative dimension in shape {list(shape)}")
+        count *= d
+    if count > max_elements:
+        raise InvalidInputError(f"{what} has {count} elements, more than the limit of {max_elements}")
+    return count
+
+
+def bytes_from_raw(buf, count: int, what: str) -> np.ndarray:
+    """Parse ``count`` length-prefixed BYTES elements that must fill ``buf`` exactly."""
+    view = memoryview(buf)
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(view)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidInputError(f"{what}: BYTES data ends before element {i} of {count} (missing length prefix)")
+        (n,) = _LEN.unpack_from(view, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInputError(f"{what}: BYTES element {i} declares {n} bytes but only {end - pos} remain")
+        out[i] = bytes(view[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise InvalidInputError(f"{what}: {end - pos} unexpected bytes after {count} BYTES elements")
+    return out
+
+
+def from_raw(buf, datatype: str, shape, what: str) -> np.ndarray:
+    count = element_count(shape, what)
+    dtype = datatypes.to_numpy(datatype)
+    if dtype is None:
+        return bytes_from_raw(buf, count, what).reshape(shape)
+    expected = count * dtype.itemsize
+    if len(buf) != expected:
+        raise InvalidInputError(
+            f"{what}: got {len(buf)} bytes of raw data but shape {list(shape)} of {datatype} needs {expected}"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def bytes_to_raw(arr: np.ndarray) -> bytes:
+    parts = []
+    for item in arr.reshape(-1):
+        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+        parts.append(_LEN.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def to_raw(arr: np.ndarray) -> bytes:
+    if arr.dtype.kind in ("O", "S", "U"):
+        return bytes_to_raw(arr)
+    if arr.dtype.byteorder == ">":
+        arr = arr.astype(arr.dtype.newbyteorder("<"))
+    return arr.tobytes()
+
+
+def numel(shape) -> int:
+    return math.prod(shape)

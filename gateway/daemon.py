@@ -1,0 +1,76 @@
+"""The daemon: one uvloop event loop serving gRPC and HTTP over one InferenceService."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import uvloop
+from aiohttp import web
+
+from gateway import native
+from gateway.api.grpc_server import build_server
+from gateway.api.http_server import build_app
+from gateway.core.settings import ServerSettings
+from gateway.registry.watcher import RepositoryWatcher
+from gateway.service import InferenceService
+from gateway.service.models import ModelManager
+
+_log = logging.getLogger("gateway")
+
+
+async def serve(settings: ServerSettings) -> None:
+    native.log_choice()
+    manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
+    service = InferenceService(manager)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    grpc_server = mirror = None
+    if settings.grpc_port or settings.grpc_port == 0:
+        grpc_server, mirror, grpc_port = build_server(
+            service, settings.host, settings.grpc_port, settings.max_request_bytes
+        )
+        await grpc_server.start()
+    runner = web.AppRunner(
+        build_app(service, settings.max_request_bytes),
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=settings.grace_period_s,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
+    await site.start()
+    http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
+    _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)
+
+    async def health_changed() -> None:
+        if mirror is not None:
+            await mirror.update()
+
+    await manager.reconcile()
+    await health_changed()
+    _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
+
+    async with RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
+        await stop.wait()
+        _log.info("stopping: draining accepted requests (grace %.1fs)", settings.grace_period_s)
+        service.accepting = False
+        await health_changed()
+
+    # Stop listening and let accepted requests finish, all bounded by the grace period.
+    grace = settings.grace_period_s
+    await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
+    await manager.close(grace)
+    _log.info("stopped")
+
+
+def run(settings: ServerSettings) -> None:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    uvloop.run(serve(settings))

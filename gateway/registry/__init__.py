@@ -1,0 +1,1 @@
+"""Where model versions come from: the local repository watcher (and, later, the registry client)."""

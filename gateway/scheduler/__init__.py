@@ -1,0 +1,1 @@
+"""Per model-version request queues and the dynamic batcher."""

@@ -1,0 +1,280 @@
+"""Asyncio glue around the synchronous DynamicBatcher for one model version.
+
+There is no background task: ``submit`` and each batch completion "pump" the
+batcher directly, and a single loop timer covers queue-delay and deadline
+wake-ups. Each batch crosses to a worker thread exactly once: gather, run and
+scatter all happen there, and the results come back in one callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gateway import native
+from gateway.core.errors import (
+    DeadlineExceededError,
+    ExecutorError,
+    GatewayError,
+    ModelNotReadyError,
+    QueueFullError,
+)
+from gateway.core.stats import ModelStats
+from gateway.core.types import InferRequest
+from gateway.executors.base import Executor
+from gateway.scheduler.batcher import DynamicBatcher
+from gateway.scheduler.policy import BatchingPolicy
+from gateway.scheduler.queue import QueuedRequest
+
+_log = logging.getLogger("gateway.scheduler")
+
+
+@dataclass(slots=True)
+class Pending:
+    request: InferRequest
+    future: asyncio.Future
+    rows: int
+    enqueue_ns: int
+    dispatch_ns: int = 0
+
+
+@dataclass(slots=True)
+class _BatchResult:
+    outputs: list[dict[str, np.ndarray] | BaseException]
+    input_ns: int = 0
+    infer_ns: int = 0
+    output_ns: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerSpec:
+    """What the scheduler must know of the model, beyond the batching policy."""
+
+    name: str
+    version: str
+    batching: bool  # max_batch_size > 0: dim 0 of every input is the batch dim
+    output_names: tuple[str, ...]
+    # input name -> pad value, for inputs whose trailing dims may differ per request
+    ragged_inputs: dict[str, float] = field(default_factory=dict)
+
+
+class ModelScheduler:
+    def __init__(self, spec: SchedulerSpec, policy: BatchingPolicy, executors: list[Executor], stats: ModelStats) -> None:
+        if not executors:
+            raise ValueError("a scheduler needs at least one executor instance")
+        self.spec = spec
+        self.stats = stats
+        self._batcher = DynamicBatcher(policy)
+        self._executors = list(executors)
+        self._free: list[Executor] = list(executors)
+        self._pool = ThreadPoolExecutor(max_workers=len(executors), thread_name_prefix=f"exec-{spec.name}-{spec.version}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+        self._in_flight = 0
+        self._accepting = True
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- intake ---------------------------------------------------------------
+
+    def submit(self, request: InferRequest, rows: int, shape_key: object, priority: int) -> asyncio.Future:
+        """Queue a validated request; raises QueueFullError etc. at once."""
+        if not self._accepting:
+            raise ModelNotReadyError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
+        loop = self._loop or self._bind_loop()
+        now = time.monotonic_ns()
+        fut = loop.create_future()
+        item = QueuedRequest(
+            rows=rows,
+            shape_key=shape_key,
+            priority=priority,
+            enqueue_ns=now,
+            deadline_ns=0,
+            hard_deadline_ns=request.deadline_ns,
+            payload=Pending(request, fut, rows, now),
+        )
+        try:
+            self._batcher.add(item, now)
+        except QueueFullError:
+            self.stats.rejected_queue_full += 1
+            raise
+        self._idle.clear()
+        self._pump()
+        return fut
+
+    def _bind_loop(self) -> asyncio.AbstractEventLoop:
+        self._loop = asyncio.get_running_loop()
+        return self._loop
+
+    # -- the pump: runs on the loop, never blocks ------------------------------
+
+    def _pump(self) -> None:
+        now = time.monotonic_ns()
+        for item in self._batcher.expire(now):
+            self._fail_expired(item.payload)
+        while self._free:
+            batch = self._batcher.next_batch(now)
+            if not batch:
+                break
+            pending = [item.payload for item in batch if not item.payload.future.done()]
+            if pending:
+                self._dispatch(pending, now)
+        self._arm_timer(now)
+        if not self._in_flight and not len(self._batcher):
+            self._idle.set()
+
+    def _arm_timer(self, now: int) -> None:
+        wake = self._batcher.next_wakeup(now) if len(self._batcher) else None
+        if wake is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= wake:
+                return
+            self._timer.cancel()
+        self._timer_at = wake
+        self._timer = self._loop.call_later(max(0, wake - now) / 1e9, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _fail_expired(self, p: Pending) -> None:
+        self.stats.rejected_deadline += 1
+        if not p.future.done():
+            p.future.set_exception(
+                DeadlineExceededError(f"request to model '{self.spec.name}' timed out in the queue before execution")
+            )
+
+    def _dispatch(self, pending: list[Pending], now: int) -> None:
+        executor = self._free.pop()
+        self._in_flight += 1
+        for p in pending:
+            p.dispatch_ns = now
+            self.stats.queue.add(now - p.enqueue_ns)
+        work = self._loop.run_in_executor(self._pool, self._execute, executor, pending)
+        work.add_done_callback(lambda f, e=executor, b=pending: self._complete(e, b, f))
+
+    def _complete(self, executor: Executor, pending: list[Pending], work: asyncio.Future) -> None:
+        self._free.append(executor)
+        self._in_flight -= 1
+        end = time.monotonic_ns()
+        if work.cancelled() or work.exception() is not None:
+            exc = work.exception() if not work.cancelled() else None
+            result = _BatchResult([ExecutorError(f"batch execution failed: {exc!r}")] * len(pending))
+        else:
+            result = work.result()
+        rows = sum(p.rows for p in pending)
+        if any(not isinstance(o, BaseException) for o in result.outputs):
+            self.stats.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns)
+        for p, out in zip(pending, result.outputs):
+            if isinstance(out, BaseException):
+                self.stats.fail.add(end - p.enqueue_ns)
+                if not p.future.done():
+                    p.future.set_exception(out)
+            else:
+                self.stats.success.add(end - p.enqueue_ns)
+                if not p.future.done():
+                    p.future.set_result(out)
+        self.stats.last_inference_ms = time.time_ns() // 1_000_000
+        self._pump()
+
+    # -- worker thread ----------------------------------------------------------
+
+    def _execute(self, executor: Executor, pending: list[Pending]) -> _BatchResult:
+        names = self._output_names(pending)
+        try:
+            return self._run_batch(executor, pending, names)
+        except Exception as exc:  # noqa: BLE001 - any runtime failure is the batch's, not the daemon's
+            if len(pending) == 1:
+                return _BatchResult([_executor_error(self.spec, exc)])
+        # One request may be poisoning the batch: run each alone so only it fails.
+        outputs: list[dict[str, np.ndarray] | BaseException] = []
+        for p in pending:
+            try:
+                outputs.append(self._run_batch(executor, [p], names).outputs[0])
+            except Exception as exc:  # noqa: BLE001
+                outputs.append(_executor_error(self.spec, exc))
+        return _BatchResult(outputs)
+
+    def _output_names(self, pending: list[Pending]) -> list[str]:
+        wanted: set[str] = set()
+        for p in pending:
+            if p.request.outputs is None:
+                return list(self.spec.output_names)
+            wanted.update(o.name for o in p.request.outputs)
+        return [n for n in self.spec.output_names if n in wanted]
+
+    def _run_batch(self, executor: Executor, pending: list[Pending], names: list[str]) -> _BatchResult:
+        t0 = time.perf_counter_ns()
+        feeds = self._gather(pending)
+        t1 = time.perf_counter_ns()
+        arrays = executor.run(feeds, names)
+        t2 = time.perf_counter_ns()
+        outputs = self._scatter(pending, names, arrays)
+        t3 = time.perf_counter_ns()
+        return _BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
+
+    def _gather(self, pending: list[Pending]) -> dict[str, np.ndarray]:
+        first = pending[0].request.inputs
+        if len(pending) == 1:
+            return dict(first)
+        total = sum(p.rows for p in pending)
+        feeds = {}
+        for name, head in first.items():
+            arrays = [p.request.inputs[name] for p in pending]
+            if name in self.spec.ragged_inputs:
+                trailing = tuple(max(a.shape[d] for a in arrays) for d in range(1, head.ndim))
+                out = np.empty((total, *trailing), dtype=head.dtype)
+                native.gather_padded(arrays, out, self.spec.ragged_inputs[name])
+            else:
+                out = np.empty((total, *head.shape[1:]), dtype=head.dtype)
+                native.gather_rows(arrays, out)
+            feeds[name] = out
+        return feeds
+
+    def _scatter(self, pending: list[Pending], names: list[str], arrays: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if len(pending) == 1:
+            return [_select(pending[0], names, arrays)]
+        counts = [p.rows for p in pending]
+        parts = [native.split_rows(a, counts) for a in arrays]
+        return [_select(p, names, [part[i] for part in parts]) for i, p in enumerate(pending)]
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._batcher)
+
+    async def drain(self, timeout_s: float) -> None:
+        """Stop taking requests, let accepted ones finish (bounded), then fail the rest."""
+        self._accepting = False
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            _log.warning("model %s:%s drain timed out; failing %d queued requests",
+                         self.spec.name, self.spec.version, len(self._batcher))
+        for item in self._batcher.drain_all():
+            if not item.payload.future.done():
+                item.payload.future.set_exception(ModelNotReadyError(f"model '{self.spec.name}' was unloaded"))
+        if self._timer is not None:
+            self._timer.cancel()
+        self._pool.shutdown(wait=False)
+        for ex in self._executors:
+            ex.close()
+
+
+def _select(p: Pending, names: list[str], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:
+    if p.request.outputs is None:
+        return dict(zip(names, arrays))
+    wanted = {o.name for o in p.request.outputs}
+    return {n: a for n, a in zip(names, arrays) if n in wanted}
+
+
+def _executor_error(spec: SchedulerSpec, exc: Exception) -> GatewayError:
+    return ExecutorError(f"model '{spec.name}' version {spec.version} failed: {exc}")

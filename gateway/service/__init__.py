@@ -1,0 +1,5 @@
+"""The facade the wire layers call: inference, metadata, health, repository control."""
+
+from gateway.service.facade import InferenceService
+
+__all__ = ["InferenceService"]

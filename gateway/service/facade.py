@@ -1,0 +1,106 @@
+"""InferenceService: what the api layer sees of the gateway.
+
+The api layer never touches executors or schedulers; it hands over decoded
+requests and gets responses or typed errors back.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gateway.core.errors import InvalidInputError, ShuttingDownError
+from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
+from gateway.service.models import LoadedVersion, ModelManager
+from gateway.service.validation import validate_request
+
+SERVER_NAME = "gateway"
+SERVER_VERSION = "0.1.0"
+# KServe v2 extensions this server implements.
+EXTENSIONS = (
+    "classification",
+    "binary_tensor_data",
+    "model_repository",
+    "statistics",
+    "schedule_policy",
+    "model_configuration",
+)
+
+
+def _int_param(req: InferRequest, name: str) -> int:
+    value = req.parameters.get(name, 0)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInputError(f"request parameter '{name}' must be an integer, got {value!r}")
+    if value < 0:
+        raise InvalidInputError(f"request parameter '{name}' must be >= 0, got {value}")
+    return value
+
+
+class InferenceService:
+    def __init__(self, manager: ModelManager) -> None:
+        self.models = manager
+        self.accepting = True
+
+    # -- health -------------------------------------------------------------------
+
+    @property
+    def live(self) -> bool:
+        return True
+
+    @property
+    def ready(self) -> bool:
+        return self.accepting and self.models.all_ready
+
+    def model_ready(self, name: str, version: str = "") -> bool:
+        return self.models.is_ready(name, version)
+
+    # -- inference --------------------------------------------------------------------
+
+    async def infer(self, req: InferRequest) -> InferResponse:
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down")
+        loaded = self.models.get(req.model, req.version)
+        rows, key = validate_request(loaded, req)
+        priority = _int_param(req, "priority") if "priority" in req.parameters else 0
+        if "timeout" in req.parameters:
+            timeout_us = _int_param(req, "timeout")
+            if timeout_us:
+                deadline = time.monotonic_ns() + timeout_us * 1000
+                req.deadline_ns = min(req.deadline_ns, deadline) if req.deadline_ns else deadline
+        outputs = await loaded.scheduler.submit(req, rows, key, priority)
+        index = loaded.output_index
+        return InferResponse(
+            model=loaded.name,
+            version=loaded.version,
+            outputs=outputs,
+            datatypes={n: index[n].datatype for n in outputs},
+            id=req.id,
+        )
+
+    # -- metadata -----------------------------------------------------------------------
+
+    def loaded(self, name: str, version: str = "") -> LoadedVersion:
+        return self.models.get(name, version)
+
+    def model_metadata(self, name: str, version: str = "") -> ModelMetadata:
+        loaded = self.models.get(name, version)
+        batch = (-1,) if loaded.max_batch_size > 0 else ()
+        def full(specs):
+            return tuple(TensorSpec(s.name, s.datatype, batch + s.shape) for s in specs)
+
+        versions = tuple(sorted(self.models.serving.get(name, {}), key=int)) if not version else (loaded.version,)
+        return ModelMetadata(
+            name=loaded.name,
+            versions=versions,
+            platform=loaded.platform,
+            inputs=full(loaded.inputs),
+            outputs=full(loaded.outputs),
+            max_batch_size=loaded.max_batch_size,
+        )
+
+    def statistics(self, name: str = "", version: str = "") -> list[LoadedVersion]:
+        if name:
+            if version:
+                return [self.models.get(name, version)]
+            self.models.get(name)  # raises for unknown models
+            return list(self.models.serving[name].values())
+        return [v for versions in self.models.serving.values() for v in versions.values()]

@@ -1,0 +1,323 @@
+"""Loaded model versions and the manager that keeps them in step with the repository.
+
+A reload builds the new version completely (executors, scheduler) before it
+swaps it in; the old one drains in the background. A bad config or a model
+file that fails to load leaves the previous good version serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from gateway.core.errors import ConfigError, ModelNotFoundError, ModelNotReadyError
+from gateway.core.model_config import ModelConfig
+from gateway.core.repository import ModelEntry, VersionFiles, scan_model, scan_repository
+from gateway.core.stats import ModelStats
+from gateway.core.types import TensorSpec
+from gateway.executors.base import Executor
+from gateway.executors.onnxruntime import OnnxRuntimeExecutor
+from gateway.scheduler.policy import BatchingPolicy
+from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
+
+_log = logging.getLogger("gateway.models")
+
+DEFAULT_MAX_BATCH_SIZE = 32
+PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
+
+
+class ModelLoadError(Exception):
+    pass
+
+
+@dataclass(slots=True)
+class LoadedVersion:
+    name: str
+    version: str
+    config: ModelConfig
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]  # without the batch dim
+    outputs: tuple[TensorSpec, ...]
+    scheduler: ModelScheduler
+    stats: ModelStats
+    fingerprint: tuple[int, int]
+    config_digest: str
+    input_index: dict[str, TensorSpec] = field(default_factory=dict)
+    output_index: dict[str, TensorSpec] = field(default_factory=dict)
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS[self.config.backend]
+
+
+@dataclass(slots=True)
+class ModelStatus:
+    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING | UNLOADING
+    reason: str = ""
+
+
+def _strip_batch(specs: tuple[TensorSpec, ...], batching: bool) -> tuple[TensorSpec, ...]:
+    if not batching:
+        return specs
+    return tuple(TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs)
+
+
+def _check_declared(declared, graph: tuple[TensorSpec, ...], kind: str, file: str) -> tuple[TensorSpec, ...]:
+    """Declared tensors must exist in the graph with the same datatype and rank."""
+    by_name = {s.name: s for s in graph}
+    out = []
+    for i, t in enumerate(declared):
+        g = by_name.get(t.name)
+        if g is None:
+            raise ModelLoadError(f"{file}: {kind}[{i}].name: '{t.name}' is not in the model (it has {sorted(by_name)})")
+        if g.datatype != t.datatype:
+            raise ModelLoadError(f"{file}: {kind}[{i}].datatype: {t.datatype} but the model says {g.datatype}")
+        if len(g.shape) != len(t.shape):
+            raise ModelLoadError(f"{file}: {kind}[{i}].shape: rank {len(t.shape)} but the model has rank {len(g.shape)}")
+        out.append(TensorSpec(t.name, t.datatype, tuple(t.shape)))
+    return tuple(out) if declared else graph
+
+
+def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
+    """Blocking: creates the executors. Call from a worker thread."""
+    cfg = entry.config
+    assert cfg is not None
+    if cfg.backend != "onnxruntime":
+        raise ModelLoadError(f"{entry.directory}/model.yaml: backend: '{cfg.backend}' executor is not available on this host")
+    try:
+        executors: list[Executor] = [
+            OnnxRuntimeExecutor(files.model_file, providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
+            for _ in range(cfg.instances)
+        ]
+    except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported file must not stop the daemon
+        raise ModelLoadError(f"{files.model_file}: failed to load: {exc}") from exc
+    graph_in, graph_out = executors[0].inputs, executors[0].outputs
+    dynamic_batch = all(s.shape and s.shape[0] == -1 for s in graph_in + graph_out)
+    mbs = cfg.max_batch_size
+    if mbs is None:
+        mbs = DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
+    elif mbs > 0 and not dynamic_batch:
+        raise ModelLoadError(
+            f"{entry.directory}/model.yaml: max_batch_size: {mbs} needs a dynamic leading dim on every "
+            f"input and output of the model; set max_batch_size: 0"
+        )
+    batching = mbs > 0
+    cfg_file = f"{entry.directory}/model.yaml"
+    inputs = _check_declared(cfg.inputs, _strip_batch(graph_in, batching), "inputs", cfg_file)
+    outputs = _check_declared(cfg.outputs, _strip_batch(graph_out, batching), "outputs", cfg_file)
+    db = cfg.dynamic_batching
+    policy = BatchingPolicy(
+        max_batch_size=mbs,
+        preferred_batch_sizes=db.preferred_batch_sizes,
+        max_queue_delay_ns=db.max_queue_delay_us * 1000,
+        max_queue_size=db.max_queue_size,
+        priority_levels=db.priority_levels,
+        default_priority=db.default_priority,
+        default_timeout_ns=db.default_timeout_us * 1000,
+        timeout_action=db.timeout_action,
+        allow_timeout_override=db.allow_timeout_override,
+    )
+    version = str(files.version)
+    stats = ModelStats()
+    spec = SchedulerSpec(
+        name=entry.name,
+        version=version,
+        batching=batching,
+        output_names=tuple(s.name for s in graph_out),
+        ragged_inputs={t.name: t.pad_value for t in cfg.inputs if t.ragged},
+    )
+    loaded = LoadedVersion(
+        name=entry.name,
+        version=version,
+        config=cfg,
+        max_batch_size=mbs,
+        inputs=inputs,
+        outputs=outputs,
+        scheduler=ModelScheduler(spec, policy, executors, stats),
+        stats=stats,
+        fingerprint=files.fingerprint,
+        config_digest=entry.config_digest,
+    )
+    loaded.input_index = {s.name: s for s in inputs}
+    loaded.output_index = {s.name: s for s in outputs}
+    return loaded
+
+
+class ModelManager:
+    """Keeps ``serving`` equal to what the repository and version policies ask for."""
+
+    def __init__(self, root: str, *, drain_timeout_s: float = 30.0) -> None:
+        self.root = root
+        self.drain_timeout_s = drain_timeout_s
+        self.serving: dict[str, dict[str, LoadedVersion]] = {}
+        self.status: dict[str, ModelStatus] = {}
+        self._version_status: dict[tuple[str, str], ModelStatus] = {}
+        self._seen: dict[tuple[str, int], tuple[int, int]] = {}
+        self._unloaded: set[str] = set()  # unloaded by an operator: polling leaves them alone
+        self._lock = asyncio.Lock()
+        self._draining: set[asyncio.Task] = set()
+        self.loaded_once = False
+
+    # -- lookups (hot path) ---------------------------------------------------------
+
+    def get(self, name: str, version: str = "") -> LoadedVersion:
+        versions = self.serving.get(name)
+        if not versions:
+            if name in self.status:
+                raise ModelNotReadyError(f"model '{name}' is not ready: {self.status[name].reason or 'not loaded'}")
+            raise ModelNotFoundError(f"unknown model '{name}'")
+        if not version:
+            return versions[max(versions, key=int)]
+        loaded = versions.get(version)
+        if loaded is None:
+            raise ModelNotFoundError(
+                f"model '{name}' has no version '{version}' being served (serving: {', '.join(sorted(versions, key=int))})"
+            )
+        return loaded
+
+    def is_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.get(name, version)
+        except (ModelNotFoundError, ModelNotReadyError):
+            return False
+        return True
+
+    @property
+    def all_ready(self) -> bool:
+        return self.loaded_once and all(
+            st.state == "READY" for n, st in self.status.items() if n not in self._unloaded
+        )
+
+    def index(self) -> list[tuple[str, str, str, str]]:
+        """(name, version, state, reason) for every model known, as RepositoryIndex shows."""
+        rows = []
+        for name in sorted(self.status):
+            versions = [(v, st) for (n, v), st in self._version_status.items() if n == name]
+            if not versions:
+                rows.append((name, "", self.status[name].state, self.status[name].reason))
+            for v, st in sorted(versions, key=lambda x: int(x[0])):
+                rows.append((name, v, st.state, st.reason))
+        return rows
+
+    # -- reconciliation ------------------------------------------------------------
+
+    async def reconcile(self) -> None:
+        async with self._lock:
+            first = not self.loaded_once
+            try:
+                entries = await asyncio.to_thread(scan_repository, self.root)
+            except OSError as exc:
+                _log.error("cannot scan model repository: %s", exc)
+                return
+            for name, entry in entries.items():
+                if name not in self._unloaded:
+                    await self._apply(entry, force=first)
+            for name in list(self.serving):
+                if name not in entries:
+                    await self._unload(name, reason="removed from the repository")
+            for name in list(self.status):
+                if name not in entries and name not in self.serving:
+                    self._forget(name)
+            self.loaded_once = True
+
+    async def load(self, name: str) -> None:
+        """Explicit load (RepositoryModelLoad): load now, without waiting for a stable poll."""
+        async with self._lock:
+            entry = await asyncio.to_thread(scan_model, self.root, name)
+            if entry is None:
+                raise ModelNotFoundError(f"no model '{name}' in the repository")
+            self._unloaded.discard(name)
+            await self._apply(entry, force=True)
+            if not self.serving.get(name):
+                raise ModelNotReadyError(f"model '{name}' failed to load: {self.status[name].reason}")
+
+    async def unload(self, name: str) -> None:
+        async with self._lock:
+            if name not in self.serving and name not in self.status:
+                raise ModelNotFoundError(f"unknown model '{name}'")
+            self._unloaded.add(name)
+            await self._unload(name, reason="unloaded by request")
+
+    async def _apply(self, entry: ModelEntry, *, force: bool) -> None:
+        name = entry.name
+        status = self.status.setdefault(name, ModelStatus())
+        if entry.config is None:
+            assert entry.error is not None
+            status.reason = str(entry.error)
+            _log.error("invalid model config, keeping the previous good one: %s", entry.error)
+            if not self.serving.get(name):
+                status.state = "UNAVAILABLE"
+            return
+        wanted = entry.config.version_policy.select(list(entry.versions))
+        current = self.serving.get(name, {})
+        new: dict[str, LoadedVersion] = {}
+        problems = []
+        for v in wanted:
+            files = entry.versions[v]
+            key = str(v)
+            old = current.get(key)
+            if old is not None and old.fingerprint == files.fingerprint and old.config_digest == entry.config_digest:
+                new[key] = old
+                continue
+            stable = self._seen.get((name, v)) == files.fingerprint
+            self._seen[(name, v)] = files.fingerprint
+            if not (force or stable or (old is not None and old.fingerprint == files.fingerprint)):
+                if old is not None:
+                    new[key] = old  # keep serving until the new file stops changing
+                continue
+            vstatus = self._version_status.setdefault((name, key), ModelStatus())
+            vstatus.state = "LOADING"
+            try:
+                loaded = await asyncio.to_thread(build_version, entry, files)
+            except (ModelLoadError, ConfigError) as exc:
+                vstatus.state, vstatus.reason = ("READY", str(exc)) if old else ("UNAVAILABLE", str(exc))
+                problems.append(str(exc))
+                _log.error("model %s version %s failed to load: %s", name, v, exc)
+                if old is not None:
+                    new[key] = old
+                continue
+            vstatus.state, vstatus.reason = "READY", ""
+            new[key] = loaded
+            _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
+                      name, v, loaded.max_batch_size, entry.config.instances)
+        for key, old in current.items():
+            if new.get(key) is not old:
+                self._retire(old)
+                if key not in new:
+                    self._version_status.pop((name, key), None)
+        self.serving[name] = new
+        if new:
+            status.state, status.reason = "READY", "; ".join(problems)
+        else:
+            status.state = "UNAVAILABLE"
+            status.reason = "; ".join(problems) or (
+                "no version to serve" if entry.versions else "no version directory with a model file"
+            )
+
+    async def _unload(self, name: str, *, reason: str) -> None:
+        for loaded in self.serving.pop(name, {}).values():
+            self._retire(loaded)
+        for key in [k for k in self._version_status if k[0] == name]:
+            self._version_status[key] = ModelStatus("UNAVAILABLE", reason)
+        self.status[name] = ModelStatus("UNAVAILABLE", reason)
+        _log.info("model %s unloaded: %s", name, reason)
+
+    def _forget(self, name: str) -> None:
+        self.status.pop(name, None)
+        for key in [k for k in self._version_status if k[0] == name]:
+            del self._version_status[key]
+
+    def _retire(self, loaded: LoadedVersion, timeout_s: float | None = None) -> None:
+        timeout = self.drain_timeout_s if timeout_s is None else timeout_s
+        task = asyncio.get_running_loop().create_task(loaded.scheduler.drain(timeout))
+        self._draining.add(task)
+        task.add_done_callback(self._draining.discard)
+
+    async def close(self, timeout_s: float) -> None:
+        async with self._lock:
+            for name in list(self.serving):
+                for loaded in self.serving.pop(name).values():
+                    self._retire(loaded, timeout_s)
+        if self._draining:
+            await asyncio.wait(set(self._draining), timeout=timeout_s + 1)

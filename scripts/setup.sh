@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Creates .venv and installs gateway (compiling native/ and generating the gRPC stubs).
+# Usage: scripts/setup.sh [extra...]   e.g. scripts/setup.sh test
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip uv
+extras=""
+if [ $# -gt 0 ]; then extras="[$(IFS=,; echo "$*")]"; fi
+# Build isolation off: the build needs only what we install first, and the
+# editable install keeps the compiled module and stubs beside the sources.
+.venv/bin/uv pip install -q --python .venv/bin/python "setuptools>=69" wheel "Cython>=3.0,<4" "numpy>=1.26" "grpcio-tools>=1.66,<2"
+.venv/bin/uv pip install -q --python .venv/bin/python --no-build-isolation -e ".${extras}"
+.venv/bin/python examples/make_models.py >/dev/null
