@@ -53,7 +53,7 @@ def gather_padded(list arrays, cnp.ndarray out, pad_value):
     out.fill(pad_value)
     for arr in arrays:
         n = arr.shape[0]
-        out[(slice(row, row + n),) + tuple(slice(0, d) for d in arr.shape[1:])] = arr
+        out[(slice(row, row + n),) + tuple([slice(0, d) for d in (<object> arr).shape[1:]])] = arr
         row += n
     return row
 

@@ -107,7 +107,12 @@ class HttpApi:
             versions = self.service.statistics(request.match_info.get("model", ""), _version(request))
         except GatewayError as exc:
             return error_response(exc)
-        return _json({"model_stats": [_proto_json(statistics_message(v)) for v in versions]})
+        # queue_depth is ours (Triton's statistics have no such field); clients ignore unknown keys.
+        return _json({
+            "model_stats": [
+                {**_proto_json(statistics_message(v)), "queue_depth": v.scheduler.queue_depth} for v in versions
+            ]
+        })
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready_only = False

@@ -83,8 +83,15 @@ class ModelScheduler:
 
     # -- intake ---------------------------------------------------------------
 
-    def submit(self, request: InferRequest, rows: int, shape_key: object, priority: int) -> asyncio.Future:
-        """Queue a validated request; raises QueueFullError etc. at once."""
+    def submit(
+        self, request: InferRequest, rows: int, shape_key: object, priority: int, timeout_deadline_ns: int = 0
+    ) -> asyncio.Future:
+        """Queue a validated request; raises QueueFullError etc. at once.
+
+        ``timeout_deadline_ns`` comes from the request's ``timeout`` parameter and
+        follows the queue policy (reject or delay); ``request.deadline_ns`` is the
+        transport's deadline, after which nobody waits for the answer.
+        """
         if not self._accepting:
             raise ModelNotReadyError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
         loop = self._loop or self._bind_loop()
@@ -95,7 +102,7 @@ class ModelScheduler:
             shape_key=shape_key,
             priority=priority,
             enqueue_ns=now,
-            deadline_ns=0,
+            deadline_ns=timeout_deadline_ns,
             hard_deadline_ns=request.deadline_ns,
             payload=Pending(request, fut, rows, now),
         )
@@ -130,7 +137,11 @@ class ModelScheduler:
             self._idle.set()
 
     def _arm_timer(self, now: int) -> None:
-        wake = self._batcher.next_wakeup(now) if len(self._batcher) else None
+        if not len(self._batcher):
+            return
+        # With every instance busy, only a deadline can change anything before a
+        # completion pumps again; a "ready now" wake-up would spin the loop.
+        wake = self._batcher.next_wakeup(now) if self._free else self._batcher.next_deadline()
         if wake is None:
             return
         if self._timer is not None:

@@ -61,12 +61,12 @@ class InferenceService:
         loaded = self.models.get(req.model, req.version)
         rows, key = validate_request(loaded, req)
         priority = _int_param(req, "priority") if "priority" in req.parameters else 0
+        timeout_deadline = 0
         if "timeout" in req.parameters:
             timeout_us = _int_param(req, "timeout")
             if timeout_us:
-                deadline = time.monotonic_ns() + timeout_us * 1000
-                req.deadline_ns = min(req.deadline_ns, deadline) if req.deadline_ns else deadline
-        outputs = await loaded.scheduler.submit(req, rows, key, priority)
+                timeout_deadline = time.monotonic_ns() + timeout_us * 1000
+        outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
         index = loaded.output_index
         return InferResponse(
             model=loaded.name,

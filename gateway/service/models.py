@@ -107,6 +107,8 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
     inputs = _check_declared(cfg.inputs, _strip_batch(graph_in, batching), "inputs", cfg_file)
     outputs = _check_declared(cfg.outputs, _strip_batch(graph_out, batching), "outputs", cfg_file)
     db = cfg.dynamic_batching
+    if not batching and db.preferred_batch_sizes:
+        raise ModelLoadError(f"{cfg_file}: dynamic_batching.preferred_batch_sizes: set but the model does not batch")
     policy = BatchingPolicy(
         max_batch_size=mbs,
         preferred_batch_sizes=db.preferred_batch_sizes,
@@ -154,6 +156,8 @@ class ModelManager:
         self.status: dict[str, ModelStatus] = {}
         self._version_status: dict[tuple[str, str], ModelStatus] = {}
         self._seen: dict[tuple[str, int], tuple[int, int]] = {}
+        # Files that failed to load, so an unchanged bad file is not retried every scan.
+        self._failed: dict[tuple[str, int], tuple[tuple[int, int], str]] = {}
         self._unloaded: set[str] = set()  # unloaded by an operator: polling leaves them alone
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
@@ -244,8 +248,9 @@ class ModelManager:
         status = self.status.setdefault(name, ModelStatus())
         if entry.config is None:
             assert entry.error is not None
+            if status.reason != str(entry.error):  # once per distinct problem, not every scan
+                _log.error("invalid model config, keeping the previous good one: %s", entry.error)
             status.reason = str(entry.error)
-            _log.error("invalid model config, keeping the previous good one: %s", entry.error)
             if not self.serving.get(name):
                 status.state = "UNAVAILABLE"
             return
@@ -262,6 +267,11 @@ class ModelManager:
                 continue
             stable = self._seen.get((name, v)) == files.fingerprint
             self._seen[(name, v)] = files.fingerprint
+            if not force and self._failed.get((name, v)) == (files.fingerprint, entry.config_digest):
+                problems.append(self._version_status[(name, key)].reason)
+                if old is not None:
+                    new[key] = old
+                continue
             if not (force or stable or (old is not None and old.fingerprint == files.fingerprint)):
                 if old is not None:
                     new[key] = old  # keep serving until the new file stops changing
@@ -273,11 +283,13 @@ class ModelManager:
             except (ModelLoadError, ConfigError) as exc:
                 vstatus.state, vstatus.reason = ("READY", str(exc)) if old else ("UNAVAILABLE", str(exc))
                 problems.append(str(exc))
+                self._failed[(name, v)] = (files.fingerprint, entry.config_digest)
                 _log.error("model %s version %s failed to load: %s", name, v, exc)
                 if old is not None:
                     new[key] = old
                 continue
             vstatus.state, vstatus.reason = "READY", ""
+            self._failed.pop((name, v), None)
             new[key] = loaded
             _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
                       name, v, loaded.max_batch_size, entry.config.instances)
