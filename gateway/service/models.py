@@ -293,6 +293,11 @@ class ModelManager:
             new[key] = loaded
             _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
                       name, v, loaded.max_batch_size, entry.config.instances)
+        if len(new) < len(wanted):
+            # A wanted version is still being written or failed to load: keep serving
+            # what served before until its replacement is up.
+            for key, old in current.items():
+                new.setdefault(key, old)
         for key, old in current.items():
             if new.get(key) is not old:
                 self._retire(old)

@@ -72,7 +72,7 @@ def test_http_binary_length_mismatch(gw):
 
 
 def test_http_body_too_large(gw):
-    body = json.dumps(json_body([{**MLP_OK, "shape": [32, 64], "data": [0.123456789] * 32 * 64}])).encode()
+    body = json.dumps(json_body([{**MLP_OK, "shape": [32, 64], "data": [0.123456789] * 32 * 64}]) | {"pad": "x" * 70000}).encode()
     assert len(body) > 65536
     status, _, raw = gw.http("POST", "/v2/models/mlp/infer", body, {"Content-Type": "application/json"})
     assert status == 413 and "limit" in json.loads(raw)["error"]

@@ -108,7 +108,7 @@ def test_bytes_and_fp16_over_http(client):
         for v2, arr in data.items():
             got = result.as_numpy(f"OUT_{v2}")
             if v2 == "BYTES":
-                assert [[bytes(e) for e in row] for row in got.tolist()] == arr.tolist(), binary
+                assert [[e if isinstance(e, bytes) else e.encode() for e in row] for row in got.tolist()] == arr.tolist(), binary
             else:
                 np.testing.assert_array_equal(got.astype(arr.dtype), arr, err_msg=f"{v2} binary={binary}")
 
