@@ -7,6 +7,8 @@ Models (fixed seeds, so every run writes the same bytes):
             (the model Triton's client examples use)
 - mlp:      INPUT FP32 [-1,64] -> Gemm 64x256, Relu, Gemm 256x256, Relu, Gemm 256x8 -> OUTPUT FP32 [-1,8]
 - identity: one input per v2 datatype, each echoed to an output (BYTES as ONNX string)
+- lookup:   INDEX INT64 [-1,1] -> EMBEDDING FP32 [-1,1,4], rows of a 10x4 table; an index
+            outside 0..9 makes onnxruntime fail at run time (used to test executor failures)
 """
 
 from __future__ import annotations
@@ -94,6 +96,17 @@ def identity_graph() -> onnx.GraphProto:
     return helper.make_graph(nodes, "identity", ins, outs)
 
 
+def lookup_graph() -> onnx.GraphProto:
+    table = np.arange(40, dtype=np.float32).reshape(10, 4)
+    return helper.make_graph(
+        [helper.make_node("Gather", ["TABLE", "INDEX"], ["EMBEDDING"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("INDEX", TensorProto.INT64, ["batch", 1])],
+        [helper.make_tensor_value_info("EMBEDDING", TensorProto.FLOAT, ["batch", 1, 4])],
+        initializer=[numpy_helper.from_array(table, "TABLE")],
+    )
+
+
 CONFIGS = {
     "simple": "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 100\n",
     "mlp": (
@@ -104,9 +117,10 @@ CONFIGS = {
         "  max_queue_size: 1024\n"
     ),
     "identity": "max_batch_size: 8\n",
+    "lookup": "max_batch_size: 8\n",
 }
 
-GRAPHS = {"simple": simple_graph, "mlp": mlp_graph, "identity": identity_graph}
+GRAPHS = {"simple": simple_graph, "mlp": mlp_graph, "identity": identity_graph, "lookup": lookup_graph}
 
 
 def write_repository(root: str, names: list[str] | None = None) -> str:

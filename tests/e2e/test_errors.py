@@ -6,13 +6,14 @@ import json
 
 import numpy as np
 import pytest
+
+import make_models
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    import make_models
     from conftest import Gateway
 
     root = tmp_path_factory.mktemp("errors") / "models"
@@ -120,3 +121,36 @@ def test_daemon_still_serves_after_bad_inputs(gw, client):
     status, doc = gw.http_json("POST", "/v2/models/mlp/infer", json_body([MLP_OK]))
     assert status == 200 and doc["outputs"][0]["shape"] == [1, 8]
     assert gw.proc.poll() is None
+
+
+def test_runtime_failure_fails_only_its_request(tmp_path, start_gateway):
+    root = tmp_path / "models"
+    make_models.write_repository(str(root), ["lookup"])
+    # A wide window so the good and bad requests land in one batch.
+    (root / "lookup" / "model.yaml").write_text("max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 300000\n")
+    gw = start_gateway(root)
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+
+    def lookup(i):
+        inp = grpcclient.InferInput("INDEX", [1, 1], "INT64")
+        inp.set_data_from_numpy(np.array([[i]], dtype=np.int64))
+        return client.infer("lookup", [inp]).as_numpy("EMBEDDING")
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        futures = {i: pool.submit(lookup, i) for i in (1, 99, 3, 4)}
+        good = {i: futures[i].result(30) for i in (1, 3, 4)}
+        with pytest.raises(InferenceServerException) as err:
+            futures[99].result(30)
+    assert err.value.status() == "StatusCode.INTERNAL"
+    assert "out of data bounds" in err.value.message()
+    stats = client.get_inference_statistics("lookup").model_stats[0]
+    assert max(b.batch_size for b in stats.batch_stats) > 1, "the bad request was not batched with good ones"
+    for i, emb in good.items():
+        np.testing.assert_array_equal(emb, np.arange(4 * i, 4 * i + 4, dtype=np.float32).reshape(1, 1, 4))
+    status, doc = gw.http_json("POST", "/v2/models/lookup/infer", json_body([
+        {"name": "INDEX", "datatype": "INT64", "shape": [1, 1], "data": [42]}]))
+    assert status == 500 and "lookup" in doc["error"]
+    assert lookup(2).shape == (1, 1, 4)
+    client.close()
