@@ -10,8 +10,10 @@ fi
 .venv/bin/python -m pip install -q --upgrade pip uv
 extras=""
 if [ $# -gt 0 ]; then extras="[$(IFS=,; echo "$*")]"; fi
+# grpcio-tools is pinned so the generated stubs never need a newer protobuf runtime than
+# the one installed (tritonclient caps protobuf below 7).
 # Build isolation off: the build needs only what we install first, and the
 # editable install keeps the compiled module and stubs beside the sources.
-.venv/bin/uv pip install -q --python .venv/bin/python "setuptools>=69" wheel "Cython>=3.0,<4" "numpy>=1.26" "grpcio-tools>=1.66,<2"
+.venv/bin/uv pip install -q --python .venv/bin/python "setuptools>=69" wheel "Cython>=3.0,<4" "numpy>=1.26" "grpcio-tools>=1.81,<1.82"
 .venv/bin/uv pip install -q --python .venv/bin/python --no-build-isolation -e ".${extras}"
 .venv/bin/python examples/make_models.py >/dev/null
