@@ -96,15 +96,19 @@ def start_gateway(repo: str) -> tuple[subprocess.Popen, int, int]:
 def h2load(port: int, body: str, concurrency: int, seconds: float) -> tuple[float, int, float]:
     conns = min(concurrency, 4)
     streams = max(1, concurrency // conns)
-    cmd = ["h2load", "-D", str(seconds), "--warm-up-time=1", "-c", str(conns), "-m", str(streams), "-t", "1",
+    cmd = ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", str(conns), "-m", str(streams), "-t", "1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",
            f"http://127.0.0.1:{port}/inference.GRPCInferenceService/ModelInfer"]
     t_cpu = os.times()
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+    out = res.stdout + res.stderr
     after = os.times()
     gen_cpu = (after.children_user + after.children_system) - (t_cpu.children_user + t_cpu.children_system)
-    rate = float(re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out).group(1))
-    done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+    finished = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    counts = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    if not finished or not counts:
+        raise RuntimeError("h2load output not understood:\n" + out)
+    rate, done = float(finished.group(1)), int(counts.group(2))
     return rate, done, gen_cpu
 
 

@@ -219,3 +219,64 @@ def test_drain_finishes_accepted_work_and_refuses_new():
         assert r1["y"][0, 0] == 2.0 and r2["y"][0, 0] == 4.0
 
     asyncio.run(main())
+
+
+class ShapeRecordingExecutor(GatedExecutor):
+    """Records each batch's input shape; echoes its input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.shapes: list[tuple[int, ...]] = []
+
+    def run(self, feeds, output_names):
+        self.started.release()
+        assert self.gate.wait(WAIT_S)
+        self.shapes.append(feeds["x"].shape)
+        return [feeds["x"].copy()]
+
+
+def _ragged_scheduler(ragged: bool) -> tuple[ModelScheduler, ShapeRecordingExecutor]:
+    ex = ShapeRecordingExecutor()
+    spec = SchedulerSpec(name="m", version="1", batching=True, output_names=("y",),
+                         ragged_inputs={"x": -1.0} if ragged else {})
+    return ModelScheduler(spec, BatchingPolicy(max_batch_size=8), [ex], ModelStats()), ex
+
+
+def _seq(length: int, value: float) -> InferRequest:
+    x = np.full((1, length), value, dtype=np.float32)
+    return InferRequest(model="m", version="", inputs={"x": x}, datatypes={"x": "FP32"})
+
+
+def test_different_trailing_dims_are_batched_apart():
+    async def main():
+        sched, ex = _ragged_scheduler(ragged=False)
+        block = sched.submit(_seq(2, 0), 1, ((2,),), 0)
+        await wait_started(ex)
+        a = sched.submit(_seq(3, 1), 1, ((3,),), 0)
+        b = sched.submit(_seq(5, 2), 1, ((5,),), 0)
+        c = sched.submit(_seq(3, 3), 1, ((3,),), 0)
+        ex.gate.set()
+        ra, rb, rc, _ = await asyncio.wait_for(asyncio.gather(a, b, c, block), WAIT_S)
+        assert ex.shapes == [(1, 2), (2, 3), (1, 5)]
+        assert ra["y"].tolist() == [[1, 1, 1]] and rc["y"].tolist() == [[3, 3, 3]] and rb["y"].shape == (1, 5)
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_ragged_inputs_are_padded_into_one_batch():
+    async def main():
+        sched, ex = _ragged_scheduler(ragged=True)
+        block = sched.submit(_seq(2, 0), 1, (), 0)
+        await wait_started(ex)
+        a = sched.submit(_seq(3, 1), 1, (), 0)
+        b = sched.submit(_seq(5, 2), 1, (), 0)
+        ex.gate.set()
+        ra, rb, _ = await asyncio.wait_for(asyncio.gather(a, b, block), WAIT_S)
+        assert ex.shapes == [(1, 2), (2, 5)]
+        # Outputs come back as the batch computed them: padded with the pad value.
+        assert ra["y"].tolist() == [[1, 1, 1, -1, -1]]
+        assert rb["y"].tolist() == [[2, 2, 2, 2, 2]]
+        await sched.drain(1)
+
+    asyncio.run(main())
