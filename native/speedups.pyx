@@ -18,30 +18,34 @@ def gather_rows(list arrays, cnp.ndarray out):
     Every array must share ``out``'s dtype and trailing dims. Returns the rows written.
     """
     cdef Py_ssize_t offset = 0
-    cdef Py_ssize_t nbytes
-    cdef Py_ssize_t total = out.nbytes
     cdef Py_ssize_t rows = 0
+    cdef Py_ssize_t n
+    cdef Py_ssize_t capacity = out.shape[0]
     cdef cnp.ndarray arr
     cdef char* dst = <char*> cnp.PyArray_DATA(out)
+    cdef bint objects = out.dtype.hasobject
+    cdef tuple trailing = (<object> out).shape[1:]
     if not cnp.PyArray_IS_C_CONTIGUOUS(out):
         raise ValueError("gather_rows: output buffer must be C-contiguous")
-    if out.dtype.hasobject:
-        for arr in arrays:
-            out[rows:rows + arr.shape[0]] = arr
-            rows += arr.shape[0]
-        return rows
     for arr in arrays:
-        if arr.dtype != out.dtype:
+        if not objects and arr.dtype != out.dtype:
             raise ValueError(f"gather_rows: dtype {arr.dtype} does not match batch dtype {out.dtype}")
-        if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
-            arr = np.ascontiguousarray(arr)
-        nbytes = arr.nbytes
-        if offset + nbytes > total:
+        if (<object> arr).shape[1:] != trailing:
+            raise ValueError(
+                f"gather_rows: trailing shape {(<object> arr).shape[1:]} does not match batch {trailing}"
+            )
+        n = arr.shape[0]
+        if rows + n > capacity:
             raise ValueError("gather_rows: inputs exceed the batch buffer")
-        if nbytes:
-            memcpy(dst + offset, cnp.PyArray_DATA(arr), nbytes)
-        offset += nbytes
-        rows += arr.shape[0]
+        if objects:
+            out[rows:rows + n] = arr
+        else:
+            if not cnp.PyArray_IS_C_CONTIGUOUS(arr):
+                arr = np.ascontiguousarray(arr)
+            if arr.nbytes:
+                memcpy(dst + offset, cnp.PyArray_DATA(arr), arr.nbytes)
+            offset += arr.nbytes
+        rows += n
     return rows
 
 

@@ -70,7 +70,6 @@ from __future__ import annotations
 import enum
 import json
 import math
-import struct
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -78,7 +77,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from gateway.core import datatypes
+from gateway.core import datatypes, tensors
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError
 from gateway.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
@@ -97,7 +96,6 @@ _UNSUPPORTED_PARAMS = (
     "classification",
 )
 
-_U32 = struct.Struct("<I")
 _SCALAR_TYPES = (bool, int, float, str)
 # Python types a JSON element may have, per numpy dtype kind. bool is listed
 # apart from int on purpose: type(True) is bool, so `true` in an INT32 tensor
@@ -536,51 +534,7 @@ def _bytes_from_json(name: str, flat: list) -> np.ndarray:
 def _array_from_buffer(
     name: str, datatype: str, shape: tuple[int, ...], count: int, buf: memoryview
 ) -> np.ndarray:
-    dtype = datatypes.to_numpy(datatype)
-    if dtype is None:
-        return _bytes_from_buffer(name, count, buf).reshape(shape)
-    expected = count * dtype.itemsize
-    if len(buf) != expected:
-        raise InvalidInputError(
-            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes, "
-            f"binary data has {len(buf)}"
-        )
-    return _fixed_from_buffer(name, dtype, buf).reshape(shape)
-
-
-def _fixed_from_buffer(name: str, dtype: np.dtype, buf: memoryview | bytes) -> np.ndarray:
-    if dtype.kind != "b":
-        return np.frombuffer(buf, dtype=dtype)
-    raw = np.frombuffer(buf, dtype=np.uint8)
-    # numpy would keep any byte as a "bool" whose value depends on the op.
-    if raw.size and raw.max() > 1:
-        raise InvalidInputError(f"input '{name}': BOOL bytes must be 0 or 1")
-    return raw.view(np.bool_)
-
-
-def _bytes_from_buffer(name: str, count: int, buf: memoryview) -> np.ndarray:
-    items: list[bytes] = []
-    pos, end = 0, len(buf)
-    for index in range(count):
-        if pos + 4 > end:
-            raise InvalidInputError(
-                f"input '{name}': BYTES data ends inside the length prefix of element {index} "
-                f"(shape needs {count} elements)"
-            )
-        (length,) = _U32.unpack_from(buf, pos)
-        pos += 4
-        if pos + length > end:
-            raise InvalidInputError(
-                f"input '{name}': BYTES element {index} claims {length} bytes but only "
-                f"{end - pos} remain"
-            )
-        items.append(bytes(buf[pos : pos + length]))
-        pos += length
-    if pos != end:
-        raise InvalidInputError(
-            f"input '{name}': BYTES data has {end - pos} bytes after its {count} elements"
-        )
-    return _object_array(items)
+    return tensors.from_raw(buf, datatype, shape, f"input '{name}'")
 
 
 def _array_from_msgpack(
@@ -597,13 +551,7 @@ def _array_from_msgpack(
         return _object_array(data).reshape(shape)
     if not isinstance(data, bytes):
         raise InvalidInputError(f"input '{name}': {datatype} data must be bin, got {_kind(data)}")
-    expected = count * dtype.itemsize
-    if len(data) != expected:
-        raise InvalidInputError(
-            f"input '{name}': {datatype} shape {list(shape)} needs {expected} bytes, "
-            f"data has {len(data)}"
-        )
-    return _fixed_from_buffer(name, dtype, data).reshape(shape)
+    return tensors.from_raw(data, datatype, shape, f"input '{name}'")
 
 
 def _object_array(items: list) -> np.ndarray:
@@ -704,12 +652,7 @@ def _raw_data(array: np.ndarray, datatype: str) -> bytes | memoryview:
     """The tensor in the binary layout, viewed rather than copied when possible."""
     dtype = datatypes.to_numpy(datatype)
     if dtype is None:
-        parts: list[bytes] = []
-        for item in array.ravel().tolist():
-            value = _as_bytes(item)
-            parts.append(_U32.pack(len(value)))
-            parts.append(value)
-        return b"".join(parts)
+        return tensors.bytes_to_raw(array)
     flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
     return memoryview(flat).cast("B")
 
@@ -722,22 +665,12 @@ def _as_text(item: Any) -> str:
     return str(item)
 
 
-def _as_bytes(item: Any) -> bytes:
-    if isinstance(item, bytes):
-        return item
-    if isinstance(item, str):
-        return item.encode("utf-8")
-    if isinstance(item, (bytearray, memoryview)):
-        return bytes(item)
-    return str(item).encode("utf-8")
-
-
 def _encode_msgpack(response: InferResponse) -> bytes:
     outputs = []
     for name, array in response.outputs.items():
         datatype = _output_datatype(response, name, array)
         if datatypes.to_numpy(datatype) is None:
-            data: Any = [_as_bytes(x) for x in array.ravel().tolist()]
+            data: Any = [tensors.as_bytes(x) for x in array.ravel().tolist()]
         else:
             data = _raw_data(array, datatype)
         outputs.append(

@@ -36,15 +36,17 @@ def bytes_from_raw(buf, count: int, what: str) -> np.ndarray:
     pos, end = 0, len(view)
     for i in range(count):
         if pos + 4 > end:
-            raise InvalidInputError(f"{what}: BYTES data ends before element {i} of {count} (missing length prefix)")
+            raise InvalidInputError(
+                f"{what}: BYTES data ends inside the length prefix of element {i} (shape needs {count} elements)"
+            )
         (n,) = _LEN.unpack_from(view, pos)
         pos += 4
         if pos + n > end:
-            raise InvalidInputError(f"{what}: BYTES element {i} declares {n} bytes but only {end - pos} remain")
+            raise InvalidInputError(f"{what}: BYTES element {i} claims {n} bytes but only {end - pos} remain")
         out[i] = bytes(view[pos : pos + n])
         pos += n
     if pos != end:
-        raise InvalidInputError(f"{what}: {end - pos} unexpected bytes after {count} BYTES elements")
+        raise InvalidInputError(f"{what}: BYTES data has {end - pos} bytes after its {count} elements")
     return out
 
 
@@ -55,16 +57,31 @@ def from_raw(buf, datatype: str, shape, what: str) -> np.ndarray:
         return bytes_from_raw(buf, count, what).reshape(shape)
     expected = count * dtype.itemsize
     if len(buf) != expected:
-        raise InvalidInputError(
-            f"{what}: got {len(buf)} bytes of raw data but shape {list(shape)} of {datatype} needs {expected}"
-        )
-    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+        raise InvalidInputError(f"{what}: {datatype} shape {list(shape)} needs {expected} bytes, data has {len(buf)}")
+    if dtype.kind != "b":
+        return np.frombuffer(buf, dtype=dtype).reshape(shape)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    # Any other byte would be a "bool" whose value depends on the operation.
+    if raw.size and raw.max() > 1:
+        raise InvalidInputError(f"{what}: BOOL bytes must be 0 or 1")
+    return raw.view(np.bool_).reshape(shape)
+
+
+def as_bytes(item) -> bytes:
+    """One BYTES element as bytes (runtimes hand back str for string tensors)."""
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, (bytearray, memoryview)):
+        return bytes(item)
+    return str(item).encode("utf-8")
 
 
 def bytes_to_raw(arr: np.ndarray) -> bytes:
     parts = []
-    for item in arr.reshape(-1):
-        b = item if isinstance(item, bytes) else str(item).encode("utf-8")
+    for item in arr.reshape(-1).tolist():
+        b = as_bytes(item)
         parts.append(_LEN.pack(len(b)))
         parts.append(b)
     return b"".join(parts)

@@ -11,10 +11,13 @@ import numpy as np
 def gather_rows(arrays: list[np.ndarray], out: np.ndarray) -> int:
     if not out.flags.c_contiguous:
         raise ValueError("gather_rows: output buffer must be C-contiguous")
+    trailing = out.shape[1:]
     rows = 0
     for arr in arrays:
         if not out.dtype.hasobject and arr.dtype != out.dtype:
             raise ValueError(f"gather_rows: dtype {arr.dtype} does not match batch dtype {out.dtype}")
+        if arr.shape[1:] != trailing:
+            raise ValueError(f"gather_rows: trailing shape {arr.shape[1:]} does not match batch {trailing}")
         n = arr.shape[0]
         if rows + n > out.shape[0]:
             raise ValueError("gather_rows: inputs exceed the batch buffer")

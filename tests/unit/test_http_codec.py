@@ -584,7 +584,7 @@ def _bytes_blob(*parts: bytes) -> bytes:
 
 
 MALFORMED_BINARY = {
-    "size not itemsize*count": (_binary_case(size=20, blob=b"\0" * 20), "needs 24 bytes, binary data has 20"),
+    "size not itemsize*count": (_binary_case(size=20, blob=b"\0" * 20), "needs 24 bytes, data has 20"),
     "size beyond body": (_binary_case(blob=b"\0" * 10), "exceeds the 10 bytes left"),
     "trailing bytes": (_binary_case(trailing=b"\0\0"), "sum to 24 bytes but 26 bytes follow"),
     "BOOL not 0/1": (_binary_case("BOOL", blob=b"\x01\x00\x02\x00\x00\x01"), "0 or 1"),
