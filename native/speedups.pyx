@@ -57,6 +57,8 @@ def gather_padded(list arrays, cnp.ndarray out, pad_value):
     out.fill(pad_value)
     for arr in arrays:
         n = arr.shape[0]
+        if row + n > out.shape[0]:
+            raise ValueError("gather_padded: inputs exceed the batch buffer")
         out[(slice(row, row + n),) + tuple([slice(0, d) for d in (<object> arr).shape[1:]])] = arr
         row += n
     return row
@@ -70,6 +72,8 @@ def split_rows(cnp.ndarray array, list counts):
     cdef Py_ssize_t total = array.shape[0] if array.ndim else 0
     for c in counts:
         n = c
+        if n < 0:
+            raise ValueError(f"split_rows: negative row count {n}")
         if start + n > total:
             raise ValueError(f"split_rows: output has {total} rows, batch needs more")
         parts.append(array[start:start + n])

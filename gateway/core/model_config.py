@@ -81,6 +81,13 @@ class VersionPolicy(_Strict):
     all: bool = False
     specific: tuple[int, ...] | None = None
 
+    @field_validator("specific")
+    @classmethod
+    def _versions_positive(cls, v: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if v is not None and (not v or any(x < 1 for x in v)):
+            raise ValueError("list at least one version, each >= 1")
+        return v
+
     @model_validator(mode="after")
     def _one_kind(self) -> VersionPolicy:
         kinds = sum([self.latest is not None, self.all, self.specific is not None])
@@ -195,8 +202,10 @@ def all_errors(model_dir: str) -> list[ConfigError]:
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, CONFIG_FILENAME)
     try:
-        with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh) if os.path.exists(path) else {}
+        raw = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as fh:
+                raw = yaml.safe_load(fh)
     except (OSError, yaml.YAMLError) as exc:
         return [ConfigError(path, "(file)", f"not valid YAML: {exc}")]
     if raw is None:

@@ -59,12 +59,18 @@ def load_settings(config_file: str | None = None, overrides: dict[str, Any] | No
         if not isinstance(raw, dict):
             raise ConfigError(config_file, "(file)", "expected a mapping at the top level")
     merged = _coerce_env(raw)
-    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    flags = {k: v for k, v in (overrides or {}).items() if v is not None}
+    merged.update(flags)
     try:
         return ServerSettings.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err["loc"]) or "(file)"
-        origin = "environment" if ENV_PREFIX + field.upper() in os.environ else source
+        if field in flags:
+            origin = f"command line (--{field.replace('_', '-')})"
+        elif ENV_PREFIX + field.upper() in os.environ:
+            origin = "environment"
+        else:
+            origin = source
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
         raise ConfigError(origin, field, reason) from None

@@ -31,6 +31,8 @@ def gather_padded(arrays: list[np.ndarray], out: np.ndarray, pad_value) -> int:
     row = 0
     for arr in arrays:
         n = arr.shape[0]
+        if row + n > out.shape[0]:
+            raise ValueError("gather_padded: inputs exceed the batch buffer")
         out[(slice(row, row + n),) + tuple(slice(0, d) for d in arr.shape[1:])] = arr
         row += n
     return row
@@ -41,6 +43,8 @@ def split_rows(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:
     parts = []
     start = 0
     for n in counts:
+        if n < 0:
+            raise ValueError(f"split_rows: negative row count {n}")
         if start + n > total:
             raise ValueError(f"split_rows: output has {total} rows, batch needs more")
         parts.append(array[start : start + n])
