@@ -114,6 +114,7 @@ CONFIGS = {
         "dynamic_batching:\n"
         "  preferred_batch_sizes: [8, 16, 32]\n"
         "  max_queue_delay_us: 500\n"
+        "  adaptive_delay: true\n"
         "  max_queue_size: 1024\n"
     ),
     "identity": "max_batch_size: 8\n",

@@ -57,6 +57,10 @@ class DynamicBatchingConfig(_Strict):
     default_timeout_us: int = Field(default=0, ge=0)
     timeout_action: Literal["reject", "delay"] = "reject"
     allow_timeout_override: bool = True
+    # Size the wait from observed arrival rate and execute time, capped by
+    # max_queue_delay_us; never wait when the executor is idle and waiting
+    # cannot collect another request before a batch would have finished.
+    adaptive_delay: bool = False
 
     @field_validator("preferred_batch_sizes")
     @classmethod

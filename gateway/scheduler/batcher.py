@@ -137,6 +137,15 @@ class DynamicBatcher:
         """The earliest pending deadline (queue timeout or client's), or None."""
         return self._queue.next_deadline()
 
+    def set_queue_delay(self, delay_ns: int) -> None:
+        """Change how long a partial batch may wait (adaptive batching); capped by the policy."""
+        self._delay = min(max(0, delay_ns), self.policy.max_queue_delay_ns)
+
+    @property
+    def target_rows(self) -> int:
+        """Rows at which a batch goes out without waiting."""
+        return self._send_at
+
     def remove(self, item: QueuedRequest) -> bool:
         """Take one request out (its client went away); False if it is not queued."""
         return self._queue.remove(item)

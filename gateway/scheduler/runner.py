@@ -27,6 +27,7 @@ from gateway.core.errors import (
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest
 from gateway.executors.base import Executor
+from gateway.scheduler.adaptive import AdaptiveDelay
 from gateway.scheduler.batcher import DynamicBatcher
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.queue import QueuedRequest
@@ -61,6 +62,8 @@ class SchedulerSpec:
     output_names: tuple[str, ...]
     # input name -> pad value, for inputs whose trailing dims may differ per request
     ragged_inputs: dict[str, float] = field(default_factory=dict)
+    # Size the queue delay from observed load (max_queue_delay stays the cap).
+    adaptive_delay: bool = False
 
 
 class ModelScheduler:
@@ -80,6 +83,7 @@ class ModelScheduler:
         self._accepting = True
         self._idle = asyncio.Event()
         self._idle.set()
+        self._adaptive = AdaptiveDelay() if spec.adaptive_delay else None
 
     # -- intake ---------------------------------------------------------------
 
@@ -106,6 +110,8 @@ class ModelScheduler:
             hard_deadline_ns=request.deadline_ns,
             payload=Pending(request, fut, rows, now),
         )
+        if self._adaptive is not None:
+            self._adaptive.observe_arrival(now)
         try:
             self._batcher.add(item, now)
         except QueueFullError:
@@ -125,6 +131,9 @@ class ModelScheduler:
         now = time.monotonic_ns()
         for item in self._batcher.expire(now):
             self._fail_expired(item.payload)
+        if self._adaptive is not None and self._free:
+            b = self._batcher
+            b.set_queue_delay(self._adaptive.delay_ns(b.queued_rows, b.target_rows, not self._in_flight))
         while self._free:
             batch = self._batcher.next_batch(now)
             if not batch:
@@ -183,6 +192,8 @@ class ModelScheduler:
         rows = sum(p.rows for p in pending)
         if any(not isinstance(o, BaseException) for o in result.outputs):
             self.stats.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns)
+            if self._adaptive is not None:
+                self._adaptive.observe_execution(result.input_ns + result.infer_ns + result.output_ns)
         for p, out in zip(pending, result.outputs):
             if isinstance(out, BaseException):
                 self.stats.fail.add(end - p.enqueue_ns)

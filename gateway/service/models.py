@@ -128,6 +128,7 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
         batching=batching,
         output_names=tuple(s.name for s in graph_out),
         ragged_inputs={t.name: t.pad_value for t in cfg.inputs if t.ragged},
+        adaptive_delay=db.adaptive_delay,
     )
     loaded = LoadedVersion(
         name=entry.name,
