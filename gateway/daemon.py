@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 
 import uvloop
 from aiohttp import web
@@ -16,11 +18,21 @@ from gateway.core.settings import ServerSettings
 from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
 from gateway.service.models import ModelManager
+from gateway.service.worker_stats import WorkerStats
 
 _log = logging.getLogger("gateway")
 
 
-async def serve(settings: ServerSettings) -> None:
+@dataclass(frozen=True, slots=True)
+class WorkerRole:
+    """Set when this process is one of several workers under the supervisor."""
+
+    index: int
+    stats_dir: str
+    ready: Connection
+
+
+async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
     native.log_choice()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
     service = InferenceService(manager)
@@ -29,12 +41,17 @@ async def serve(settings: ServerSettings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    grpc_server = mirror = None
-    if settings.grpc_port or settings.grpc_port == 0:
-        grpc_server, mirror, grpc_port = build_server(
-            service, settings.host, settings.grpc_port, settings.max_request_bytes
-        )
-        await grpc_server.start()
+    if worker is not None:
+        # Load before listening: the kernel hands connections to every socket in the
+        # SO_REUSEPORT group, so a worker must not listen before it can serve.
+        await manager.reconcile()
+        service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
+        service.worker_stats.start(lambda: manager.serving)
+
+    grpc_server, mirror, grpc_port = build_server(
+        service, settings.host, settings.grpc_port, settings.max_request_bytes
+    )
+    await grpc_server.start()
     runner = web.AppRunner(
         build_app(service, settings.max_request_bytes),
         access_log=None,
@@ -51,9 +68,12 @@ async def serve(settings: ServerSettings) -> None:
         if mirror is not None:
             await mirror.update()
 
-    await manager.reconcile()
+    if worker is None:
+        await manager.reconcile()
     await health_changed()
     _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
+    if worker is not None:
+        worker.ready.send(("ready", grpc_port, http_port))
 
     async with RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
         await stop.wait()
@@ -65,12 +85,23 @@ async def serve(settings: ServerSettings) -> None:
     grace = settings.grace_period_s
     await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
     await manager.close(grace)
+    if service.worker_stats is not None:
+        await service.worker_stats.stop()
     _log.info("stopped")
 
 
-def run(settings: ServerSettings) -> None:
+def configure_logging(settings: ServerSettings, tag: str = "") -> None:
     logging.basicConfig(
         level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
     )
+
+
+def run(settings: ServerSettings) -> None:
+    if settings.workers > 1:
+        from gateway.supervisor import supervise
+
+        supervise(settings)
+        return
+    configure_logging(settings)
     uvloop.run(serve(settings))

@@ -16,7 +16,7 @@ from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.core.errors import GatewayError, ModelNotFoundError
-from gateway.core.stats import Duration
+from gateway.core.stats import Duration, ModelStats
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 from gateway.service.models import LoadedVersion
@@ -79,8 +79,7 @@ def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
     return msg
 
 
-def statistics_message(v: LoadedVersion) -> pb.ModelStatistics:
-    s = v.stats
+def statistics_message(v: LoadedVersion, s: ModelStats) -> pb.ModelStatistics:
     msg = pb.ModelStatistics(
         name=v.name,
         version=v.version,
@@ -148,7 +147,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             versions = self.service.statistics(request.name, request.version)
         except GatewayError as exc:
             return await _abort(context, exc)
-        return pb.ModelStatisticsResponse(model_stats=[statistics_message(v) for v in versions])
+        return pb.ModelStatisticsResponse(
+            model_stats=[statistics_message(v, self.service.version_stats(v)) for v in versions]
+        )
 
     async def ModelInfer(self, request, context):
         try:

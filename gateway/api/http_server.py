@@ -110,7 +110,7 @@ class HttpApi:
         # queue_depth is ours (Triton's statistics have no such field); clients ignore unknown keys.
         return _json({
             "model_stats": [
-                {**_proto_json(statistics_message(v)), "queue_depth": v.scheduler.queue_depth} for v in versions
+                {**_proto_json(statistics_message(v, self.service.version_stats(v))), "queue_depth": v.scheduler.queue_depth} for v in versions
             ]
         })
 

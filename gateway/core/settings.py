@@ -17,8 +17,8 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = Field(default="0.0.0.0", description="address both servers listen on")
-    http_port: int = Field(default=8000, ge=0, le=65535, description="KServe v2 REST port (0 = off)")
-    grpc_port: int = Field(default=8001, ge=0, le=65535, description="KServe v2 gRPC port (0 = off)")
+    http_port: int = Field(default=8000, ge=0, le=65535, description="KServe v2 REST port (0 = pick a free port, logged)")
+    grpc_port: int = Field(default=8001, ge=0, le=65535, description="KServe v2 gRPC port (0 = pick a free port, logged)")
     model_repository: str = Field(default="examples/models", description="model repository directory")
     repository_poll_s: float = Field(
         default=2.0, ge=0, description="seconds between repository scans for hot reload (0 = no polling)"
@@ -28,6 +28,9 @@ class ServerSettings(BaseModel):
     )
     grace_period_s: float = Field(
         default=30.0, ge=0, description="on SIGTERM, how long accepted requests may take to finish"
+    )
+    workers: int = Field(
+        default=1, ge=1, le=64, description="server processes sharing the ports (SO_REUSEPORT), each with its own loop and executors"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
 

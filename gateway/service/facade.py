@@ -9,9 +9,11 @@ from __future__ import annotations
 import time
 
 from gateway.core.errors import InvalidInputError, ShuttingDownError
+from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.validation import validate_request
+from gateway.service.worker_stats import WorkerStats
 
 SERVER_NAME = "gateway"
 SERVER_VERSION = "0.1.0"
@@ -39,6 +41,8 @@ class InferenceService:
     def __init__(self, manager: ModelManager) -> None:
         self.models = manager
         self.accepting = True
+        # Set when running as one of several worker processes.
+        self.worker_stats: WorkerStats | None = None
 
     # -- health -------------------------------------------------------------------
 
@@ -104,3 +108,9 @@ class InferenceService:
             self.models.get(name)  # raises for unknown models
             return list(self.models.serving[name].values())
         return [v for versions in self.models.serving.values() for v in versions.values()]
+
+    def version_stats(self, loaded: LoadedVersion) -> ModelStats:
+        """This process's counters, summed with the other workers' when there are several."""
+        if self.worker_stats is None:
+            return loaded.stats
+        return self.worker_stats.merged(loaded.name, loaded.version, loaded.stats)

@@ -1,0 +1,81 @@
+"""Model statistics across worker processes.
+
+With ``--workers N`` each process keeps its own counters. Every worker
+publishes a snapshot to a shared directory (atomic file replace, twice a
+second); a statistics request sums the other workers' latest snapshots with
+its own live counters, so any worker answers for the whole server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+
+from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
+
+_log = logging.getLogger("gateway.workers")
+PUBLISH_INTERVAL_S = 0.5
+
+
+class WorkerStats:
+    def __init__(self, directory: str, index: int) -> None:
+        self.directory = directory
+        self.index = index
+        self._task: asyncio.Task | None = None
+
+    def _path(self, index: int) -> str:
+        return os.path.join(self.directory, f"worker-{index}.json")
+
+    @staticmethod
+    def snapshot(serving: dict) -> dict:
+        """Taken on the event loop, so the counters are not read mid-update."""
+        return {
+            "pid": os.getpid(),
+            "models": {
+                name: {v: stats_to_dict(loaded.stats) for v, loaded in versions.items()}
+                for name, versions in serving.items()
+            },
+        }
+
+    def write(self, doc: dict) -> None:
+        tmp = self._path(self.index) + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(doc, fh)
+        os.replace(tmp, self._path(self.index))
+
+    def peers(self, name: str, version: str) -> list[ModelStats]:
+        out = []
+        for entry in os.listdir(self.directory):
+            if not entry.endswith(".json") or entry == f"worker-{self.index}.json":
+                continue
+            try:
+                with open(os.path.join(self.directory, entry), encoding="utf-8") as fh:
+                    doc = json.load(fh)
+                out.append(stats_from_dict(doc["models"][name][version]))
+            except (OSError, ValueError, KeyError):
+                continue  # a worker that has not served this version, or is restarting
+        return out
+
+    def merged(self, name: str, version: str, own: ModelStats) -> ModelStats:
+        return merge_stats([own, *self.peers(name, version)])
+
+    def start(self, serving_source) -> None:
+        async def loop() -> None:
+            while True:
+                try:
+                    await asyncio.to_thread(self.write, self.snapshot(serving_source()))
+                except OSError as exc:
+                    _log.warning("cannot publish worker statistics: %s", exc)
+                await asyncio.sleep(PUBLISH_INTERVAL_S)
+
+        self._task = asyncio.get_running_loop().create_task(loop(), name="worker-stats")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
