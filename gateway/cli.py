@@ -74,6 +74,17 @@ def _check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _tune(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.tools.tune import tune
+
+    best = asyncio.run(
+        tune(args.model, args.model_repository, args.p99_ms, args.url, args.concurrency, args.seconds, args.dry_run)
+    )
+    return 0 if best is not None else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Model-serving daemon (KServe v2 gRPC/HTTP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -88,6 +99,21 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate a model repository and print every problem")
     check.add_argument("repository", help="model repository directory")
     check.set_defaults(func=_check)
+    tune = sub.add_parser(
+        "tune",
+        help="find batch settings for a model under a p99 bound and write them to its model.yaml",
+        description="Sweeps max_batch_size, max_queue_delay_us, instances and intra_op_threads against a "
+        "running daemon (--url) or one it starts on --model-repository, and writes the best setting whose p99 "
+        "meets the bound into model.yaml (keeping a backup). A running daemon hot-reloads it.",
+    )
+    tune.add_argument("model")
+    tune.add_argument("--p99-ms", type=float, required=True, help="latency bound for the 99th percentile")
+    tune.add_argument("--model-repository", default="examples/models", help="repository holding MODEL/model.yaml")
+    tune.add_argument("--url", help="gRPC address of a running daemon serving that repository (default: start one)")
+    tune.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
+    tune.add_argument("--seconds", type=float, default=3.0, help="measured seconds per trial")
+    tune.add_argument("--dry-run", action="store_true", help="print the best setting without writing it")
+    tune.set_defaults(func=_tune)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -58,6 +58,9 @@ def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
         instance_group=[mc.ModelInstanceGroup(name=f"{v.name}_0", count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
         default_model_filename=cfg.default_model_filename,
     )
+    # Runtime settings without a field of their own, as Triton's ORT backend does.
+    msg.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
+    msg.parameters["adaptive_delay"].string_value = str(cfg.dynamic_batching.adaptive_delay).lower()
     policy = cfg.version_policy
     if policy.all:
         msg.version_policy.all.SetInParent()
