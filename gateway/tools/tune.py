@@ -130,10 +130,12 @@ async def tune(
     model_dir = os.path.join(repository, model)
     path = os.path.join(model_dir, CONFIG_FILENAME)
     load_model_config(model_dir)  # refuse to start from an invalid file
+    original_text = None
     original = {}
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
-            original = yaml.safe_load(fh) or {}
+            original_text = fh.read()
+        original = yaml.safe_load(original_text) or {}
     proc = None
     if target is None:
         proc, target = _self_started(repository)
@@ -179,9 +181,12 @@ async def tune(
                 if score(r) > score(best_result):
                     best, best_result = candidate, r
     finally:
-        # Leave the file as it was until the decision below.
-        if original:
-            _write_yaml(path, original)
+        # Leave the file byte for byte as it was until the decision below.
+        if original_text is not None:
+            tmp = path + ".tuning"
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(original_text)
+            os.replace(tmp, path)
         elif os.path.exists(path):
             os.remove(path)
         if proc is not None:
