@@ -13,8 +13,11 @@ from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
 from gateway.core.settings import ServerSettings
+from gateway.monitoring import Telemetry
+from gateway.monitoring.logs import configure_logging
 from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
+from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 
 _log = logging.getLogger("gateway")
@@ -23,7 +26,8 @@ _log = logging.getLogger("gateway")
 async def serve(settings: ServerSettings) -> None:
     native.log_choice()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
-    service = InferenceService(manager)
+    telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
+    service = InferenceService(manager, telemetry)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,12 +69,10 @@ async def serve(settings: ServerSettings) -> None:
     grace = settings.grace_period_s
     await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
     await manager.close(grace)
+    await telemetry.close()  # flushes the spans still queued
     _log.info("stopped")
 
 
 def run(settings: ServerSettings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format, settings.module_levels)
     uvloop.run(serve(settings))

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import time
 
-from gateway.core.errors import InvalidInputError, ShuttingDownError
+from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
+from gateway.monitoring import ModelSample, Telemetry
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.validation import validate_request
 
@@ -36,9 +37,11 @@ def _int_param(req: InferRequest, name: str) -> int:
 
 
 class InferenceService:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, telemetry: Telemetry | None = None) -> None:
         self.models = manager
         self.accepting = True
+        self.telemetry = telemetry or Telemetry()
+        self.telemetry.bind(self._model_samples, self._metric_labels)
 
     # -- health -------------------------------------------------------------------
 
@@ -54,6 +57,9 @@ class InferenceService:
         return self.models.is_ready(name, version)
 
     # -- inference --------------------------------------------------------------------
+
+    # Response-cache hook: a lookup here stamps ``req.trace.cache_lookup(start_ns, end_ns, hit)``
+    # when ``req.trace`` is set, and counts ``loaded.stats.cache_hits`` / ``cache_misses``.
 
     async def infer(self, req: InferRequest) -> InferResponse:
         if not self.accepting:
@@ -104,3 +110,19 @@ class InferenceService:
             self.models.get(name)  # raises for unknown models
             return list(self.models.serving[name].values())
         return [v for versions in self.models.serving.values() for v in versions.values()]
+
+    # -- telemetry sources ------------------------------------------------------------------
+
+    def _model_samples(self) -> list[ModelSample]:
+        return [
+            ModelSample(v.name, v.version, v.stats, v.scheduler.queue_depth, v.scheduler.instances, v.scheduler.busy_instances)
+            for versions in self.models.serving.values()
+            for v in versions.values()
+        ]
+
+    def _metric_labels(self, name: str, version: str) -> tuple[str, str]:
+        try:
+            loaded = self.models.get(name, version)
+        except GatewayError:
+            return ("", "") if name not in self.models.status else (name, version)
+        return loaded.name, loaded.version
