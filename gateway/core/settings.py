@@ -48,6 +48,12 @@ class ServerSettings(BaseModel):
         "OTEL_TRACES_SAMPLER overrides",
     )
 
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return ("on" if v else "off") if isinstance(v, bool) else v
+
     @field_validator("log_levels", mode="before")
     @classmethod
     def _module_levels(cls, v: Any) -> str:
