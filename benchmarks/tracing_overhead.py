@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import signal
 import subprocess
@@ -27,7 +26,7 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, BENCH)
 
-from grpc_unary import ROOT, cpu_seconds, grpc_body, h2load, machine  # noqa: E402
+from grpc_unary import ROOT, cpu_seconds, grpc_body, h2load, machine, start_gateway  # noqa: E402
 
 import make_models  # noqa: E402  (grpc_unary put examples/ on the path)
 
@@ -43,28 +42,6 @@ s = ThreadingHTTPServer(("127.0.0.1", 0), H)
 print(s.server_address[1], flush=True)
 s.serve_forever()
 """
-
-
-def start_gateway(repo: str, extra: list[str], env: dict[str, str], tree: str = ROOT) -> tuple[subprocess.Popen, int]:
-    python = sys.executable if tree == ROOT else os.path.join(tree, ".venv", "bin", "python")
-    proc = subprocess.Popen(
-        [python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
-         "--model-repository", repo, "--repository-poll-s", "0", *extra],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tree, env={**os.environ, **env},
-    )
-    port = None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        m = re.search(r"listening grpc=[\d.]+:(\d+)", line)
-        if m:
-            port = int(m.group(1))
-        if " ready: " in line and port:
-            return proc, port
-        if not line and proc.poll() is not None:
-            break
-    proc.kill()
-    raise RuntimeError("gateway did not start")
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -109,7 +86,7 @@ def main() -> int:
             grpc_body(body)
             for _ in range(args.rounds):
                 for name, extra, env, tree in modes:
-                    proc, port = start_gateway(repo, extra, env, tree)
+                    proc, port, _ = start_gateway(repo, tuple(extra), env, tree)
                     try:
                         for c in concurrencies:
                             sink0 = cpu_seconds(sink.pid)

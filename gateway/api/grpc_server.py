@@ -187,12 +187,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
         req = decode_request(request, deadline_ns)
         request_context.request_id.set(req.id)
-        if trace is not None:
-            trace.decoded_ns = time.monotonic_ns()
-            req.trace = trace.record
-        response = await self.service.infer(req)
-        if trace is not None:
-            trace.served_ns = time.monotonic_ns()
+        response = await self.service.infer_traced(req, trace)
         msg = encode_response(response)
         self.service.telemetry.request_done("grpc", response.model, response.version, "ok", start, time.monotonic_ns(),
                                             trace, None, _GRPC_OK)

@@ -160,12 +160,7 @@ class HttpApi:
         try:
             req, fmt = await self._decode(request, model, version)
             request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
-            if trace is not None:
-                trace.decoded_ns = time.monotonic_ns()
-                req.trace = trace.record
-            resp = await self.service.infer(req)
-            if trace is not None:
-                trace.served_ns = time.monotonic_ns()
+            resp = await self.service.infer_traced(req, trace)
             payload, headers = encode_infer_response(resp, fmt)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)

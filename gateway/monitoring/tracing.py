@@ -134,6 +134,11 @@ class RequestTrace:
         self.served_ns = 0
         self.offset_ns = offset_ns
 
+    def attach(self, request: Any) -> None:
+        """Decoding is done: stamp it and let the stages after it stamp theirs into ``request.trace``."""
+        self.decoded_ns = time.monotonic_ns()
+        request.trace = self.record
+
     def finish(self, end_ns: int, error: str | None, attributes: dict[str, Any] | None = None) -> None:
         """Emit the child spans from the stamps and end the request span at ``end_ns``."""
         parent = set_span_in_context(self.span)

@@ -10,7 +10,7 @@ import time
 
 from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
-from gateway.monitoring import ModelSample, Telemetry
+from gateway.monitoring import ModelSample, RequestTrace, Telemetry
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.validation import validate_request
 
@@ -81,6 +81,15 @@ class InferenceService:
             datatypes={n: index[n].datatype for n in outputs},
             id=req.id,
         )
+
+    async def infer_traced(self, req: InferRequest, trace: RequestTrace | None) -> InferResponse:
+        """``infer`` for the api layer, stamping the request's hops when it is traced."""
+        if trace is None:
+            return await self.infer(req)
+        trace.attach(req)
+        resp = await self.infer(req)
+        trace.served_ns = time.monotonic_ns()
+        return resp
 
     # -- metadata -----------------------------------------------------------------------
 
