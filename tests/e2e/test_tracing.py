@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
-from otlp_receiver import OtlpReceiver
+from otlp_receiver import OtlpGrpcReceiver, OtlpReceiver
 from tritonclient.utils import InferenceServerException
 
 SERVER_KIND = 2  # opentelemetry.proto.trace.v1.Span.SpanKind.SPAN_KIND_SERVER
@@ -192,3 +192,17 @@ def test_unsupported_otlp_protocol_is_a_clear_startup_error(model_repo, receiver
     )
     assert proc.returncode == 2
     assert "OTEL_EXPORTER_OTLP_PROTOCOL" in proc.stderr and "http/json" in proc.stderr
+
+
+def test_otlp_grpc_exporter(model_repo, start_gateway):
+    receiver = OtlpGrpcReceiver()
+    try:
+        gw = start_gateway(model_repo, env=otel_env(receiver, OTEL_EXPORTER_OTLP_PROTOCOL="grpc"))
+        header, trace_id, caller = traceparent()
+        assert gw.http("POST", "/v2/models/simple/infer", simple_body(),
+                       {"Content-Type": "application/json", "traceparent": header})[0] == 200
+        spans = by_name(receiver.trace(trace_id, 5))
+        assert spans["POST /v2/models/{model}/infer"].parent_span_id == caller
+        assert set(spans) == HOPS | {"POST /v2/models/{model}/infer"}
+    finally:
+        receiver.close()
