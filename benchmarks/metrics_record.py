@@ -16,7 +16,9 @@ import prometheus_client as pc
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
-from gateway.core.stats import Histogram
+from gateway.core import context
+from gateway.core.stats import Histogram, ModelStats
+from gateway.monitoring import Telemetry
 from gateway.monitoring.metrics import RequestMetrics
 
 
@@ -39,6 +41,18 @@ def main() -> None:
     bound = prom.labels(*attrs.values())
     ours = Histogram()
     requests = RequestMetrics()
+    telemetry = Telemetry()  # tracing off, as by default
+    telemetry.bind(lambda: [], lambda m, v: (m, v))
+    stats = ModelStats()
+
+    def off_path() -> None:
+        # Everything telemetry adds to one request with tracing off: the api's tracing test and
+        # request-id context, the answered-request count + histogram, the queue histogram bump.
+        if telemetry.tracing is None:
+            context.request_id.set("r-1")
+        stats.record_queue(20_000)
+        telemetry.request_done("grpc", "mlp", "1", "ok", 0, 1_000_000, None)
+
     rows = [
         ("OpenTelemetry SDK Histogram.record", per_call_us(lambda: otel_hist.record(0.001, attrs), n)),
         ("OpenTelemetry SDK Counter.add", per_call_us(lambda: otel_counter.add(1, attrs), n)),
@@ -47,6 +61,8 @@ def main() -> None:
         ("gateway Histogram.observe", per_call_us(lambda: ours.observe(1_000_000), n)),
         ("gateway RequestMetrics.observe (count + histogram)", per_call_us(
             lambda: requests.observe("mlp", "1", "grpc", "ok", 1_000_000), n)),
+        ("all telemetry added to one request, tracing off", per_call_us(off_path, n)),
+        ("(for scale) ModelStats.queue.add, what the queue hop cost before", per_call_us(lambda: stats.queue.add(20_000), n)),
     ]
     print(f"Python {platform.python_version()}, {platform.processor() or platform.machine()}; {n:,} calls each")
     print("| update | us per call |\n|---|---:|")

@@ -18,6 +18,7 @@ import argparse
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,16 +103,17 @@ def main() -> int:
         sink.wait(10)
     print(f"machine: {machine()}")
     print(f"model: mlp, batch-1 gRPC ModelInfer via h2load; {args.seconds:g} s per point, {args.rounds} rounds "
-          f"(best round shown)\n")
+          f"interleaved; median over rounds (min in brackets)\n")
     print("| tracing | concurrency | infer/s | / off | server CPU us per infer | / off |")
     print("|---|---:|---:|---:|---:|---:|")
     for c in concurrencies:
-        base_rate = max(r for r, _ in results[("off", c)])
-        base_cpu = min(u for _, u in results[("off", c)])
+        base_rate = statistics.median(r for r, _ in results[("off", c)])
+        base_cpu = statistics.median(u for _, u in results[("off", c)])
         for name, *_ in modes:
-            rate = max(r for r, _ in results[(name, c)])
-            cpu = min(u for _, u in results[(name, c)])
-            print(f"| {name} | {c} | {rate:,.0f} | {rate / base_rate:.3f} | {cpu:.0f} | {cpu / base_cpu:.2f} |")
+            rates = [r for r, _ in results[(name, c)]]
+            cpus = [u for _, u in results[(name, c)]]
+            rate, cpu = statistics.median(rates), statistics.median(cpus)
+            print(f"| {name} | {c} | {rate:,.0f} | {rate / base_rate:.3f} | {cpu:.0f} ({min(cpus):.0f}) | {cpu / base_cpu:.2f} |")
     print("\nOTLP sink CPU s (all points): " + ", ".join(f"{k}: {v:.2f}" for k, v in sink_cpu.items()))
     return 0
 
