@@ -72,11 +72,15 @@ def grpc_body(path: str) -> None:
         fh.write(b"\0" + struct.pack(">I", len(payload)) + payload)
 
 
-def start_gateway(repo: str) -> tuple[subprocess.Popen, int, int]:
+def start_gateway(
+    repo: str, extra: tuple[str, ...] = (), env: dict[str, str] | None = None, tree: str = ROOT
+) -> tuple[subprocess.Popen, int, int]:
+    """The gateway of source tree ``tree`` (its own .venv unless it is this one) on free ports."""
+    python = sys.executable if tree == ROOT else os.path.join(tree, ".venv", "bin", "python")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
-         "--model-repository", repo, "--repository-poll-s", "0"],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
+        [python, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
+         "--model-repository", repo, "--repository-poll-s", "0", *extra],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=tree, env={**os.environ, **(env or {})},
     )
     ports = None
     deadline = time.monotonic() + 60

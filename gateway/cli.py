@@ -38,7 +38,11 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from gateway.daemon import run  # imported late: the compiled module loads here
 
-    run(settings)
+    try:
+        run(settings)
+    except ConfigError as exc:  # e.g. an OTEL_* variable the tracing set-up cannot use
+        print(f"gateway: invalid settings: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -15,8 +15,11 @@ from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
 from gateway.core.settings import ServerSettings
+from gateway.monitoring import Telemetry
+from gateway.monitoring.logs import configure_logging
 from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
+from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 from gateway.service.worker_stats import WorkerStats
 
@@ -35,7 +38,8 @@ class WorkerRole:
 async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
     native.log_choice()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
-    service = InferenceService(manager)
+    telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
+    service = InferenceService(manager, telemetry)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,16 +89,14 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     grace = settings.grace_period_s
     await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
     await manager.close(grace)
+    await telemetry.close()  # flushes the spans still queued
     if service.worker_stats is not None:
         await service.worker_stats.stop()
     _log.info("stopped")
 
 
-def configure_logging(settings: ServerSettings, tag: str = "") -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format=f"%(asctime)s %(levelname)s {tag}%(name)s: %(message)s",
-    )
+def setup_logging(settings: ServerSettings, role: str = "") -> None:
+    configure_logging(settings.log_level, settings.log_format, settings.module_levels, role)
 
 
 def run(settings: ServerSettings) -> None:
@@ -103,5 +105,5 @@ def run(settings: ServerSettings) -> None:
 
         supervise(settings)
         return
-    configure_logging(settings)
+    setup_logging(settings)
     uvloop.run(serve(settings))

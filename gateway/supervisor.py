@@ -28,10 +28,10 @@ RESTART_BACKOFF_S = (0.1, 0.5, 1, 2, 5)
 def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
     import uvloop
 
-    from gateway.daemon import WorkerRole, configure_logging, serve
+    from gateway.daemon import WorkerRole, serve, setup_logging
 
     settings = ServerSettings.model_validate(settings_doc)
-    configure_logging(settings, tag=f"[worker {index}] ")
+    setup_logging(settings, role=f"worker {index}")
     uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready)))
 
 
@@ -147,9 +147,9 @@ class Supervisor:
 
 
 def supervise(settings: ServerSettings) -> None:
-    from gateway.daemon import configure_logging
+    from gateway.daemon import setup_logging
 
-    configure_logging(settings, tag="[supervisor] ")
+    setup_logging(settings, role="supervisor")
     code = Supervisor(settings).run()
     if code:
         raise SystemExit(code)

@@ -52,7 +52,7 @@ class Gateway:
         match = self.wait_for_log(_LISTENING, timeout=60)
         self.grpc_url = f"127.0.0.1:{match.group(2)}"
         self.http_url = f"127.0.0.1:{match.group(4)}"
-        self.wait_for_log(re.compile(r" ready: "), timeout=60)
+        self.wait_for_log(re.compile(r"[ \"]ready: "), timeout=60)  # text or JSON log lines
 
     def _read(self) -> None:
         for line in self.proc.stderr:

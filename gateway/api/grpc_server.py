@@ -15,6 +15,7 @@ from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_codec import decode_request, encode_response
+from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, ModelNotFoundError
 from gateway.core.stats import Duration, ModelStats
 from gateway.service import InferenceService
@@ -108,6 +109,20 @@ def statistics_message(v: LoadedVersion, s: ModelStats) -> pb.ModelStatistics:
     return msg
 
 
+_INFER_SPAN = SERVICE_NAME + "/ModelInfer"
+_STREAM_SPAN = SERVICE_NAME + "/ModelStreamInfer"
+_GRPC_OK = {"rpc.grpc.status_code": 0}
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """Invocation metadata as a carrier for W3C trace-context extraction."""
+    return {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+
+
+def _span_attributes(request) -> dict[str, str]:
+    return {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "gateway.model.name": request.model_name}
+
+
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService) -> None:
         self.service = service
@@ -155,27 +170,55 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request, context):
+        start = time.monotonic_ns()
+        telemetry = self.service.telemetry
+        trace = None
+        if telemetry.tracing is not None:
+            trace = telemetry.tracing.begin(_INFER_SPAN, _metadata(context), start, _span_attributes(request))
         try:
-            response = await self.service.infer(decode_request(request, _deadline_ns(context)))
-            return encode_response(response)
+            return await self._infer(request, _deadline_ns(context), start, trace)
         except asyncio.CancelledError:
+            telemetry.request_done("grpc", request.model_name, request.model_version, "cancelled", start,
+                                   time.monotonic_ns(), trace, "cancelled by the client")
             raise
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
-            return await _abort(context, exc)
+            code, message = classify(exc)
+            telemetry.request_done("grpc", request.model_name, request.model_version, code.value, start,
+                                   time.monotonic_ns(), trace, message, {"rpc.grpc.status_code": GRPC_STATUS[code].value[0]})
+            await context.abort(GRPC_STATUS[code], message)
+
+    async def _infer(self, request, deadline_ns: int, start: int, trace) -> pb.ModelInferResponse:
+        """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
+        req = decode_request(request, deadline_ns)
+        request_context.request_id.set(req.id)
+        response = await self.service.infer_traced(req, trace)
+        msg = encode_response(response)
+        self.service.telemetry.request_done("grpc", response.model, response.version, "ok", start, time.monotonic_ns(),
+                                            trace, None, _GRPC_OK)
+        return msg
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are served concurrently; each response (or error) carries its request's id."""
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
+        telemetry = self.service.telemetry
+        carrier = _metadata(context) if telemetry.tracing is not None else None
+
         async def serve_one(req) -> None:
+            start = time.monotonic_ns()
+            trace = None
+            if carrier is not None:
+                trace = telemetry.tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
             try:
-                resp = await self.service.infer(decode_request(req))
-                out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(resp)))
+                msg = await self._infer(req, 0, start, trace)
+                out.put_nowait(pb.ModelStreamInferResponse(infer_response=msg))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                _, message = classify(exc)
+                code, message = classify(exc)
+                telemetry.request_done("grpc", req.model_name, req.model_version, code.value, start,
+                                       time.monotonic_ns(), trace, message)
                 out.put_nowait(pb.ModelStreamInferResponse(
                     error_message=message,
                     infer_response=pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version, id=req.id),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 
 from aiohttp import web
 from google.protobuf import json_format
@@ -11,12 +12,14 @@ from google.protobuf import json_format
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
+from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, InvalidInputError, PayloadTooLargeError
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
 _log = logging.getLogger("gateway.http")
 _JSON = "application/json"
+_HTTP_OK = {"http.response.status_code": 200}
 
 
 def _json(doc, status: int = 200) -> web.Response:
@@ -52,6 +55,7 @@ class HttpApi:
             web.post("/v2/repository/index", self.repository_index),
             web.post("/v2/repository/models/{model}/load", self.load),
             web.post("/v2/repository/models/{model}/unload", self.unload),
+            web.get("/metrics", self.metrics),
         ]
         for base in (model, versioned):
             r += [
@@ -144,33 +148,51 @@ class HttpApi:
         return _json({})
 
     async def infer(self, request: web.Request) -> web.Response:
+        start = time.monotonic_ns()
+        model, version = request.match_info["model"], _version(request)
+        telemetry = self.service.telemetry
+        trace = None
+        if telemetry.tracing is not None:
+            route = request.match_info.route.resource.canonical
+            trace = telemetry.tracing.begin("POST " + route, request.headers, start, {
+                "http.request.method": "POST", "http.route": route, "gateway.model.name": model,
+            })
         try:
-            if request.content_length is not None and request.content_length > self.max_request_bytes:
-                raise PayloadTooLargeError(
-                    f"request body of {request.content_length} bytes exceeds the limit of {self.max_request_bytes}"
-                )
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_request_bytes} bytes") from None
-            header_length = request.headers.get(HEADER_LENGTH_HEADER)
-            if header_length is not None:
-                try:
-                    header_length = int(header_length)
-                except ValueError:
-                    raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
-            req, fmt = decode_infer_request(
-                body,
-                content_type=request.content_type,
-                header_length=header_length,
-                model=request.match_info["model"],
-                version=_version(request),
-            )
-            resp = await self.service.infer(req)
+            req, fmt = await self._decode(request, model, version)
+            request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
+            resp = await self.service.infer_traced(req, trace)
             payload, headers = encode_infer_response(resp, fmt)
-            return web.Response(body=payload, headers=headers)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
-            return error_response(exc)
+            code, message = classify(exc)
+            status = HTTP_STATUS[code]
+            telemetry.request_done("http", model, version, code.value, start, time.monotonic_ns(), trace, message,
+                                   {"http.response.status_code": status})
+            return web.Response(body=encode_error(message), status=status, content_type=_JSON)
+        telemetry.request_done("http", resp.model, resp.version, "ok", start, time.monotonic_ns(), trace, None, _HTTP_OK)
+        return web.Response(body=payload, headers=headers)
+
+    async def _decode(self, request: web.Request, model: str, version: str):
+        if request.content_length is not None and request.content_length > self.max_request_bytes:
+            raise PayloadTooLargeError(
+                f"request body of {request.content_length} bytes exceeds the limit of {self.max_request_bytes}"
+            )
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_request_bytes} bytes") from None
+        header_length = request.headers.get(HEADER_LENGTH_HEADER)
+        if header_length is not None:
+            try:
+                header_length = int(header_length)
+            except ValueError:
+                raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
+        return decode_infer_request(
+            body, content_type=request.content_type, header_length=header_length, model=model, version=version
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body, content_type = self.service.telemetry.render_metrics(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 @web.middleware

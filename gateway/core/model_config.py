@@ -108,6 +108,18 @@ class VersionPolicy(_Strict):
         return ordered[-(self.latest or 1) :]
 
 
+class TensorRTConfig(_Strict):
+    """Engine build settings for ``backend: tensorrt`` and the ONNX Runtime ``tensorrt`` provider."""
+
+    fp16: bool = False
+    # INT8 needs a graph quantized with Q/DQ nodes (explicit quantization); no calibration here.
+    int8: bool = False
+    workspace_mib: int = Field(default=1024, ge=16, le=1_048_576)
+    # Serialized engines are cached here, keyed by GPU, TensorRT version, model hash and these
+    # settings; "" = $GATEWAY_ENGINE_CACHE_DIR or ~/.cache/gateway/tensorrt.
+    engine_cache_dir: str = ""
+
+
 class ModelConfig(_Strict):
     name: str
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -124,6 +136,9 @@ class ModelConfig(_Strict):
     intra_op_threads: int = Field(default=1, ge=0, le=256)
     version_policy: VersionPolicy = VersionPolicy()
     default_model_filename: str = "model.onnx"
+    # CUDA device for the cuda/tensorrt providers and the tensorrt backend.
+    gpu_device: int = Field(default=0, ge=0)
+    tensorrt: TensorRTConfig = TensorRTConfig()
 
     @field_validator("providers")
     @classmethod

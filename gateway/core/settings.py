@@ -6,7 +6,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from gateway.core.errors import ConfigError
 
@@ -33,6 +33,60 @@ class ServerSettings(BaseModel):
         default=1, ge=1, le=64, description="server processes sharing the ports (SO_REUSEPORT), each with its own loop and executors"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="log lines as text, or as JSON objects with request and trace ids"
+    )
+    log_levels: str = Field(
+        default="",
+        description="per-module log levels over log_level, e.g. 'gateway.scheduler=debug,gateway.requests=debug'",
+    )
+    tracing: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="OpenTelemetry traces over OTLP, configured by the standard OTEL_* variables; "
+        "auto = on when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set",
+    )
+    trace_sample_ratio: float = Field(
+        default=1.0, ge=0.0, le=1.0,
+        description="fraction of new traces sampled (a caller's sampled traceparent is always followed); "
+        "OTEL_TRACES_SAMPLER overrides",
+    )
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _yaml_on_off(cls, v: Any) -> Any:
+        # YAML 1.1 reads a bare on/off as a boolean.
+        return ("on" if v else "off") if isinstance(v, bool) else v
+
+    @field_validator("log_levels", mode="before")
+    @classmethod
+    def _module_levels(cls, v: Any) -> str:
+        """Accepts 'a=debug,b=info' or, in gateway.yaml, a mapping; stored as the string form."""
+        if isinstance(v, dict):
+            v = ",".join(f"{k}={lvl}" for k, lvl in v.items())
+        if not isinstance(v, str):
+            raise ValueError("expected 'module=level,...' or a mapping of module to level")
+        parse_module_levels(v)
+        return v
+
+    @property
+    def module_levels(self) -> dict[str, str]:
+        return parse_module_levels(self.log_levels)
+
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def parse_module_levels(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        module, sep, level = part.partition("=")
+        module, level = module.strip(), level.strip().lower()
+        if not sep or not module:
+            raise ValueError(f"'{part}' is not module=level")
+        if level not in LOG_LEVELS:
+            raise ValueError(f"'{part}': level must be one of {', '.join(LOG_LEVELS)}")
+        out[module] = level
+    return out
 
 
 FIELDS = ServerSettings.model_fields
@@ -75,5 +129,5 @@ def load_settings(config_file: str | None = None, overrides: dict[str, Any] | No
             origin = "environment"
         else:
             origin = source
-        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise ConfigError(origin, field, reason) from None

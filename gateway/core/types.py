@@ -23,6 +23,32 @@ class RequestedOutput:
 
 
 @dataclass(slots=True)
+class TraceRecord:
+    """Monotonic-clock stamps (ns) of a traced request's hops, turned into spans when it ends.
+
+    Only traced requests carry one, so an untraced request pays one ``is None``
+    test per hop. The stages that own each hop fill it in; monitoring reads it.
+    """
+
+    enqueue_ns: int = 0
+    dispatch_ns: int = 0
+    done_ns: int = 0
+    batch_rows: int = 0
+    batch_requests: int = 0
+    cache_start_ns: int = 0
+    cache_end_ns: int = 0
+    cache_hit: bool = False
+
+    def batched(self, enqueue_ns: int, dispatch_ns: int, done_ns: int, rows: int, requests: int) -> None:
+        self.enqueue_ns, self.dispatch_ns, self.done_ns = enqueue_ns, dispatch_ns, done_ns
+        self.batch_rows, self.batch_requests = rows, requests
+
+    def cache_lookup(self, start_ns: int, end_ns: int, hit: bool) -> None:
+        """Hook for the response cache: stamp the lookup so it shows as a span."""
+        self.cache_start_ns, self.cache_end_ns, self.cache_hit = start_ns, end_ns, hit
+
+
+@dataclass(slots=True)
 class InferRequest:
     model: str
     # "" means "the version the model's policy serves by default".
@@ -36,6 +62,8 @@ class InferRequest:
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     # Absolute deadline on the monotonic clock (ns); 0 means none.
     deadline_ns: int = 0
+    # Set only when this request is traced; the scheduler stamps its hops into it.
+    trace: TraceRecord | None = None
 
 
 @dataclass(slots=True)

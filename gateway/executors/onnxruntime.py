@@ -38,13 +38,23 @@ def resolve_providers(requested: tuple[str, ...]) -> list[str]:
 
 
 class OnnxRuntimeExecutor:
-    def __init__(self, path: str, *, providers: tuple[str, ...] = ("cpu",), intra_op_threads: int = 1) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        providers: tuple[str, ...] = ("cpu",),
+        intra_op_threads: int = 1,
+        provider_options: dict[str, dict] | None = None,
+    ) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self._session = ort.InferenceSession(path, sess_options=options, providers=resolve_providers(providers))
+        chosen = resolve_providers(providers)
+        if provider_options:
+            chosen = [(name, provider_options.get(name, {})) for name in chosen]
+        self._session = ort.InferenceSession(path, sess_options=options, providers=chosen)
         self.inputs = tuple(_spec(i) for i in self._session.get_inputs())
         self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}

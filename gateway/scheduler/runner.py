@@ -176,7 +176,7 @@ class ModelScheduler:
         self._in_flight += 1
         for p in pending:
             p.dispatch_ns = now
-            self.stats.queue.add(now - p.enqueue_ns)
+            self.stats.record_queue(now - p.enqueue_ns)
         work = self._loop.run_in_executor(self._pool, self._execute, executor, pending)
         work.add_done_callback(lambda f, e=executor, b=pending: self._complete(e, b, f))
 
@@ -195,6 +195,8 @@ class ModelScheduler:
             if self._adaptive is not None:
                 self._adaptive.observe_execution(result.input_ns + result.infer_ns + result.output_ns)
         for p, out in zip(pending, result.outputs):
+            if p.request.trace is not None:
+                p.request.trace.batched(p.enqueue_ns, p.dispatch_ns, end, rows, len(pending))
             if isinstance(out, BaseException):
                 self.stats.fail.add(end - p.enqueue_ns)
                 if not p.future.done():
@@ -272,6 +274,14 @@ class ModelScheduler:
     @property
     def queue_depth(self) -> int:
         return len(self._batcher)
+
+    @property
+    def instances(self) -> int:
+        return len(self._executors)
+
+    @property
+    def busy_instances(self) -> int:
+        return self._in_flight
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking requests, let accepted ones finish (bounded), then fail the rest."""

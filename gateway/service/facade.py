@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 
-from gateway.core.errors import InvalidInputError, ShuttingDownError
+from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
+from gateway.monitoring import ModelSample, RequestTrace, Telemetry
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.validation import validate_request
 from gateway.service.worker_stats import WorkerStats
@@ -38,11 +39,13 @@ def _int_param(req: InferRequest, name: str) -> int:
 
 
 class InferenceService:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, telemetry: Telemetry | None = None) -> None:
         self.models = manager
         self.accepting = True
         # Set when running as one of several worker processes.
         self.worker_stats: WorkerStats | None = None
+        self.telemetry = telemetry or Telemetry()
+        self.telemetry.bind(self._model_samples, self._metric_labels)
 
     # -- health -------------------------------------------------------------------
 
@@ -58,6 +61,9 @@ class InferenceService:
         return self.models.is_ready(name, version)
 
     # -- inference --------------------------------------------------------------------
+
+    # Response-cache hook: a lookup here stamps ``req.trace.cache_lookup(start_ns, end_ns, hit)``
+    # when ``req.trace`` is set, and counts ``loaded.stats.cache_hits`` / ``cache_misses``.
 
     async def infer(self, req: InferRequest) -> InferResponse:
         if not self.accepting:
@@ -79,6 +85,15 @@ class InferenceService:
             datatypes={n: index[n].datatype for n in outputs},
             id=req.id,
         )
+
+    async def infer_traced(self, req: InferRequest, trace: RequestTrace | None) -> InferResponse:
+        """``infer`` for the api layer, stamping the request's hops when it is traced."""
+        if trace is None:
+            return await self.infer(req)
+        trace.attach(req)
+        resp = await self.infer(req)
+        trace.served_ns = time.monotonic_ns()
+        return resp
 
     # -- metadata -----------------------------------------------------------------------
 
@@ -114,3 +129,22 @@ class InferenceService:
         if self.worker_stats is None:
             return loaded.stats
         return self.worker_stats.merged(loaded.name, loaded.version, loaded.stats)
+
+    # -- telemetry sources ------------------------------------------------------------------
+
+    def _model_samples(self) -> list[ModelSample]:
+        return [
+            ModelSample(
+                v.name, v.version, self.version_stats(v), v.scheduler.queue_depth, v.scheduler.instances,
+                v.scheduler.busy_instances,
+            )
+            for versions in self.models.serving.values()
+            for v in versions.values()
+        ]
+
+    def _metric_labels(self, name: str, version: str) -> tuple[str, str]:
+        try:
+            loaded = self.models.get(name, version)
+        except GatewayError:
+            return ("", "") if name not in self.models.status else (name, version)
+        return loaded.name, loaded.version

@@ -17,7 +17,7 @@ from gateway.core.repository import ModelEntry, VersionFiles, scan_model, scan_r
 from gateway.core.stats import ModelStats
 from gateway.core.types import TensorSpec
 from gateway.executors.base import Executor
-from gateway.executors.onnxruntime import OnnxRuntimeExecutor
+from gateway.executors.factory import create_executors
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
 
@@ -83,13 +83,8 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
     """Blocking: creates the executors. Call from a worker thread."""
     cfg = entry.config
     assert cfg is not None
-    if cfg.backend != "onnxruntime":
-        raise ModelLoadError(f"{entry.directory}/model.yaml: backend: '{cfg.backend}' executor is not available on this host")
     try:
-        executors: list[Executor] = [
-            OnnxRuntimeExecutor(files.model_file, providers=cfg.providers, intra_op_threads=cfg.intra_op_threads)
-            for _ in range(cfg.instances)
-        ]
+        executors: list[Executor] = create_executors(cfg, files.model_file, DEFAULT_MAX_BATCH_SIZE)
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported file must not stop the daemon
         raise ModelLoadError(f"{files.model_file}: failed to load: {exc}") from exc
     graph_in, graph_out = executors[0].inputs, executors[0].outputs

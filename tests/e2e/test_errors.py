@@ -154,3 +154,27 @@ def test_runtime_failure_fails_only_its_request(tmp_path, start_gateway):
     assert status == 500 and "lookup" in doc["error"]
     assert lookup(2).shape == (1, 1, 4)
     client.close()
+
+
+@pytest.mark.parametrize("yaml_text, reason", [
+    ("backend: tensorrt\n", "TensorRT is not available"),
+    ("providers: [cuda]\n", "execution provider 'cuda'"),
+])
+def test_gpu_backends_without_a_gpu_report_not_available(tmp_path, start_gateway, yaml_text, reason):
+    """Without a GPU (skipped where one is present): the model is UNAVAILABLE with a clear reason."""
+    import onnxruntime
+
+    if "cuda" in yaml_text and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("this host has the CUDA provider")
+    root = tmp_path / "models"
+    make_models.write_repository(str(root), ["mlp", "simple"])
+    (root / "mlp" / "model.yaml").write_text(yaml_text)
+    gw = start_gateway(root)
+    status, rows = gw.http_json("POST", "/v2/repository/index")
+    (row,) = [r for r in rows if r["name"] == "mlp"]
+    if row["state"] == "READY":
+        pytest.skip("this host has a GPU with TensorRT")
+    assert row["state"] == "UNAVAILABLE" and reason in row["reason"], row
+    status, doc = gw.http_json("GET", "/v2/models/mlp")
+    assert status == 503 and reason in doc["error"]
+    assert gw.http_json("GET", "/v2/models/simple/ready")[0] == 200  # the rest serves

@@ -107,6 +107,10 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "grace_period_s": (4.0, 5.0, 6.0),
         "log_level": ("debug", "warning", "error"),
         "workers": (2, 3, 4),
+        "log_format": ("json", "text", "json"),
+        "log_levels": ("gateway.a=debug", "gateway.b=info", "gateway.c=error"),
+        "tracing": ("on", "off", "auto"),
+        "trace_sample_ratio": (0.25, 0.5, 0.75),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
