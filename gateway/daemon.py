@@ -36,7 +36,7 @@ async def serve(settings: ServerSettings) -> None:
         )
         await grpc_server.start()
     runner = web.AppRunner(
-        build_app(service, settings.max_request_bytes),
+        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.grace_period_s,
@@ -55,7 +55,7 @@ async def serve(settings: ServerSettings) -> None:
     await health_changed()
     _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
 
-    async with RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
+    async with service.shadows, RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
         await stop.wait()
         _log.info("stopping: draining accepted requests (grace %.1fs)", settings.grace_period_s)
         service.accepting = False

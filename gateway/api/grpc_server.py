@@ -23,6 +23,7 @@ from gateway.service.models import LoadedVersion
 
 _log = logging.getLogger("gateway.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
+ROUTE_KEY_METADATA = "x-route-key"  # sticky routing key, as the HTTP header of the same name
 
 
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
@@ -30,6 +31,13 @@ def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
     if remaining is None or remaining > 1e9:
         return 0
     return time.monotonic_ns() + int(remaining * 1e9)
+
+
+def _route_key(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTE_KEY_METADATA:
+            return value if isinstance(value, str) else ""
+    return ""
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
@@ -152,7 +160,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         try:
-            response = await self.service.infer(decode_request(request, _deadline_ns(context)))
+            req = decode_request(request, _deadline_ns(context))
+            req.route_key = _route_key(context)
+            response = await self.service.infer(req)
             return encode_response(response)
         except asyncio.CancelledError:
             raise
@@ -163,10 +173,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are served concurrently; each response (or error) carries its request's id."""
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        route_key = _route_key(context)  # the stream's metadata applies to each of its requests
 
         async def serve_one(req) -> None:
             try:
-                resp = await self.service.infer(decode_request(req))
+                decoded = decode_request(req)
+                decoded.route_key = route_key
+                resp = await self.service.infer(decoded)
                 out.put_nowait(pb.ModelStreamInferResponse(infer_response=encode_response(resp)))
             except asyncio.CancelledError:
                 raise

@@ -30,6 +30,10 @@ class ServerSettings(BaseModel):
         default=30.0, ge=0, description="on SIGTERM, how long accepted requests may take to finish"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    admin_token: str = Field(
+        default="", repr=False,
+        description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",
+    )
 
 
 FIELDS = ServerSettings.model_fields

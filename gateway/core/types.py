@@ -36,6 +36,8 @@ class InferRequest:
     parameters: dict[str, ParamValue] = field(default_factory=dict)
     # Absolute deadline on the monotonic clock (ns); 0 means none.
     deadline_ns: int = 0
+    # Sticky routing key from the transport (HTTP header / gRPC metadata x-route-key); "" = none.
+    route_key: str = ""
 
 
 @dataclass(slots=True)

@@ -11,6 +11,8 @@ import time
 from gateway.core.errors import InvalidInputError, ShuttingDownError
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.service.models import LoadedVersion, ModelManager
+from gateway.service.shadowing import ShadowDispatcher
+from gateway.service.traffic import TrafficRouter
 from gateway.service.validation import validate_request
 
 SERVER_NAME = "gateway"
@@ -39,6 +41,9 @@ class InferenceService:
     def __init__(self, manager: ModelManager) -> None:
         self.models = manager
         self.accepting = True
+        # Started and stopped by the daemon (``async with service.shadows``).
+        self.shadows = ShadowDispatcher(manager)
+        self.routing = TrafficRouter(manager, self._infer_on, self.shadows)
 
     # -- health -------------------------------------------------------------------
 
@@ -58,7 +63,13 @@ class InferenceService:
     async def infer(self, req: InferRequest) -> InferResponse:
         if not self.accepting:
             raise ShuttingDownError("server is shutting down")
-        loaded = self.models.get(req.model, req.version)
+        if not req.version:
+            router = self.routing.router_for(req.model)
+            if router is not None:
+                return await self.routing.infer(router, req)
+        return await self._infer_on(self.models.get(req.model, req.version), req)
+
+    async def _infer_on(self, loaded: LoadedVersion, req: InferRequest) -> InferResponse:
         rows, key = validate_request(loaded, req)
         priority = _int_param(req, "priority") if "priority" in req.parameters else 0
         timeout_deadline = 0

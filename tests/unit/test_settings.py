@@ -106,6 +106,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "max_request_bytes": (4096, 8192, 16384),
         "grace_period_s": (4.0, 5.0, 6.0),
         "log_level": ("debug", "warning", "error"),
+        "admin_token": ("file-token", "env-token", "flag-token"),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
