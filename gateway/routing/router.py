@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from gateway.core.errors import InvalidInputError
+from gateway.core.model_config import _field_path
 from gateway.core.routing_config import RoutingConfig, internal_problems
 from gateway.routing.compare import ClassDistribution, PairStats, compare_arrays, pick_output
 from gateway.routing.guard import RollbackGuard
@@ -157,11 +158,10 @@ class Router:
             and (t.fraction >= 1.0 or self.rng.random() < t.fraction)
         )
         compare = self._compare_target
-        if compare is not None and version in self._guarded and compare not in shadows and (
-            compare.fraction >= 1.0 or self.rng.random() < compare.fraction
-        ):
-            if not any(t.model == self.model and t.version == self.champion for t in shadows):
-                shadows += (compare,)
+        if (compare is not None and version in self._guarded
+                and not any(t.model == self.model and t.version == self.champion for t in shadows)
+                and (compare.fraction >= 1.0 or self.rng.random() < compare.fraction)):
+            shadows += (compare,)
         fallback = self._fallback if self._fallback != version else ""
         return RoutePlan(version, fallback, shadows, key is not None)
 
@@ -312,7 +312,7 @@ def patched_config(current: RoutingConfig | None, patch: Any) -> RoutingConfig:
         cfg = RoutingConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = ".".join(str(p) for p in err["loc"]) or "(body)"
+        field = _field_path(tuple(err["loc"]))
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise InvalidInputError(f"routing.{field}: {reason}") from None
     for field, reason in internal_problems(cfg):

@@ -20,12 +20,14 @@ from collections.abc import Iterable
 import mmh3
 
 _TOP_53 = 11  # keep 53 bits: exactly representable in a float
+_U64 = (1 << 64) - 1
 
 
 def unit_hash(model: str, version: str, key: str) -> float:
     """A value in the open interval (0, 1), uniform over keys."""
-    high, _ = mmh3.hash64(f"{model}:{version}:{key}", 0, True, False)
-    return ((high >> _TOP_53) + 0.5) / (1 << 53)
+    # Keywords, and the mask: some mmh3 releases ignore ``signed`` when passed by position.
+    high, _ = mmh3.hash64(f"{model}:{version}:{key}", seed=0, x64arch=True, signed=False)
+    return (((high & _U64) >> _TOP_53) + 0.5) / (1 << 53)
 
 
 def sticky_choice(model: str, key: str, weights: Iterable[tuple[str, float]]) -> str | None:
