@@ -33,7 +33,7 @@ class ShadowTarget:
     fraction: float = 1.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per request, and frozen dataclasses construct slowly
 class RoutePlan:
     version: str  # the live version
     fallback: str  # "" = none
@@ -138,10 +138,10 @@ class Router:
                 if v and v in served:
                     return v
             return default_version
-        if key is not None:
-            return sticky_choice(self.model, key, candidates)  # type: ignore[return-value]
         if len(candidates) == 1:
             return candidates[0][0]
+        if key is not None:
+            return sticky_choice(self.model, key, candidates)  # type: ignore[return-value]
         point = self.rng.random() * sum(w for _, w in candidates)
         for v, w in candidates:
             point -= w
@@ -156,7 +156,7 @@ class Router:
             t for t in self._shadows
             if not (t.model == self.model and t.version == version)
             and (t.fraction >= 1.0 or self.rng.random() < t.fraction)
-        )
+        ) if self._shadows else ()
         compare = self._compare_target
         if (compare is not None and version in self._guarded
                 and not any(t.model == self.model and t.version == self.champion for t in shadows)
