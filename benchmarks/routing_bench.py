@@ -155,12 +155,12 @@ def main() -> int:
     print(f"model: mlp [-1,64] -> [-1,8], max_batch_size 32, max_queue_delay_us 0, 1 instance per version; "
           f"h2load gRPC batch 1, {args.seconds:g} s per point, one gateway process\n")
     print(f"{args.rounds} interleaved rounds per point; median infer/s (all rounds), median server CPU per infer\n")
-    print("| concurrency | model | infer/s median | rounds | / plain | server CPU ms per infer | h2load CPU s |")
-    print("|---:|---|---:|---|---:|---:|---:|")
-    base = {c: rate for c, m, rate, *_ in rows if m == "plain"}
+    print("| concurrency | model | infer/s median | rounds | / plain | server CPU ms per infer | / plain | h2load CPU s |")
+    print("|---:|---|---:|---|---:|---:|---:|---:|")
+    base = {c: (rate, cpu_ms) for c, m, rate, _, cpu_ms, _ in rows if m == "plain"}
     for c, model, rate, rates, cpu_ms, gen_cpu in rows:
-        print(f"| {c} | {model} | {rate:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} | {rate / base[c]:.3f} "
-              f"| {cpu_ms:.3f} | {gen_cpu:.2f} |")
+        print(f"| {c} | {model} | {rate:,.0f} | {' / '.join(f'{r:,.0f}' for r in rates)} | {rate / base[c][0]:.3f} "
+              f"| {cpu_ms:.3f} | {cpu_ms / base[c][1]:.3f} | {gen_cpu:.2f} |")
     print("\nshadow copies during the throughput runs (all concurrencies):")
     for model, p in shadow_rows:
         print(f"  {model}: sent {p['sent']:,}, compared {p['compared']:,}, dropped {p['dropped']:,}, failed {p['failed']:,}")

@@ -66,46 +66,45 @@ class RoutingHttp:
         except ValueError:
             raise InvalidInputError("the body must be JSON") from None
 
-    async def status(self, request: web.Request) -> web.Response:
+    async def _answer(self, request: web.Request, action, *, admin: bool = True) -> web.Response:
         try:
-            return _json(self.service.routing.status(request.match_info["model"]))
-        except Exception as exc:  # noqa: BLE001
+            if admin:
+                self._authorize(request)
+            return _json(await action(request.match_info["model"], request))
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             return self._error(exc)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return await self._answer(request, self._status, admin=False)
 
     async def admin_get(self, request: web.Request) -> web.Response:
-        try:
-            self._authorize(request)
-            return _json(self.service.routing.status(request.match_info["model"]))
-        except Exception as exc:  # noqa: BLE001
-            return self._error(exc)
+        return await self._answer(request, self._status)
 
     async def admin_put(self, request: web.Request) -> web.Response:
-        try:
-            self._authorize(request)
-            patch = await self._body(request)
-            _log.info("admin: PUT routing of model %s from %s", request.match_info["model"], request.remote)
-            return _json(self.service.routing.set_config(request.match_info["model"], patch))
-        except Exception as exc:  # noqa: BLE001
-            return self._error(exc)
+        return await self._answer(request, self._put)
 
     async def admin_delete(self, request: web.Request) -> web.Response:
-        try:
-            self._authorize(request)
-            return _json(self.service.routing.clear_config(request.match_info["model"]))
-        except Exception as exc:  # noqa: BLE001
-            return self._error(exc)
+        return await self._answer(request, self._delete)
 
     async def admin_reset(self, request: web.Request) -> web.Response:
-        try:
-            self._authorize(request)
-            body = await self._body(request)
-            versions = body.get("versions") if isinstance(body, dict) else None
-            if versions is not None and (
-                not isinstance(versions, list) or not all(isinstance(v, int | str) for v in versions)
-            ):
-                raise InvalidInputError("'versions' must be a list of version numbers")
-            return _json(self.service.routing.reset(
-                request.match_info["model"], [str(v) for v in versions] if versions is not None else None
-            ))
-        except Exception as exc:  # noqa: BLE001
-            return self._error(exc)
+        return await self._answer(request, self._reset)
+
+    async def _status(self, model: str, request: web.Request) -> dict:
+        return self.service.routing.status(model)
+
+    async def _put(self, model: str, request: web.Request) -> dict:
+        patch = await self._body(request)
+        _log.info("admin: PUT routing of model %s from %s", model, request.remote)
+        return self.service.routing.set_config(model, patch)
+
+    async def _delete(self, model: str, request: web.Request) -> dict:
+        return self.service.routing.clear_config(model)
+
+    async def _reset(self, model: str, request: web.Request) -> dict:
+        body = await self._body(request)
+        versions = body.get("versions") if isinstance(body, dict) else None
+        if versions is not None and (
+            not isinstance(versions, list) or not all(isinstance(v, int | str) for v in versions)
+        ):
+            raise InvalidInputError("'versions' must be a list of version numbers")
+        return self.service.routing.reset(model, [str(v) for v in versions] if versions is not None else None)

@@ -193,6 +193,13 @@ def test_rollback_guard_trips_on_a_failing_canary_and_the_champion_is_untouched(
         http_infer(gw_a, "lookup_rb", headers={"x-route-key": f"u{i}"}, data=lookup_data(1))
     assert routing_status(gw_a, "lookup_rb")["versions"]["2"]["routed"] == routed  # no traffic since
     gw_a.wait_for_log(re.compile(r"rollback: model lookup_rb version 2 weight set to 0"), timeout=WAIT_S)
+    # An operator resets it through the admin endpoint.
+    reset = "/v2/admin/models/lookup_rb/routing/reset"
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    assert gw_a.http("POST", reset, b'{"versions": "2"}', auth)[0] == 400
+    status, _, raw = gw_a.http("POST", reset, b'{"versions": [2]}', auth)
+    doc = json.loads(raw)
+    assert status == 200 and doc["versions"]["2"]["effective_weight"] == 50 and doc["versions"]["2"]["rolled_back"] is None
 
 
 def test_a_slow_shadow_never_delays_the_live_answer_and_its_queue_bound_drops(gw_a):
