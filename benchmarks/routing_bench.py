@@ -99,6 +99,22 @@ def post_infer(port: int, model: str, x: np.ndarray) -> None:
         r.read()
 
 
+def router_cost_us(weights: dict[int, float], key: str | None, n: int = 200_000) -> float:
+    """The router's own time per request, in this process: key, plan, outcome."""
+    import random
+
+    from gateway.core.routing_config import RoutingConfig
+    from gateway.routing.router import Router
+
+    r = Router("mlp", RoutingConfig.model_validate({"weights": weights}), random.Random(0))
+    served = {str(v): None for v in weights}
+    t0 = time.perf_counter()
+    for _ in range(n):
+        plan = r.plan(r.key_of(key or "", {}), served, "1")
+        r.record_result(plan.version, True, 1000, 0)
+    return (time.perf_counter() - t0) / n * 1e6
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5)
@@ -152,6 +168,10 @@ def main() -> int:
             proc.wait(30)
 
     print(f"machine: {grpc_unary.machine()}")
+    print("router's own cost per request (in process, Router.plan + record_result): "
+          f"one version {router_cost_us({1: 1}, None):.2f} us, "
+          f"50/50 keyless {router_cost_us({1: 50, 2: 50}, None):.2f} us, "
+          f"50/50 sticky {router_cost_us({1: 50, 2: 50}, 'user-42'):.2f} us")
     print(f"model: mlp [-1,64] -> [-1,8], max_batch_size 32, max_queue_delay_us 0, 1 instance per version; "
           f"h2load gRPC batch 1, {args.seconds:g} s per point, one gateway process\n")
     print(f"{args.rounds} interleaved rounds per point; median infer/s (all rounds), median server CPU per infer\n")

@@ -242,6 +242,6 @@ def all_errors(model_dir: str) -> list[ConfigError]:
         cfg = ModelConfig.model_validate(raw)
     except ValidationError as exc:
         return errors + _to_config_errors(exc, path)
-    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and os.path.isdir(os.path.join(model_dir, v))]
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and int(v) >= 1 and os.path.isdir(os.path.join(model_dir, v))]
     problems = cross_field_problems(cfg) + routing_version_problems(cfg, versions)
     return errors + [ConfigError(path, f, r) for f, r in problems]
