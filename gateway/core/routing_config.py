@@ -57,7 +57,8 @@ class RoutingConfig(_Strict):
     shadow_queue_size: int = Field(default=64, ge=1, le=1_000_000)
     # Retried once here when the chosen version fails (error, timeout, not ready, queue full).
     fallback: int | None = Field(default=None, ge=1)
-    # Give up on the chosen version after this long and try the fallback (0 = no limit of our own).
+    # Give up on the chosen version after this long and try the fallback (0 = no limit of our own);
+    # the fallback attempt itself is bounded only by the request's deadlines.
     attempt_timeout_us: int = Field(default=0, ge=0)
     # Output compared between live and shadow answers ("" = the first output both have).
     compare_output: str = ""

@@ -95,7 +95,8 @@ class TrafficRouter:
             _log.debug("model %s version %s failed (%s); trying fallback version %s",
                        req.model, plan.version, exc, plan.fallback)
             router.record_fallback(plan.version, plan.fallback)
-            resp = await self._try(req, plan.fallback, router.attempt_timeout_s)
+            # The last resort: only the request's own deadlines bound it.
+            resp = await self._try(req, plan.fallback, 0.0)
         else:
             now = time.monotonic_ns()
             router.record_result(plan.version, True, now - start, now)
