@@ -57,7 +57,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     )
     await grpc_server.start()
     runner = web.AppRunner(
-        build_app(service, settings.max_request_bytes),
+        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.grace_period_s,
@@ -79,7 +79,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     if worker is not None:
         worker.ready.send(("ready", grpc_port, http_port))
 
-    async with RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
+    async with service.shadows, RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
         await stop.wait()
         _log.info("stopping: draining accepted requests (grace %.1fs)", settings.grace_period_s)
         service.accepting = False

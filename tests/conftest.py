@@ -52,7 +52,10 @@ class Gateway:
         match = self.wait_for_log(_LISTENING, timeout=60)
         self.grpc_url = f"127.0.0.1:{match.group(2)}"
         self.http_url = f"127.0.0.1:{match.group(4)}"
-        self.wait_for_log(re.compile(r"[ \"]ready: "), timeout=60)  # text or JSON log lines
+        # Text or JSON log lines. With --workers N, each worker logs its own "ready:" line
+        # before the supervisor has seen them all: wait for the supervisor's.
+        ready = r"ready: \d+ workers" if "--workers" in extra else r"[ \"]ready: "
+        self.wait_for_log(re.compile(ready), timeout=60)
 
     def _read(self) -> None:
         for line in self.proc.stderr:

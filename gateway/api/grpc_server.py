@@ -24,6 +24,7 @@ from gateway.service.models import LoadedVersion
 
 _log = logging.getLogger("gateway.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
+ROUTE_KEY_METADATA = "x-route-key"  # sticky routing key, as the HTTP header of the same name
 
 
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
@@ -31,6 +32,13 @@ def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
     if remaining is None or remaining > 1e9:
         return 0
     return time.monotonic_ns() + int(remaining * 1e9)
+
+
+def _route_key(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == ROUTE_KEY_METADATA:
+            return value if isinstance(value, str) else ""
+    return ""
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
@@ -176,7 +184,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if telemetry.tracing is not None:
             trace = telemetry.tracing.begin(_INFER_SPAN, _metadata(context), start, _span_attributes(request))
         try:
-            return await self._infer(request, _deadline_ns(context), start, trace)
+            return await self._infer(request, _deadline_ns(context), start, trace, _route_key(context))
         except asyncio.CancelledError:
             telemetry.request_done("grpc", request.model_name, request.model_version, "cancelled", start,
                                    time.monotonic_ns(), trace, "cancelled by the client")
@@ -187,9 +195,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                                    time.monotonic_ns(), trace, message, {"rpc.grpc.status_code": GRPC_STATUS[code].value[0]})
             await context.abort(GRPC_STATUS[code], message)
 
-    async def _infer(self, request, deadline_ns: int, start: int, trace) -> pb.ModelInferResponse:
+    async def _infer(self, request, deadline_ns: int, start: int, trace, route_key: str) -> pb.ModelInferResponse:
         """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
         req = decode_request(request, deadline_ns)
+        req.route_key = route_key
         request_context.request_id.set(req.id)
         response = await self.service.infer_traced(req, trace)
         msg = encode_response(response)
@@ -201,6 +210,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are served concurrently; each response (or error) carries its request's id."""
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        route_key = _route_key(context)  # the stream's metadata applies to each of its requests
 
         telemetry = self.service.telemetry
         carrier = _metadata(context) if telemetry.tracing is not None else None
@@ -211,7 +221,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             if carrier is not None:
                 trace = telemetry.tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
             try:
-                msg = await self._infer(req, 0, start, trace)
+                msg = await self._infer(req, 0, start, trace, route_key)
                 out.put_nowait(pb.ModelStreamInferResponse(infer_response=msg))
             except asyncio.CancelledError:
                 raise

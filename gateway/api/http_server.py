@@ -13,6 +13,7 @@ from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
 from gateway.core import context as request_context
+from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
 from gateway.core.errors import GatewayError, InvalidInputError, PayloadTooLargeError
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
@@ -160,8 +161,10 @@ class HttpApi:
         try:
             req, fmt = await self._decode(request, model, version)
             request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
+            req.route_key = request.headers.get(ROUTE_KEY_HEADER, "")
             resp = await self.service.infer_traced(req, trace)
             payload, headers = encode_infer_response(resp, fmt)
+            headers[MODEL_VERSION_HEADER] = resp.version
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)
             status = HTTP_STATUS[code]
@@ -206,7 +209,8 @@ async def json_errors(request: web.Request, handler):
         return web.Response(body=encode_error(exc.reason or str(exc)), status=exc.status, content_type=_JSON)
 
 
-def build_app(service: InferenceService, max_request_bytes: int) -> web.Application:
+def build_app(service: InferenceService, max_request_bytes: int, admin_token: str = "") -> web.Application:
     app = web.Application(client_max_size=max_request_bytes, middlewares=[json_errors])
     app.add_routes(HttpApi(service, max_request_bytes).routes())
+    app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
     return app

@@ -20,6 +20,8 @@ class ErrorCode(enum.Enum):
     CANCELLED = "cancelled"
     UNIMPLEMENTED = "unimplemented"
     INTERNAL = "internal"
+    UNAUTHENTICATED = "unauthenticated"
+    PERMISSION_DENIED = "permission_denied"
 
 
 class GatewayError(Exception):
@@ -76,6 +78,24 @@ class ExecutorError(GatewayError):
     """The runtime raised while executing a batch; the daemon keeps serving."""
 
     code = ErrorCode.INTERNAL
+
+
+class UnauthenticatedError(GatewayError):
+    """An admin request without a bearer token."""
+
+    code = ErrorCode.UNAUTHENTICATED
+
+
+class PermissionDeniedError(GatewayError):
+    """An admin request whose bearer token is wrong."""
+
+    code = ErrorCode.PERMISSION_DENIED
+
+
+class AdminDisabledError(GatewayError):
+    """Admin endpoints are off (no admin_token set): answered as if they did not exist."""
+
+    code = ErrorCode.NOT_FOUND
 
 
 class ConfigError(Exception):

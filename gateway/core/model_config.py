@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
+from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
 
 CONFIG_FILENAME = "model.yaml"
 
@@ -139,6 +140,7 @@ class ModelConfig(_Strict):
     # CUDA device for the cuda/tensorrt providers and the tensorrt backend.
     gpu_device: int = Field(default=0, ge=0)
     tensorrt: TensorRTConfig = TensorRTConfig()
+    routing: RoutingConfig | None = None
 
     @field_validator("providers")
     @classmethod
@@ -163,7 +165,25 @@ def cross_field_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
         for i, n in enumerate(names):
             if n in names[:i]:
                 problems.append((f"{kind}[{i}].name", f"duplicate name '{n}'"))
+    if cfg.routing is not None:
+        problems += [(f"routing.{f}", r) for f, r in internal_problems(cfg.routing)]
     return problems
+
+
+def describe_policy(policy: VersionPolicy) -> str:
+    if policy.all:
+        return "{all: true}"
+    if policy.specific is not None:
+        return "{specific: %s}" % list(policy.specific)
+    return "{latest: %d}" % (policy.latest or 1)
+
+
+def routing_version_problems(cfg: ModelConfig, available: list[int]) -> list[tuple[str, str]]:
+    """(field, reason) for each version the routing section names that the version policy does not serve."""
+    if cfg.routing is None:
+        return []
+    served = cfg.version_policy.select(available)
+    return unserved_versions(cfg.routing, served, describe_policy(cfg.version_policy))
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:
@@ -241,4 +261,6 @@ def all_errors(model_dir: str) -> list[ConfigError]:
         cfg = ModelConfig.model_validate(raw)
     except ValidationError as exc:
         return errors + _to_config_errors(exc, path)
-    return errors + [ConfigError(path, f, r) for f, r in cross_field_problems(cfg)]
+    versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and int(v) >= 1 and os.path.isdir(os.path.join(model_dir, v))]
+    problems = cross_field_problems(cfg) + routing_version_problems(cfg, versions)
+    return errors + [ConfigError(path, f, r) for f, r in problems]

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 
 from gateway.core.errors import ConfigError
-from gateway.core.model_config import CONFIG_FILENAME, ModelConfig, load_model_config
+from gateway.core.model_config import CONFIG_FILENAME, ModelConfig, load_model_config, routing_version_problems
 
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
 
@@ -68,6 +68,11 @@ def scan_model(root: str, name: str) -> ModelEntry | None:
         except FileNotFoundError:
             continue
         entry.versions[int(child)] = VersionFiles(int(child), model_file, (st.st_size, st.st_mtime_ns))
+    if config is not None:
+        # A routed version the policy does not serve makes the whole config invalid:
+        # the previous good config keeps serving, as for any other bad field.
+        for field, reason in routing_version_problems(config, list(entry.versions))[:1]:
+            entry.config, entry.error = None, ConfigError(os.path.join(directory, CONFIG_FILENAME), field, reason)
     return entry
 
 

@@ -51,6 +51,11 @@ class ServerSettings(BaseModel):
         "OTEL_TRACES_SAMPLER overrides",
     )
 
+    admin_token: str = Field(
+        default="", repr=False,
+        description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",
+    )
+
     @field_validator("tracing", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:

@@ -64,6 +64,8 @@ class InferRequest:
     deadline_ns: int = 0
     # Set only when this request is traced; the scheduler stamps its hops into it.
     trace: TraceRecord | None = None
+    # Sticky routing key from the transport (HTTP header / gRPC metadata x-route-key); "" = none.
+    route_key: str = ""
 
 
 @dataclass(slots=True)

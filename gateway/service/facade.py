@@ -13,6 +13,8 @@ from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
 from gateway.service.models import LoadedVersion, ModelManager
+from gateway.service.shadowing import ShadowDispatcher
+from gateway.service.traffic import TrafficRouter
 from gateway.service.validation import validate_request
 from gateway.service.worker_stats import WorkerStats
 
@@ -46,6 +48,9 @@ class InferenceService:
         self.worker_stats: WorkerStats | None = None
         self.telemetry = telemetry or Telemetry()
         self.telemetry.bind(self._model_samples, self._metric_labels)
+        # Started and stopped by the daemon (``async with service.shadows``).
+        self.shadows = ShadowDispatcher(manager)
+        self.routing = TrafficRouter(manager, self._infer_on, self.shadows)
 
     # -- health -------------------------------------------------------------------
 
@@ -68,7 +73,13 @@ class InferenceService:
     async def infer(self, req: InferRequest) -> InferResponse:
         if not self.accepting:
             raise ShuttingDownError("server is shutting down")
-        loaded = self.models.get(req.model, req.version)
+        if not req.version:
+            router = self.routing.router_for(req.model)
+            if router is not None:
+                return await self.routing.infer(router, req)
+        return await self._infer_on(self.models.get(req.model, req.version), req)
+
+    async def _infer_on(self, loaded: LoadedVersion, req: InferRequest) -> InferResponse:
         rows, key = validate_request(loaded, req)
         priority = _int_param(req, "priority") if "priority" in req.parameters else 0
         timeout_deadline = 0

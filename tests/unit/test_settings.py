@@ -111,6 +111,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "log_levels": ("gateway.a=debug", "gateway.b=info", "gateway.c=error"),
         "tracing": ("on", "off", "auto"),
         "trace_sample_ratio": (0.25, 0.5, 0.75),
+        "admin_token": ("file-token", "env-token", "flag-token"),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))

@@ -1,0 +1,169 @@
+"""Routed inference: one Router per model, kept in step with its model.yaml; fallback; shadows.
+
+A request that names no version goes through the model's router (when the
+model has a ``routing:`` section or an operator set one); the chosen version
+answers, or, if it fails for a reason that is the version's and not the
+request's, the fallback answers once. Shadow copies go to the dispatcher after
+the live answer is produced.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.core.errors import (
+    DeadlineExceededError,
+    ExecutorError,
+    InvalidInputError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    QueueFullError,
+)
+from gateway.core.routing_config import RoutingConfig, unserved_versions
+from gateway.core.types import InferRequest, InferResponse
+from gateway.routing.router import Router, patched_config
+from gateway.service.models import LoadedVersion, ModelManager
+from gateway.service.shadowing import ShadowDispatcher
+
+_log = logging.getLogger("gateway.routing")
+
+# Failures of the version rather than of the request: the fallback may answer these.
+VERSION_FAILURES = (ExecutorError, DeadlineExceededError, ModelNotReadyError, QueueFullError, ModelNotFoundError)
+
+Attempt = Callable[[LoadedVersion, InferRequest], Awaitable[InferResponse]]
+
+
+class _Slot:
+    __slots__ = ("source", "router")
+
+    def __init__(self, source: RoutingConfig | None, router: Router | None) -> None:
+        self.source = source  # the file's routing section last seen (compared by identity)
+        self.router = router
+
+
+class TrafficRouter:
+    def __init__(self, manager: ModelManager, attempt: Attempt, shadows: ShadowDispatcher,
+                 rng: random.Random | None = None) -> None:
+        self.models = manager
+        self.attempt = attempt
+        self.shadows = shadows
+        self.rng = rng or random.Random()
+        self._slots: dict[str, _Slot] = {}
+
+    # -- which models route -------------------------------------------------------------
+
+    def router_for(self, model: str) -> Router | None:
+        versions = self.models.serving.get(model)
+        if not versions:
+            return None
+        source = next(iter(versions.values())).config.routing
+        slot = self._slots.get(model)
+        if slot is not None and slot.source is source:
+            return slot.router
+        return self._sync(model, source, slot)
+
+    def _sync(self, model: str, source: RoutingConfig | None, slot: _Slot | None) -> Router | None:
+        router = slot.router if slot is not None else None
+        if router is not None and router.file_config == source:
+            slot.source = source  # the file was reloaded but its routing section is the same
+            return router
+        if router is not None:
+            _log.info("model %s: routing changed in model.yaml; runtime overrides and rollbacks cleared", model)
+        router = Router(model, source, self.rng) if source is not None else None
+        self._slots[model] = _Slot(source, router)
+        return router
+
+    # -- inference ------------------------------------------------------------------------
+
+    async def infer(self, router: Router, req: InferRequest) -> InferResponse:
+        served = self.models.serving[req.model]
+        default = max(served, key=int)
+        plan = router.plan(router.key_of(req.route_key, req.parameters), served, default)
+        start = time.monotonic_ns()
+        try:
+            resp = await self._try(req, plan.version, router.attempt_timeout_s)
+        except VERSION_FAILURES as exc:
+            now = time.monotonic_ns()
+            router.record_result(plan.version, False, now - start, now)
+            if not plan.fallback or plan.fallback not in served or (req.deadline_ns and now >= req.deadline_ns):
+                raise
+            _log.debug("model %s version %s failed (%s); trying fallback version %s",
+                       req.model, plan.version, exc, plan.fallback)
+            router.record_fallback(plan.version, plan.fallback)
+            # The last resort: only the request's own deadlines bound it.
+            resp = await self._try(req, plan.fallback, 0.0)
+        else:
+            now = time.monotonic_ns()
+            router.record_result(plan.version, True, now - start, now)
+        if plan.shadows:
+            self.shadows.offer(router, plan.shadows, req, resp)
+        return resp
+
+    async def _try(self, req: InferRequest, version: str, timeout_s: float) -> InferResponse:
+        loaded = self.models.get(req.model, version)
+        if not timeout_s:
+            return await self.attempt(loaded, req)
+        try:
+            return await asyncio.wait_for(self.attempt(loaded, req), timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model '{req.model}' version {version} did not answer within routing.attempt_timeout_us"
+            ) from None
+
+    # -- operators ---------------------------------------------------------------------
+
+    def status(self, model: str) -> dict:
+        router = self._existing(model)
+        doc = router.status(time.monotonic_ns())
+        doc["shadow_queue"] = {"size": router.shadow_queue_size, "pending": self.shadows.pending.get(model, 0)}
+        return doc
+
+    def set_config(self, model: str, patch: Any) -> dict:
+        """Apply an operator's change (fields of the routing section); returns the new status."""
+        versions = self.models.serving.get(model)
+        if not versions:
+            self.models.get(model)  # raises the precise not-found / not-ready error
+        router = self.router_for(model)
+        current = router.config if router is not None else None
+        cfg = patched_config(current, patch)
+        served = {int(v) for v in versions}
+        for field, reason in unserved_versions(cfg, served, "in force")[:1]:
+            raise InvalidInputError(f"{field}: {reason}")
+        for i, s in enumerate(cfg.shadows):
+            if s.model and s.model != model:
+                try:
+                    self.models.get(s.model, str(s.version) if s.version else "")
+                except (ModelNotFoundError, ModelNotReadyError) as exc:
+                    raise InvalidInputError(f"routing.shadows[{i}]: {exc}") from None
+        if router is None:
+            router = Router(model, None, self.rng)
+            self._slots[model] = _Slot(next(iter(versions.values())).config.routing, router)
+        before = router.config.model_dump(mode="json")
+        router.set_admin_config(cfg)
+        _log.warning("admin: routing of model %s set to %s (was %s)", model, cfg.model_dump(mode="json"), before)
+        return self.status(model)
+
+    def clear_config(self, model: str) -> dict:
+        router = self._existing(model)
+        if router.admin_config is not None:
+            router.set_admin_config(None)
+            _log.warning("admin: routing of model %s back to model.yaml", model)
+        return self.status(model)
+
+    def reset(self, model: str, versions: list[str] | None) -> dict:
+        router = self._existing(model)
+        done = router.reset(versions)
+        _log.warning("admin: rollback reset for model %s: %s", model, done or "nothing was rolled back")
+        return self.status(model)
+
+    def _existing(self, model: str) -> Router:
+        self.models.get(model)  # raises for unknown or unready models
+        router = self.router_for(model)
+        if router is None:
+            raise ModelNotFoundError(f"model '{model}' has no routing (no routing section in its model.yaml)")
+        return router
