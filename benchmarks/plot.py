@@ -1,0 +1,64 @@
+"""Throughput vs p99 latency, one panel per model, one line per system/protocol/config.
+
+    <python with matplotlib> benchmarks/plot.py results.json out.png
+
+run.py calls this with the python of a cached venv that has matplotlib
+(requirements-plot.txt), so matplotlib never becomes a dependency of the gateway.
+Raw onnxruntime is drawn as vertical lines: its batch-1 and best-batch throughput.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"gateway": "tab:blue", "mlserver": "tab:orange", "pytriton": "tab:green", "fastapi": "tab:red"}
+MARKERS = {"grpc": "o", "grpc-stream": "D", "http-binary": "s", "http-json": "^"}
+
+
+def main(src: str, dst: str) -> None:
+    with open(src) as fh:
+        doc = json.load(fh)
+    models = doc["models"]
+    fig, axes = plt.subplots(1, len(models), figsize=(8 * len(models), 9), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rows = [r for r in doc["rows"] if r["model"] == model and r.get("infer_per_s") and r.get("p99_ms")]
+        series: dict[tuple, list[dict]] = {}
+        for r in rows:
+            if r["system"] != "onnxruntime":
+                series.setdefault((r["system"], r["label"], r["protocol"], r["config"]), []).append(r)
+        for (system, label, protocol, config), pts in series.items():
+            pts.sort(key=lambda r: r["concurrency"])
+            dashed = "off" in config or "2 workers" in config or "in-process" in config
+            ax.plot([p["infer_per_s"] for p in pts], [p["p99_ms"] for p in pts],
+                    marker=MARKERS.get(protocol, "o"), color=COLORS.get(system, "tab:gray"),
+                    linestyle="--" if dashed else "-", label=f"{label} {protocol} ({config})", alpha=0.85)
+            for p in pts:
+                ax.annotate(f"c{p['concurrency']}", (p["infer_per_s"], p["p99_ms"]), fontsize=6,
+                            textcoords="offset points", xytext=(3, 3))
+        for r in rows:
+            if r["system"] == "onnxruntime" and (r["batch"] == 1 or r.get("best")):
+                ax.axvline(r["infer_per_s"], color="black", alpha=0.3 if r["batch"] == 1 else 0.6,
+                           linestyle=":" if r["threads"] == 1 else "-.", linewidth=1)
+                ax.annotate(f"raw ORT {r['threads']}t b{r['batch']}", (r["infer_per_s"], 0.98),
+                            xycoords=("data", "axes fraction"), rotation=90, fontsize=6, va="top")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("inferences / s (log)")
+        ax.set_ylabel("p99 latency, ms (log)")
+        ax.set_title(f"{model}: throughput vs p99 (batch-1 requests, c = concurrency)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2, frameon=False)
+    fig.suptitle("\n".join(textwrap.wrap(doc.get("machine_line", ""), 160)), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(dst, dpi=110)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
