@@ -7,7 +7,7 @@ import os
 from typing import Iterable
 
 COLUMNS = [
-    ("system", "system"), ("protocol", "protocol"), ("config", "config"), ("c", "concurrency"),
+    ("system", "label"), ("protocol", "protocol"), ("config", "config"), ("c", "concurrency"),
     ("infer/s", "infer_per_s"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"),
     ("server CPU cores", "server_cpu_cores"), ("server CPU ms/infer", "server_cpu_ms_per_infer"),
     ("mean batch", "mean_batch"), ("generator CPU cores", "gen_cpu_cores"), ("errors", "errors"), ("note", "note"),
@@ -28,7 +28,7 @@ def _fmt(key: str, value) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |",
-             "|" + "|".join("---:" if k not in ("system", "protocol", "config", "note") else "---" for _, k in COLUMNS) + "|"]
+             "|" + "|".join("---:" if k not in ("label", "protocol", "config", "note") else "---" for _, k in COLUMNS) + "|"]
     for r in rows:
         lines.append("| " + " | ".join(_fmt(k, r.get(k)) for _, k in COLUMNS) + " |")
     return "\n".join(lines)

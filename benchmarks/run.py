@@ -106,6 +106,14 @@ def server_configs(args) -> list[systems.SystemConfig]:
     return out
 
 
+def estimate_s(args) -> float:
+    points = sum(len(cfg.protocols) for cfg in server_configs(args)) * len(args.models) * len(args.concurrency)
+    per_point = args.seconds + args.warmup_s + 1.0  # + the answer check and the generators' start
+    raw = len(args.models) * len(args.raw_threads) * len(args.raw_batches) * (args.raw_seconds + 0.5)
+    starts = 15.0 * len(server_configs(args))
+    return points * per_point + raw + starts
+
+
 def _log(msg: str) -> None:
     print(msg, flush=True)
 
@@ -268,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         expected = {name: raw_ort.reference_output(m, inputs[name]) for name, m in models.items()}
         settings = systems.Settings(models, workdir, args.cache_dir, args.max_batch, args.max_delay_us,
                                     args.intra_op_threads, args.stream_messages, onnxruntime.__version__)
+        _log(f"about {estimate_s(args) / 60:.0f} minutes (more on a first run, which makes the peers' venvs)")
         rows: list[dict] = []
         if "onnxruntime" in args.systems:
             _log("\n== raw onnxruntime (tight loop in this process)")

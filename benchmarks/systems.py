@@ -141,7 +141,12 @@ def start_mlserver(s: Settings, log_path: str, *, parallel_workers: int | None) 
     root = os.path.join(s.workdir, f"mlserver-pw{parallel_workers}")
     os.makedirs(root, exist_ok=True)
     grpc_port, http_port, metrics_port = free_port(), free_port(), free_port()
-    server_settings = {"host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port}
+    server_settings = {
+        "host": "127.0.0.1", "http_port": http_port, "grpc_port": grpc_port, "metrics_port": metrics_port,
+        # no per-request access log line (the other servers write none either)
+        "logging_settings": {"version": 1, "disable_existing_loggers": False,
+                             "loggers": {"uvicorn.access": {"level": "WARNING"}}},
+    }
     if parallel_workers is not None:
         server_settings["parallel_workers"] = parallel_workers
     with open(os.path.join(root, "settings.json"), "w") as fh:
@@ -173,9 +178,9 @@ def start_mlserver(s: Settings, log_path: str, *, parallel_workers: int | None) 
 
 def mlserver_configs() -> list[SystemConfig]:
     return [
-        SystemConfig("mlserver", "MLServer", "adaptive batching, parallel_workers 1 (default)", ("grpc", "http-json"),
+        SystemConfig("mlserver", "MLServer", "adaptive batching, parallel_workers 1 (default), no access log", ("grpc", "http-json"),
                      True, 1, lambda s, log: start_mlserver(s, log, parallel_workers=None)),
-        SystemConfig("mlserver", "MLServer", "adaptive batching, parallel_workers 0 (in-process)", ("grpc", "http-json"),
+        SystemConfig("mlserver", "MLServer", "adaptive batching, parallel_workers 0 (in-process), no access log", ("grpc", "http-json"),
                      True, 1, lambda s, log: start_mlserver(s, log, parallel_workers=0)),
     ]
 
@@ -243,5 +248,5 @@ def start_fastapi(s: Settings, log_path: str) -> Running:
 
 
 def fastapi_configs() -> list[SystemConfig]:
-    return [SystemConfig("fastapi", "naive FastAPI", "uvicorn, 1 process, sync endpoint, no batching",
+    return [SystemConfig("fastapi", "naive FastAPI", "uvicorn, 1 process, sync endpoint, no batching, no access log",
                          ("http-json",), False, 1, start_fastapi)]
