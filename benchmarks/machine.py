@@ -35,15 +35,20 @@ def process_tree(root: int) -> list[int]:
     return tree
 
 
-def tree_cpu_s(root: int) -> float:
-    """User + system CPU seconds of root and its live descendants, plus what reaped children used."""
-    total = 0
+def tree_cpu_by_pid(root: int) -> dict[int, float]:
+    """User + system CPU seconds of root and each live descendant (each including its reaped children)."""
+    out = {}
     for pid in process_tree(root):
         fields = _stat_fields(pid)
         if fields:
             # utime, stime, cutime, cstime (fields 14-17 of proc(5); index 11-14 after the name)
-            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-    return total / CLK_TCK
+            out[pid] = (int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])) / CLK_TCK
+    return out
+
+
+def cpu_split(before: dict[int, float], after: dict[int, float]) -> list[float]:
+    """CPU seconds each process of the tree used between two samples, busiest first (e.g. per worker)."""
+    return sorted((round(cpu - before.get(pid, 0.0), 3) for pid, cpu in after.items()), reverse=True)
 
 
 def _cpu_model() -> str:

@@ -18,8 +18,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-COLORS = {"gateway": "tab:blue", "mlserver": "tab:orange", "pytriton": "tab:green", "fastapi": "tab:red"}
-MARKERS = {"grpc": "o", "grpc-stream": "D", "http-binary": "s", "http-json": "^"}
+# one hue per system, one shade per configuration of it; line style and marker per protocol
+PALETTES = {
+    "gateway": ["#08306b", "#2171b5", "#6baed6", "#9ecae1"],
+    "mlserver": ["#a63603", "#fd8d3c"],
+    "pytriton": ["#006d2c", "#41ab5d"],
+    "fastapi": ["#cb181d", "#fb6a4a"],
+}
+STYLES = {"grpc": ("o", "-"), "grpc-stream": ("D", "-."), "http-binary": ("s", "--"), "http-json": ("^", ":")}
 
 
 def main(src: str, dst: str) -> None:
@@ -33,12 +39,14 @@ def main(src: str, dst: str) -> None:
         for r in rows:
             if r["system"] != "onnxruntime":
                 series.setdefault((r["system"], r["label"], r["protocol"], r["config"]), []).append(r)
+        shades: dict[tuple, str] = {}
         for (system, label, protocol, config), pts in series.items():
             pts.sort(key=lambda r: r["concurrency"])
-            dashed = "off" in config or "2 workers" in config or "in-process" in config
-            ax.plot([p["infer_per_s"] for p in pts], [p["p99_ms"] for p in pts],
-                    marker=MARKERS.get(protocol, "o"), color=COLORS.get(system, "tab:gray"),
-                    linestyle="--" if dashed else "-", label=f"{label} {protocol} ({config})", alpha=0.85)
+            palette = PALETTES.get(system, ["tab:gray"])
+            color = shades.setdefault((system, config), palette[sum(k[0] == system for k in shades) % len(palette)])
+            marker, linestyle = STYLES.get(protocol, ("o", "-"))
+            ax.plot([p["infer_per_s"] for p in pts], [p["p99_ms"] for p in pts], marker=marker, color=color,
+                    linestyle=linestyle, label=f"{label} {protocol} ({config})", alpha=0.85)
             for p in pts:
                 ax.annotate(f"c{p['concurrency']}", (p["infer_per_s"], p["p99_ms"]), fontsize=6,
                             textcoords="offset points", xytext=(3, 3))

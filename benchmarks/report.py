@@ -119,6 +119,21 @@ def ratios_markdown(items: list[dict]) -> str:
 # --- files ------------------------------------------------------------------------------------
 
 
+def noise_warnings(doc: dict) -> list[str]:
+    """Signs that other work shared the cores during the run (the numbers then mislead)."""
+    out = []
+    m = doc["machine"]
+    busiest = max(m["load_average_at_start"][0], m.get("load_average_at_end", (0.0,))[0])
+    if busiest > 0.5 * m["cores_usable"]:
+        out.append(f"load average reached {busiest:.2f} on {m['cores_usable']} cores: other processes were running")
+    loops = [r for r in doc["rows"] if r["system"] == "onnxruntime" and r["threads"] == 1]
+    starved = min(loops, key=lambda r: r["server_cpu_cores"], default=None)
+    if starved and starved["server_cpu_cores"] < 0.9:
+        out.append(f"the 1-thread raw onnxruntime loop ({starved['model']}, batch {starved['batch']}) got only "
+                   f"{starved['server_cpu_cores']:.2f} of a core")
+    return out
+
+
 def render_markdown(doc: dict) -> str:
     m, s = doc["machine"], doc["settings"]
     parts = [
@@ -144,6 +159,10 @@ def render_markdown(doc: dict) -> str:
         "of the call.",
         "",
     ]
+    warnings = noise_warnings(doc)
+    if warnings:
+        parts += ["> **Noisy run**: " + "; ".join(warnings) + ". Compare nothing across runs, and trust the ratios "
+                  "below only from a quiet machine.", ""]
     if doc["unavailable"]:
         parts += ["## Could not run", ""]
         parts += [f"- **{u['label']}** ({u['config']}): {u['reason']}" for u in doc["unavailable"]]

@@ -181,15 +181,17 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     if args.warmup_s > 0:
         go(args.warmup_s)
     counts0 = run.counts(m.name)
-    cpu0, t0 = run.server.cpu_s(), time.perf_counter()
+    cpu0, t0 = run.server.cpu_by_pid(), time.perf_counter()
     res = go(args.seconds)
-    outer_wall, cpu = time.perf_counter() - t0, run.server.cpu_s() - cpu0
+    outer_wall, cpu1 = time.perf_counter() - t0, run.server.cpu_by_pid()
+    split = machine.cpu_split(cpu0, cpu1)
+    cpu = sum(split)
     counts1 = run.counts(m.name)
     row.update({
         "infer_per_s": res.infer_per_s, "p50_ms": res.p50_ms, "p99_ms": res.p99_ms,
         "server_cpu_cores": cpu / outer_wall, "server_cpu_ms_per_infer": cpu * 1000 / res.inferences if res.inferences else None,
         "gen_cpu_cores": res.gen_cpu_s / outer_wall, "errors": res.errors, "inferences": res.inferences,
-        "wall_s": res.wall_s,
+        "wall_s": res.wall_s, "server_cpu_s_by_process": split,
     })
     if counts0 and counts1 and counts1[1] > counts0[1]:
         row["mean_batch"] = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])

@@ -11,7 +11,7 @@ import time
 import urllib.error
 import urllib.request
 
-from benchmarks.machine import tree_cpu_s
+from benchmarks.machine import tree_cpu_by_pid
 
 
 class StartError(RuntimeError):
@@ -48,8 +48,8 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
-    def cpu_s(self) -> float:
-        return tree_cpu_s(self.proc.pid)
+    def cpu_by_pid(self) -> dict[int, float]:
+        return tree_cpu_by_pid(self.proc.pid)
 
     def log_tail(self, lines: int = 15) -> str:
         try:
@@ -71,6 +71,18 @@ class ServerProcess:
             if time.monotonic() > deadline:
                 raise StartError(f"{self.name} not ready after {timeout_s:.0f} s ({pending[0]}):\n{self.log_tail()}")
             time.sleep(0.2)  # polling a server we do not control; bounded by the deadline above
+
+    def start_or_stop(self, ready_urls: list[str], timeout_s: float, *, log_pattern: str | None = None,
+                      grace_s: float = 10) -> ServerProcess:
+        """Wait until the server is ready (its log matched log_pattern first, if given); stop it if it never is."""
+        try:
+            if log_pattern:
+                self.wait_log(log_pattern, timeout_s)
+            self.wait_ready(ready_urls, timeout_s)
+        except BaseException:
+            self.stop(grace_s)
+            raise
+        return self
 
     def wait_log(self, pattern: str, timeout_s: float) -> None:
         """Until a line of the server's log matches pattern (e.g. the gateway's ' ready: ' once all workers are)."""

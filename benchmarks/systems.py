@@ -65,6 +65,18 @@ class SystemConfig:
     start: Callable[[Settings, str], Running]  # (settings, log path)
 
 
+def _v2_ready_urls(http_port: int, s: Settings) -> list[str]:
+    return [f"http://127.0.0.1:{http_port}/v2/models/{m}/ready" for m in s.models]
+
+
+def _v2_encoder(http_body: Callable[[str, np.ndarray], payloads.Body]):
+    """gRPC unary, or the system's HTTP body."""
+    def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
+        return payloads.grpc_unary(m.name, x) if protocol == "grpc" else http_body(m.name, x)
+
+    return encode
+
+
 # --- gateway ----------------------------------------------------------------------------------
 
 
@@ -101,13 +113,9 @@ def start_gateway(s: Settings, log_path: str, *, batching: bool, workers: int) -
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
            "--http-port", str(http_port), "--model-repository", repo, "--repository-poll-s", "0",
            "--grace-period-s", "5", "--workers", str(workers)]
-    server = ServerProcess("gateway", cmd, log_path=log_path, cwd=ROOT)
-    try:
-        server.wait_log(r" ready: ", timeout_s=180)
-        server.wait_ready([f"http://127.0.0.1:{http_port}/v2/models/{m}/ready" for m in s.models], timeout_s=60)
-    except BaseException:
-        server.stop(5)
-        raise
+    # ' ready: ' is logged once every worker is: an HTTP probe alone may reach the first one only
+    server = ServerProcess("gateway", cmd, log_path=log_path, cwd=ROOT).start_or_stop(
+        _v2_ready_urls(http_port, s), 180, log_pattern=r" ready: ")
 
     def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
         if protocol == "grpc":
@@ -162,17 +170,9 @@ def start_mlserver(s: Settings, log_path: str, *, parallel_workers: int | None) 
                 "parameters": {"uri": m.path, "extra": {"intra_op_threads": s.intra_op_threads}},
             }, fh)
     cmd = [os.path.join(os.path.dirname(python), "mlserver"), "start", root]
-    server = ServerProcess("MLServer", cmd, log_path=log_path, cwd=root, env={"PYTHONPATH": PEERS})
-    try:
-        server.wait_ready([f"http://127.0.0.1:{http_port}/v2/models/{m}/ready" for m in s.models], timeout_s=240)
-    except BaseException:
-        server.stop(10)
-        raise
-
-    def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
-        return payloads.grpc_unary(m.name, x) if protocol == "grpc" else payloads.http_v2_json(m.name, x)
-
-    return Running(server, grpc_port, http_port, encode,
+    server = ServerProcess("MLServer", cmd, log_path=log_path, cwd=root, env={"PYTHONPATH": PEERS}).start_or_stop(
+        _v2_ready_urls(http_port, s), 240)
+    return Running(server, grpc_port, http_port, _v2_encoder(payloads.http_v2_json),
                    versions=venvs.versions(python, ["mlserver", "onnxruntime", "uvloop"]))
 
 
@@ -204,17 +204,9 @@ def start_pytriton(s: Settings, log_path: str) -> Running:
         cmd += ["--model", f"{m.name}={m.path}"]
     # the Python backend stub links libpython3.x.so: without this, models fail to load
     lib = os.pathsep.join(p for p in (_libdir(python), os.environ.get("LD_LIBRARY_PATH", "")) if p)
-    server = ServerProcess("PyTriton", cmd, log_path=log_path, cwd=s.workdir, env={"LD_LIBRARY_PATH": lib})
-    try:
-        server.wait_ready([f"http://127.0.0.1:{http_port}/v2/models/{m}/ready" for m in s.models], timeout_s=300)
-    except BaseException:
-        server.stop(15)
-        raise
-
-    def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
-        return payloads.grpc_unary(m.name, x) if protocol == "grpc" else payloads.http_binary(m.name, x)
-
-    return Running(server, grpc_port, http_port, encode,
+    server = ServerProcess("PyTriton", cmd, log_path=log_path, cwd=s.workdir, env={"LD_LIBRARY_PATH": lib}).start_or_stop(
+        _v2_ready_urls(http_port, s), 300, grace_s=15)
+    return Running(server, grpc_port, http_port, _v2_encoder(payloads.http_binary),
                    versions=venvs.versions(python, ["nvidia-pytriton", "onnxruntime"]))
 
 
@@ -233,17 +225,9 @@ def start_fastapi(s: Settings, log_path: str) -> Running:
            "--intra-op-threads", str(s.intra_op_threads)]
     for m in s.models.values():
         cmd += ["--model", f"{m.name}={m.path}"]
-    server = ServerProcess("FastAPI", cmd, log_path=log_path, cwd=s.workdir)
-    try:
-        server.wait_ready([f"http://127.0.0.1:{http_port}/health"], timeout_s=120)
-    except BaseException:
-        server.stop(5)
-        raise
-
-    def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
-        return payloads.naive_json(m.name, x)
-
-    return Running(server, None, http_port, encode,
+    server = ServerProcess("FastAPI", cmd, log_path=log_path, cwd=s.workdir).start_or_stop(
+        [f"http://127.0.0.1:{http_port}/health"], 120)
+    return Running(server, None, http_port, _v2_encoder(payloads.naive_json),
                    versions=venvs.versions(python, ["fastapi", "uvicorn", "onnxruntime"]))
 
 

@@ -60,3 +60,22 @@ def test_quick_benchmark_writes_table_json_and_plot(tmp_path: Path) -> None:
     png = out / "latest.png"
     assert doc["plot"] == str(png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_system_that_cannot_start_is_listed_with_the_reason(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("the peers' venv cache cannot live under a file")
+    out = tmp_path / "results"
+    res = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--systems", "fastapi", "--models", "mlp",
+         "--concurrency", "1", "--seconds", "1", "--cache-dir", str(blocker / "cache"), "--no-plot",
+         "--out-dir", str(out)],
+        capture_output=True, text=True, timeout=300, cwd=str(ROOT),
+    )
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    doc = json.loads((out / "latest.json").read_text())
+    assert [u["system"] for u in doc["unavailable"]] == ["fastapi"]
+    assert "Not a directory" in doc["unavailable"][0]["reason"]
+    assert doc["rows"] == [] and doc["plot"] is None
+    table = (out / "latest.md").read_text()
+    assert "## Could not run" in table and "naive FastAPI" in table
