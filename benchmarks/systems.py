@@ -113,9 +113,11 @@ def start_gateway(s: Settings, log_path: str, *, batching: bool, workers: int) -
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
            "--http-port", str(http_port), "--model-repository", repo, "--repository-poll-s", "0",
            "--grace-period-s", "5", "--workers", str(workers)]
-    # ' ready: ' is logged once every worker is: an HTTP probe alone may reach the first one only
+    # With workers, each logs its own 'ready: <models>' and the supervisor 'ready: N workers' once all
+    # are: an HTTP probe (or the first worker's line) alone may speak for one worker only.
+    ready_line = rf"\] gateway\.supervisor: ready: {workers} workers" if workers > 1 else r" ready: "
     server = ServerProcess("gateway", cmd, log_path=log_path, cwd=ROOT).start_or_stop(
-        _v2_ready_urls(http_port, s), 180, log_pattern=r" ready: ")
+        _v2_ready_urls(http_port, s), 180, log_pattern=ready_line)
 
     def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
         if protocol == "grpc":
