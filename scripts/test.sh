@@ -3,10 +3,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test
-# docker-compose validates deploy/compose.yaml offline (its test skips without it).
-if ! command -v docker-compose >/dev/null && ! docker compose version >/dev/null 2>&1; then
-    apt-get install -y -q docker-compose >/dev/null 2>&1 \
-        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q docker-compose >/dev/null 2>&1; } \
-        || echo "test.sh: could not install docker-compose; the compose validation test will skip" >&2
-fi
+# Debian packages some tests drive: docker-compose validates deploy/compose.yaml offline;
+# h2load and wrk are the benchmark's compiled load generators (its smoke test runs them).
+apt_install() {  # apt_install PACKAGE COMMAND
+    command -v "$2" >/dev/null && return 0
+    apt-get install -y -q "$1" >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$1" >/dev/null 2>&1; } \
+        || echo "test.sh: could not install $1; the tests that need $2 will skip or say so" >&2
+}
+if ! docker compose version >/dev/null 2>&1; then apt_install docker-compose docker-compose; fi
+apt_install nghttp2-client h2load
+apt_install wrk wrk
 exec .venv/bin/python -m pytest "$@"
