@@ -12,6 +12,7 @@ from aiohttp import web
 from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
+from gateway.cache import build_response_cache
 from gateway.core.settings import ServerSettings
 from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
@@ -23,7 +24,9 @@ _log = logging.getLogger("gateway")
 async def serve(settings: ServerSettings) -> None:
     native.log_choice()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
-    service = InferenceService(manager)
+    cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
+    _log.info("response cache: in-process%s", f" + shared {settings.cache_url}" if settings.cache_url else " only")
+    service = InferenceService(manager, cache)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -65,6 +68,7 @@ async def serve(settings: ServerSettings) -> None:
     grace = settings.grace_period_s
     await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
     await manager.close(grace)
+    await cache.close()
     _log.info("stopped")
 
 

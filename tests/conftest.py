@@ -154,3 +154,14 @@ def shared_gateway(tmp_path_factory):
 
 def copy_model(src_root: Path, dst_root: Path, name: str) -> None:
     shutil.copytree(src_root / name, dst_root / name)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on 127.0.0.1 and a free port; killed at the end."""
+    from redis_server import RedisServer
+
+    server = RedisServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()

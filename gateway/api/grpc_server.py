@@ -58,6 +58,7 @@ def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
         instance_group=[mc.ModelInstanceGroup(name=f"{v.name}_0", count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
         default_model_filename=cfg.default_model_filename,
     )
+    msg.response_cache.enable = cfg.cache.exact
     policy = cfg.version_policy
     if policy.all:
         msg.version_policy.all.SetInParent()
@@ -95,6 +96,8 @@ def statistics_message(v: LoadedVersion) -> pb.ModelStatistics:
     st.compute_input.CopyFrom(_duration(s.compute_input))
     st.compute_infer.CopyFrom(_duration(s.compute_infer))
     st.compute_output.CopyFrom(_duration(s.compute_output))
+    st.cache_hit.CopyFrom(_duration(s.cache_hit))
+    st.cache_miss.CopyFrom(_duration(s.cache_miss))
     for size in sorted(s.batches):
         b = s.batches[size]
         msg.batch_stats.add(

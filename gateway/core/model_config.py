@@ -104,6 +104,29 @@ class VersionPolicy(_Strict):
         return ordered[-(self.latest or 1) :]
 
 
+class SemanticCacheConfig(_Strict):
+    """Prompt cache for text generation: answers a prompt close enough to a cached one."""
+
+    enabled: bool = False
+    # Cosine similarity of the prompt embeddings needed for a hit (README: why this default).
+    threshold: float = Field(default=0.95, gt=0, le=1)
+    ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    # Entries kept per model (local index and, with Redis, per scope in Redis); oldest go first.
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Serve requests with temperature > 0 or n > 1 too (their answers are meant to vary).
+    allow_sampling: bool = False
+
+
+class CacheConfig(_Strict):
+    """Response caching of one model; off unless `exact` or `semantic.enabled` is set."""
+
+    exact: bool = False
+    ttl_s: float = Field(default=300.0, gt=0, le=30 * 86400)
+    # Bound of the in-process tier (0 = none; with cache_url set, only Redis is used).
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=1 << 40)
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+
 class ModelConfig(_Strict):
     name: str
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -120,6 +143,7 @@ class ModelConfig(_Strict):
     intra_op_threads: int = Field(default=1, ge=0, le=256)
     version_policy: VersionPolicy = VersionPolicy()
     default_model_filename: str = "model.onnx"
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("providers")
     @classmethod

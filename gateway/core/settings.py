@@ -30,6 +30,14 @@ class ServerSettings(BaseModel):
         default=30.0, ge=0, description="on SIGTERM, how long accepted requests may take to finish"
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
+    cache_url: str = Field(
+        default="",
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description="shared response cache, e.g. redis://127.0.0.1:6379/0 (empty = in-process only)",
+    )
+    cache_timeout_ms: float = Field(
+        default=5.0, gt=0, le=10_000, description="longest wait on the shared cache per operation before answering as a miss"
+    )
 
 
 FIELDS = ServerSettings.model_fields

@@ -40,6 +40,9 @@ class ModelStats:
     execution_count: int = 0  # batches executed
     last_inference_ms: int = 0  # wall clock, for display only
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
+    # Response cache, as Triton reports it: lookups that hit / missed and their time.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
 
     def record_batch(self, size: int, input_ns: int, infer_ns: int, output_ns: int) -> None:
         self.execution_count += 1

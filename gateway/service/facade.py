@@ -7,7 +7,9 @@ requests and gets responses or typed errors back.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
+from gateway.cache import ResponseCache
 from gateway.core.errors import InvalidInputError, ShuttingDownError
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.service.models import LoadedVersion, ModelManager
@@ -36,8 +38,9 @@ def _int_param(req: InferRequest, name: str) -> int:
 
 
 class InferenceService:
-    def __init__(self, manager: ModelManager) -> None:
+    def __init__(self, manager: ModelManager, cache: ResponseCache | None = None) -> None:
         self.models = manager
+        self.cache = cache if cache is not None else ResponseCache()
         self.accepting = True
 
     # -- health -------------------------------------------------------------------
@@ -66,6 +69,17 @@ class InferenceService:
             timeout_us = _int_param(req, "timeout")
             if timeout_us:
                 timeout_deadline = time.monotonic_ns() + timeout_us * 1000
+        cache_cfg = loaded.config.cache
+        if self.cache.applies(cache_cfg, req):
+            def run() -> Awaitable[InferResponse]:
+                return self._execute(loaded, req, rows, key, priority, timeout_deadline)
+
+            return await self.cache.serve(loaded.name, loaded.version, cache_cfg, req, loaded.stats, run, req.deadline_ns)
+        return await self._execute(loaded, req, rows, key, priority, timeout_deadline)
+
+    async def _execute(
+        self, loaded: LoadedVersion, req: InferRequest, rows: int, key: tuple, priority: int, timeout_deadline: int
+    ) -> InferResponse:
         outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
         index = loaded.output_index
         return InferResponse(

@@ -106,6 +106,8 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "max_request_bytes": (4096, 8192, 16384),
         "grace_period_s": (4.0, 5.0, 6.0),
         "log_level": ("debug", "warning", "error"),
+        "cache_url": ("redis://file:6379/0", "redis://env:6379/1", "unix:///flag.sock"),
+        "cache_timeout_ms": (1.5, 2.5, 3.5),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
