@@ -165,3 +165,11 @@ def redis_server(tmp_path):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """all-MiniLM-L6-v2 on onnxruntime; the built ONNX file is kept in .cache/ between runs."""
+    from gateway.cache.semantic.embedder import Embedder
+
+    return Embedder(cache_dir=ROOT / ".cache" / "embedder")
