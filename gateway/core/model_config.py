@@ -109,7 +109,7 @@ class SemanticCacheConfig(_Strict):
 
     enabled: bool = False
     # Cosine similarity of the prompt embeddings needed for a hit (README: why this default).
-    threshold: float = Field(default=0.95, gt=0, le=1)
+    threshold: float = Field(default=0.92, gt=0, le=1)
     ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
     # Entries kept per model (local index and, with Redis, per scope in Redis); oldest go first.
     max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
