@@ -241,3 +241,14 @@ def test_serve_help_lists_every_field_with_its_env_variable():
         assert f"env {ENV_PREFIX}{name.upper()}" in entries[flag], entries[flag]
         assert f"default {field.default!r}" in entries[flag], entries[flag]
     assert set(entries) >= {"--config"} | {"--" + n.replace("_", "-") for n in FIELDS}
+
+
+def test_cache_url_must_name_a_redis_scheme(tmp_path):
+    assert load_settings().cache_url == ""
+    assert load_settings(overrides={"cache_url": "redis://127.0.0.1:6379/0"}).cache_url.startswith("redis://")
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides={"cache_url": "http://127.0.0.1:6379"})
+    assert err.value.field == "cache_url" and "--cache-url" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides={"cache_timeout_ms": 0})
+    assert err.value.field == "cache_timeout_ms"
