@@ -72,10 +72,10 @@ def grpc_body(path: str) -> None:
         fh.write(b"\0" + struct.pack(">I", len(payload)) + payload)
 
 
-def start_gateway(repo: str) -> tuple[subprocess.Popen, int, int]:
+def start_gateway(repo: str, *extra: str) -> tuple[subprocess.Popen, int, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
-         "--model-repository", repo, "--repository-poll-s", "0"],
+         "--model-repository", repo, "--repository-poll-s", "0", *extra],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=ROOT,
     )
     ports = None
