@@ -21,16 +21,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import signal
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import numpy as np
+import uvloop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
@@ -51,30 +55,76 @@ from gateway.core.types import InferRequest, InferResponse  # noqa: E402
 MODEL_YAML = "max_batch_size: 32\ndynamic_batching:\n  max_queue_size: 4096\n"
 
 
+def encoder_onnx() -> str:
+    """The semantic cache's sentence encoder, built once: a real ~5 ms model to serve."""
+    from gateway.cache.semantic.embedder import Embedder
+
+    return str(Embedder(cache_dir=__import__("pathlib").Path(ROOT) / ".cache" / "embedder").onnx_path)
+
+
+def write_body(path: str, model: str, inputs: dict[str, tuple[str, np.ndarray]]) -> None:
+    """One pre-encoded gRPC ModelInfer message (5-byte frame prefix + protobuf) for h2load."""
+    from gateway._proto import grpc_service_pb2 as pb
+
+    req = pb.ModelInferRequest(model_name=model)
+    for name, (datatype, arr) in inputs.items():
+        req.inputs.add(name=name, datatype=datatype, shape=list(arr.shape))
+        req.raw_input_contents.append(arr.tobytes())
+    payload = req.SerializeToString()
+    with open(path, "wb") as fh:
+        fh.write(b"\0" + struct.pack(">I", len(payload)) + payload)
+
+
+redis_counts: dict[str, dict] = {}
+
+
 def end_to_end(args, redis_url: str) -> list[tuple]:
+    """All variants serve at once; rounds interleave them so load from elsewhere hits each alike."""
     variants = [
         ("cache off (model call)", "", ()),
         ("exact, in-process hit", "cache:\n  exact: true\n", ()),
-        ("exact, Redis hit (max_bytes 0)", "cache:\n  exact: true\n  max_bytes: 0\n", ("--cache-url", redis_url)),
+        ("exact, Redis hit (max_bytes 0)", "cache:\n  exact: true\n  max_bytes: 0\n",
+         ("--cache-url", redis_url, "--cache-timeout-ms", str(args.cache_timeout_ms))),
     ]
-    rows = []
+    concurrencies = [int(v) for v in args.concurrency.split(",")]
+    samples: dict[tuple[str, str, int], list[tuple[float, float, float]]] = {}
+    encoder = encoder_onnx()
     with tempfile.TemporaryDirectory() as tmp:
-        body = os.path.join(tmp, "req.bin")
-        grpc_body(body)
-        for name, cache_yaml, extra in variants:
-            repo = os.path.join(tmp, name.split()[0] + str(len(rows)))
-            make_models.write_repository(repo, ["mlp"])
-            with open(os.path.join(repo, "mlp", "model.yaml"), "w") as fh:
-                fh.write(MODEL_YAML + cache_yaml)
-            proc, grpc_port, _ = start_gateway(repo, *extra)
-            try:
-                for c in [int(v) for v in args.concurrency.split(",")]:
-                    cpu0 = cpu_seconds(proc.pid)
-                    rate, done, gen_cpu = h2load(grpc_port, body, c, args.seconds)
-                    rows.append((name, c, rate, (cpu_seconds(proc.pid) - cpu0) * 1000 / max(done, 1), gen_cpu))
-            finally:
+        bodies = {"mlp": os.path.join(tmp, "mlp.bin"), "minilm": os.path.join(tmp, "minilm.bin")}
+        grpc_body(bodies["mlp"])
+        tokens = np.array([[101, 2129, 2079, 1045, 2415, 1037, 4487, 2615, 1999, 20116, 2015, 1029, 102]], np.int64)
+        write_body(bodies["minilm"], "minilm", {"input_ids": ("INT64", tokens), "attention_mask": ("INT64", np.ones_like(tokens))})
+        servers = []
+        try:
+            for i, (name, cache_yaml, extra) in enumerate(variants):
+                repo = os.path.join(tmp, f"repo{i}")
+                make_models.write_repository(repo, ["mlp"])
+                with open(os.path.join(repo, "mlp", "model.yaml"), "w") as fh:
+                    fh.write(MODEL_YAML + cache_yaml)
+                os.makedirs(os.path.join(repo, "minilm", "1"))
+                os.symlink(encoder, os.path.join(repo, "minilm", "1", "model.onnx"))
+                with open(os.path.join(repo, "minilm", "model.yaml"), "w") as fh:
+                    fh.write("max_batch_size: 0\n" + cache_yaml)
+                servers.append((name, *start_gateway(repo, *extra)))
+            for _ in range(args.rounds):
+                for model in bodies:
+                    for c in concurrencies:
+                        for name, proc, grpc_port, _ in servers:
+                            cpu0 = cpu_seconds(proc.pid)
+                            rate, done, gen_cpu = h2load(grpc_port, bodies[model], c, args.seconds)
+                            cpu_ms = (cpu_seconds(proc.pid) - cpu0) * 1000 / max(done, 1)
+                            samples.setdefault((model, name, c), []).append((rate, cpu_ms, gen_cpu))
+            for name, _, _, http_port in servers:
+                if "Redis" in name:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/v2/cache/stats", timeout=10) as r:
+                        redis_counts[name] = {m: d["tiers"].get("redis", {}) for m, d in json.load(r)["models"].items()}
+        finally:
+            for _, proc, _, _ in servers:
                 proc.send_signal(signal.SIGTERM)
                 proc.wait(30)
+    rows = []
+    for (model, name, c), runs in samples.items():
+        rows.append((model, name, c, *(statistics.median(r[k] for r in runs) for k in range(3))))
     return rows
 
 
@@ -82,7 +132,7 @@ def _request(value: float) -> InferRequest:
     return InferRequest("mlp", "1", {"INPUT": np.full((1, 64), value, np.float32)}, {"INPUT": "FP32"})
 
 
-async def per_request(redis_url: str, n: int) -> dict[str, float]:
+async def per_request(redis_url: str, n: int, salt: int) -> dict[str, float]:
     """Microseconds per operation, sequential, on this event loop."""
     out = np.zeros((1, 8), np.float32)
 
@@ -128,12 +178,12 @@ async def per_request(redis_url: str, n: int) -> dict[str, float]:
 
     t0 = time.perf_counter()
     for i in range(n):
-        await memory_only.serve("mlp", "1", on, _request(float(i) + 1.5), stats, model)
+        await memory_only.serve("mlp", "1", on, _request(float(i) + 1.5 + salt * n), stats, model)
     timed("ResponseCache.serve, miss + in-process store (model call excluded: ~0)", time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     for i in range(n):
-        await both.serve("mlp", "1", on, _request(-float(i) - 1.5), stats, model)
+        await both.serve("mlp", "1", on, _request(-float(i) - 1.5 - salt * n), stats, model)
     while both._pending_stores:
         await asyncio.sleep(0.001)
     timed("ResponseCache.serve, miss + Redis lookup + both stores", time.perf_counter() - t0)
@@ -214,30 +264,42 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--concurrency", default="1,32")
     ap.add_argument("--ops", type=int, default=5000)
+    ap.add_argument("--cache-timeout-ms", type=float, default=5.0, help="the gateway's cache_timeout_ms")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; medians are printed")
     args = ap.parse_args()
     for tool, pkg in (("h2load", "nghttp2-client"), ("redis-server", "redis-server")):
         if shutil.which(tool) is None:
             print(f"{tool} not found: apt-get install {pkg}", file=sys.stderr)
             return 2
+    load_start = f"{os.getloadavg()[0]:.1f}"
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp)
         server.start()
         try:
             rows = end_to_end(args, server.url)
-            micro = asyncio.run(per_request(server.url, args.ops))
+            runs = [uvloop.run(per_request(server.url, args.ops, salt)) for salt in range(args.rounds)]
+            micro = {label: statistics.median(r[label] for r in runs) for label in runs[0]}
             sem_timings, table, counts = asyncio.run(semantic(server.url))
         finally:
             server.stop()
 
-    print(f"machine: {machine()}; redis-server {redis_version()} on loopback")
-    print(f"model: mlp [-1,64] -> [-1,8] (a small MLP: a model call costs little, so this is a floor for what a hit saves)")
-    print(f"gRPC ModelInfer replayed by h2load, {args.seconds:.0f} s per point\n")
-    print("| path | concurrency | requests/s | vs model call | server CPU ms per request | h2load CPU s |")
-    print("|---|---:|---:|---:|---:|---:|")
-    base = {c: rate for name, c, rate, _, _ in rows if name.startswith("cache off")}
-    for name, c, rate, cpu_ms, gen_cpu in rows:
-        print(f"| {name} | {c} | {rate:,.0f} | {rate / base[c]:.2f}x | {cpu_ms:.3f} | {gen_cpu:.2f} |")
-    print(f"\nin-process, sequential, {args.ops:,} operations each (µs per operation):\n")
+    print(f"machine: {machine()}; redis-server {redis_version()} on loopback; "
+          f"load average at start {load_start}, at end {os.getloadavg()[0]:.1f}")
+    print("models: mlp [-1,64] -> [-1,8] (a tiny MLP: a model call costs little, a floor for what a hit saves); "
+          "minilm: all-MiniLM-L6-v2 as ONNX, 13 tokens, no batching (a real ~5 ms model)")
+    print(f"gRPC ModelInfer replayed by h2load, {args.seconds:.0f} s per point, "
+          f"median of {args.rounds} interleaved rounds\n")
+    print("| model | path | concurrency | requests/s | vs model call | server CPU ms per request | h2load CPU s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    base = {(m, c): rate for m, name, c, rate, _, _ in rows if name.startswith("cache off")}
+    for model, name, c, rate, cpu_ms, gen_cpu in rows:
+        print(f"| {model} | {name} | {c} | {rate:,.0f} | {rate / base[(model, c)]:.2f}x | {cpu_ms:.3f} | {gen_cpu:.2f} |")
+    for name, per_model in redis_counts.items():
+        for model, c in per_model.items():
+            print(f"{name}, {model}: Redis hits {c.get('hits', 0):,}, misses {c.get('misses', 0):,}, "
+                  f"errors {c.get('errors', 0):,}, bypassed {c.get('bypassed', 0):,} (timeout {args.cache_timeout_ms} ms)")
+    print(f"\nin-process on uvloop, sequential, {args.ops:,} operations each, median of {args.rounds} rounds "
+          "(µs per operation):\n")
     print("| operation | µs |")
     print("|---|---:|")
     for label, us in micro.items():

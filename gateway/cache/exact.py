@@ -72,7 +72,9 @@ class ResponseCache:
         return (MEMORY, REDIS) if self.shared is not None else (MEMORY,)
 
     def applies(self, cfg: CacheConfig, req: InferRequest) -> bool:
-        return cfg.exact and not opted_out(req)
+        # The opt-out parameter is checked on every request, so a malformed one is a 400
+        # whether or not the model caches.
+        return not opted_out(req) and cfg.exact
 
     def memory_for(self, model: str, cfg: CacheConfig) -> MemoryStore | None:
         store = self._memory.get(model)

@@ -1,10 +1,12 @@
 """Shared tier on a Redis server: every wait bounded, a breaker, reconnects by itself.
 
 A slow or dead Redis must cost a request at most ``timeout_s``, and only
-while it is being probed: after a failure the tier is skipped (``TierDown``)
-for a back-off that doubles while probes keep failing; the first request
-after the back-off probes again with a fresh connection. Callers turn both
-exceptions into a miss; a request never fails because of the cache.
+while it is being probed: after ``failure_threshold`` failures in a row the
+tier is skipped (``TierDown``) for a back-off that doubles while probes keep
+failing; the first request after the back-off probes again with a fresh
+connection. One failure alone does not switch the tier off: on a busy event
+loop a few-ms bound is sometimes missed with Redis perfectly healthy. Callers
+turn both exceptions into a miss; a request never fails because of the cache.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class RedisStore:
         retry_min_s: float = 0.2,
         retry_max_s: float = 2.0,
         max_connections: int = 32,
+        failure_threshold: int = 3,
     ) -> None:
         self.url = url
         self.timeout_s = timeout_s
@@ -62,6 +65,8 @@ class RedisStore:
         self._down_until = 0.0
         self._backoff_s = retry_min_s
         self._probing = False
+        self.failure_threshold = failure_threshold
+        self._failures_in_row = 0
         self.failures = 0
         self.recoveries = 0
 
@@ -81,6 +86,7 @@ class RedisStore:
         finally:
             if probe:
                 self._probing = False
+        self._failures_in_row = 0
         if not self.up:
             self.up = True
             self._backoff_s = self.retry_min_s
@@ -90,7 +96,10 @@ class RedisStore:
 
     def _failed(self, exc: BaseException, probe: bool) -> None:
         self.failures += 1
+        self._failures_in_row += 1
         if self.up:
+            if self._failures_in_row < self.failure_threshold:
+                return
             self.up = False
             self._backoff_s = self.retry_min_s
             _log.warning("shared cache %s failed (%s: %s); answering without it, retrying in %.1fs",

@@ -15,7 +15,7 @@ import redis as redis_sync
 
 from gateway.cache import ResponseCache
 from gateway.cache.metrics import MEMORY, REDIS
-from gateway.cache.redis_store import RedisStore
+from gateway.cache.redis_store import RedisStore, TierDown, TierError
 from gateway.core.errors import DeadlineExceededError, ExecutorError
 from gateway.core.model_config import CacheConfig
 from gateway.core.stats import ModelStats
@@ -212,12 +212,18 @@ def test_redis_down_means_misses_then_recovery(redis_server):
         cfg = CacheConfig(exact=True, max_bytes=0)  # every lookup goes to Redis
         await serve(cache, model, req(1), cfg=cfg)
         redis_server.stop()
+        counters = cache.metrics.tier("m", REDIS)
         answered = await serve(cache, model, req(1), cfg=cfg)  # Redis gone: the model answers
         np.testing.assert_array_equal(answered.outputs["Y"], np.full((1, 4), 2))
-        counters = cache.metrics.tier("m", REDIS)
-        assert counters.errors >= 1 and not store.up
+        assert counters.errors >= 1
+        for _ in range(2 * store.failure_threshold):  # lookups and background stores both fail
+            if not store.up:
+                break
+            await serve(cache, model, req(1), cfg=cfg)
+        assert not store.up and counters.errors >= store.failure_threshold
+        errors = counters.errors
         await serve(cache, model, req(1), cfg=cfg)  # within the back-off: not even tried
-        assert counters.bypassed >= 1
+        assert counters.bypassed >= 1 and counters.errors == errors
         redis_server.start()
 
         async def hit_again():
@@ -272,5 +278,21 @@ def test_an_unreadable_shared_entry_is_a_miss(redis_server):
         assert again.parameters == {} and model.calls == 2
         assert cache.metrics.tier("m", REDIS).errors == 1
         await cache.close()
+
+    asyncio.run(main())
+
+
+def test_one_failure_does_not_switch_the_tier_off(redis_server):
+    async def main():
+        store = RedisStore(redis_server.url, timeout_s=1.0, failure_threshold=3)
+        await store.call(lambda r: r.ping())
+        redis_server.stop()
+        for attempt in range(1, 4):
+            with pytest.raises(TierError):
+                await store.call(lambda r: r.ping())
+            assert store.up == (attempt < 3)
+        with pytest.raises(TierDown):
+            await store.call(lambda r: r.ping())
+        await store.close()
 
     asyncio.run(main())
