@@ -4,7 +4,7 @@ redis-server, tritonclient over gRPC and plain HTTP/JSON."""
 from __future__ import annotations
 
 import concurrent.futures
-import json
+import re
 import shutil
 
 import numpy as np
@@ -213,7 +213,7 @@ def test_redis_killed_and_back(tmp_path, start_gateway, redis_server):
     assert redis["errors"] >= 1
     assert redis["errors"] + redis["bypassed"] >= 10
     assert model_stats(gw, "simple")["execution_count"] == 11
-    assert "shared cache" in gw.log() and "failed" in gw.log()
+    gw.wait_for_log(re.compile(r"shared cache redis://\S+ failed"), timeout=WAIT_S)
 
     redis_server.start()  # same port, empty: the next miss stores, the one after hits
     gw.wait_until(lambda: hit(infer_http(gw, "simple", simple_body(offset=100))), WAIT_S, "hits to resume")
