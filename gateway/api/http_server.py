@@ -57,6 +57,7 @@ class HttpApi:
             web.post("/v2/repository/models/{model}/load", self.load),
             web.post("/v2/repository/models/{model}/unload", self.unload),
             web.get("/metrics", self.metrics),
+            web.get("/v2/cache/stats", self.cache_stats),
         ]
         for base in (model, versioned):
             r += [
@@ -118,6 +119,9 @@ class HttpApi:
                 {**_proto_json(statistics_message(v, self.service.version_stats(v))), "queue_depth": v.scheduler.queue_depth} for v in versions
             ]
         })
+
+    async def cache_stats(self, request: web.Request) -> web.Response:
+        return _json(self.service.cache.snapshot())
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready_only = False

@@ -121,6 +121,29 @@ class TensorRTConfig(_Strict):
     engine_cache_dir: str = ""
 
 
+class SemanticCacheConfig(_Strict):
+    """Prompt cache for text generation: answers a prompt close enough to a cached one."""
+
+    enabled: bool = False
+    # Cosine similarity of the prompt embeddings needed for a hit (README: why this default).
+    threshold: float = Field(default=0.92, gt=0, le=1)
+    ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
+    # Entries kept per model (local index and, with Redis, per scope in Redis); oldest go first.
+    max_entries: int = Field(default=10_000, ge=1, le=10_000_000)
+    # Serve requests with temperature > 0 or n > 1 too (their answers are meant to vary).
+    allow_sampling: bool = False
+
+
+class CacheConfig(_Strict):
+    """Response caching of one model; off unless `exact` or `semantic.enabled` is set."""
+
+    exact: bool = False
+    ttl_s: float = Field(default=300.0, gt=0, le=30 * 86400)
+    # Bound of the in-process tier (0 = none; with cache_url set, only Redis is used).
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=1 << 40)
+    semantic: SemanticCacheConfig = SemanticCacheConfig()
+
+
 class ModelConfig(_Strict):
     name: str
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -141,6 +164,7 @@ class ModelConfig(_Strict):
     gpu_device: int = Field(default=0, ge=0)
     tensorrt: TensorRTConfig = TensorRTConfig()
     routing: RoutingConfig | None = None
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("providers")
     @classmethod

@@ -51,6 +51,15 @@ class ServerSettings(BaseModel):
         "OTEL_TRACES_SAMPLER overrides",
     )
 
+    cache_url: str = Field(
+        default="",
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description="shared response cache, e.g. redis://127.0.0.1:6379/0 (empty = in-process only)",
+    )
+    cache_timeout_ms: float = Field(
+        default=5.0, gt=0, le=10_000, description="longest wait on the shared cache per operation before answering as a miss"
+    )
+
     admin_token: str = Field(
         default="", repr=False,
         description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",

@@ -69,12 +69,12 @@ class ModelStats:
     execution_count: int = 0  # batches executed
     last_inference_ms: int = 0  # wall clock, for display only
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
+    # Response cache, as Triton reports it: lookups that hit / missed and their time.
+    cache_hit: Duration = field(default_factory=Duration)
+    cache_miss: Duration = field(default_factory=Duration)
     # Distributions for dashboards (the sums above are Triton's statistics).
     queue_histogram: Histogram = field(default_factory=Histogram)
     execute_histogram: Histogram = field(default_factory=Histogram)  # one per batch: gather + run + scatter
-    # Response-cache hook: the cache counts its lookups here.
-    cache_hits: int = 0
-    cache_misses: int = 0
 
     def record_queue(self, ns: int) -> None:
         self.queue.add(ns)

@@ -152,8 +152,8 @@ class GatewayCollector:
             instances.add_metric(labels, m.instances)
             busy.add_metric(labels, m.busy_instances)
             busy_s.add_metric(labels, (s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns) / 1e9)
-            cache.add_metric([*labels, "hit"], s.cache_hits)
-            cache.add_metric([*labels, "miss"], s.cache_misses)
+            cache.add_metric([*labels, "hit"], s.cache_hit.count)
+            cache.add_metric([*labels, "miss"], s.cache_miss.count)
         yield from (queue, execute, batch, depth, rejected, instances, busy, busy_s, cache)
 
 

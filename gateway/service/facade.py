@@ -7,7 +7,9 @@ requests and gets responses or typed errors back.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 
+from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
@@ -41,8 +43,11 @@ def _int_param(req: InferRequest, name: str) -> int:
 
 
 class InferenceService:
-    def __init__(self, manager: ModelManager, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self, manager: ModelManager, telemetry: Telemetry | None = None, cache: ResponseCache | None = None
+    ) -> None:
         self.models = manager
+        self.cache = cache if cache is not None else ResponseCache()
         self.accepting = True
         # Set when running as one of several worker processes.
         self.worker_stats: WorkerStats | None = None
@@ -67,9 +72,6 @@ class InferenceService:
 
     # -- inference --------------------------------------------------------------------
 
-    # Response-cache hook: a lookup here stamps ``req.trace.cache_lookup(start_ns, end_ns, hit)``
-    # when ``req.trace`` is set, and counts ``loaded.stats.cache_hits`` / ``cache_misses``.
-
     async def infer(self, req: InferRequest) -> InferResponse:
         if not self.accepting:
             raise ShuttingDownError("server is shutting down")
@@ -87,6 +89,17 @@ class InferenceService:
             timeout_us = _int_param(req, "timeout")
             if timeout_us:
                 timeout_deadline = time.monotonic_ns() + timeout_us * 1000
+        cache_cfg = loaded.config.cache
+        if self.cache.applies(cache_cfg, req):
+            def run() -> Awaitable[InferResponse]:
+                return self._execute(loaded, req, rows, key, priority, timeout_deadline)
+
+            return await self.cache.serve(loaded.name, loaded.version, cache_cfg, req, loaded.stats, run, req.deadline_ns)
+        return await self._execute(loaded, req, rows, key, priority, timeout_deadline)
+
+    async def _execute(
+        self, loaded: LoadedVersion, req: InferRequest, rows: int, key: tuple, priority: int, timeout_deadline: int
+    ) -> InferResponse:
         outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
         index = loaded.output_index
         return InferResponse(

@@ -151,6 +151,11 @@ def test_full_file_round_trips(tmp_path):
         ({"max_batch_size": -1}, "max_batch_size", "greater than or equal to 0"),
         ({"instances": 0}, "instances", "greater than or equal to 1"),
         ({"intra_op_threads": 257}, "intra_op_threads", "less than or equal to 256"),
+        ({"cache": {"ttl_s": 0}}, "cache.ttl_s", "greater than 0"),
+        ({"cache": {"max_bytes": -1}}, "cache.max_bytes", "greater than or equal to 0"),
+        ({"cache": {"exact": "sometimes"}}, "cache.exact", "valid boolean"),
+        ({"cache": {"semantic": {"threshold": 1.5}}}, "cache.semantic.threshold", "less than or equal to 1"),
+        ({"cache": {"semantic": {"max_entries": 0}}}, "cache.semantic.max_entries", "greater than or equal to 1"),
     ],
 )
 def test_invalid_field_names_file_field_and_reason(raw, field, reason):
@@ -167,6 +172,8 @@ def test_invalid_field_names_file_field_and_reason(raw, field, reason):
         ({"dynamic_batching": {"max_queue_delay_ms": 5}}, "dynamic_batching.max_queue_delay_ms"),
         ({"inputs": [TENSOR, {**TENSOR, "name": "y", "dims": [1]}]}, "inputs[1].dims"),
         ({"version_policy": {"newest": 2}}, "version_policy.newest"),
+        ({"cache": {"exact": True, "ttl": 5}}, "cache.ttl"),
+        ({"cache": {"semantic": {"treshold": 0.9}}}, "cache.semantic.treshold"),
     ],
 )
 def test_unknown_field_is_rejected(raw, field):
@@ -357,3 +364,17 @@ def test_version_policy_select_does_not_mutate_its_argument():
 def test_version_policy_from_model_yaml(tmp_path):
     cfg = load_model_config(str(model_dir(tmp_path, "version_policy:\n  latest: 2\n")))
     assert cfg.version_policy.select([1, 2, 3]) == [2, 3]
+
+
+def test_cache_section_defaults_and_values():
+    cfg = parse_model_config({}, file="m/model.yaml", default_name="m")
+    assert cfg.cache.exact is False and cfg.cache.semantic.enabled is False
+    assert cfg.cache.ttl_s == 300 and cfg.cache.max_bytes == 64 * 1024 * 1024
+    assert cfg.cache.semantic.threshold == 0.92 and cfg.cache.semantic.allow_sampling is False
+    cfg = parse_model_config(
+        {"cache": {"exact": True, "ttl_s": 2.5, "max_bytes": 0, "semantic": {"enabled": True, "threshold": 0.97}}},
+        file="m/model.yaml",
+        default_name="m",
+    )
+    assert cfg.cache.exact and cfg.cache.ttl_s == 2.5 and cfg.cache.max_bytes == 0
+    assert cfg.cache.semantic.enabled and cfg.cache.semantic.threshold == 0.97

@@ -51,7 +51,7 @@ def test_collector_reads_model_stats_and_request_series():
     stats.record_batch(3, 1_000, 400_000, 1_000)
     stats.record_batch(16, 1_000, 900_000, 1_000)
     stats.rejected_queue_full = 4
-    stats.cache_hits = 7
+    stats.cache_hit.add(1000, 7)
     telemetry = Telemetry()
     telemetry.bind(lambda: [ModelSample("m", "2", stats, queue_depth=5, instances=2, busy_instances=1)], lambda m, v: (m, v))
     telemetry.request_done("grpc", "m", "2", "ok", 0, 1_500_000, None)

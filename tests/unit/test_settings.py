@@ -112,6 +112,8 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "tracing": ("on", "off", "auto"),
         "trace_sample_ratio": (0.25, 0.5, 0.75),
         "admin_token": ("file-token", "env-token", "flag-token"),
+        "cache_url": ("redis://file:6379/0", "redis://env:6379/1", "unix:///flag.sock"),
+        "cache_timeout_ms": (1.5, 2.5, 3.5),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
@@ -245,3 +247,14 @@ def test_serve_help_lists_every_field_with_its_env_variable():
         assert f"env {ENV_PREFIX}{name.upper()}" in entries[flag], entries[flag]
         assert f"default {field.default!r}" in entries[flag], entries[flag]
     assert set(entries) >= {"--config"} | {"--" + n.replace("_", "-") for n in FIELDS}
+
+
+def test_cache_url_must_name_a_redis_scheme(tmp_path):
+    assert load_settings().cache_url == ""
+    assert load_settings(overrides={"cache_url": "redis://127.0.0.1:6379/0"}).cache_url.startswith("redis://")
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides={"cache_url": "http://127.0.0.1:6379"})
+    assert err.value.field == "cache_url" and "--cache-url" in str(err.value)
+    with pytest.raises(ConfigError) as err:
+        load_settings(overrides={"cache_timeout_ms": 0})
+    assert err.value.field == "cache_timeout_ms"
