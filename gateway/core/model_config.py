@@ -144,6 +144,37 @@ class CacheConfig(_Strict):
     semantic: SemanticCacheConfig = SemanticCacheConfig()
 
 
+class GenerationConfig(_Strict):
+    """Text generation (``/v1/completions``, ``/v1/chat/completions``) on a decoder with a KV cache.
+
+    The version directory holds ``tokenizer.json`` and ``tokenizer_config.json`` (chat
+    template, eos token) beside the model file.
+    """
+
+    # Prompt plus completion tokens one sequence may reach (the model's position limit).
+    context_length: int = Field(default=2048, ge=2, le=1_048_576)
+    # Completion tokens when a request names no max_tokens (capped by what the context leaves).
+    default_max_tokens: int = Field(default=256, ge=1, le=1_048_576)
+    # Sequences decoded together, one batched model call per step.
+    max_sequences: int = Field(default=32, ge=1, le=4096)
+    # Sequences admitted but not yet joined; beyond this a request is refused at once (429).
+    max_waiting_sequences: int = Field(default=256, ge=0, le=1_000_000)
+    # KV-cache slots the decode batch may hold: sequences x padded length, each sequence
+    # counted at its prompt + max_tokens (the padded layout's real footprint, see README).
+    max_kv_tokens: int = Field(default=131_072, ge=2, le=1 << 34)
+    # Token ids that end a sequence; empty = the tokenizer config's eos_token.
+    stop_token_ids: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _fits(self) -> GenerationConfig:
+        if self.max_kv_tokens < self.context_length:
+            raise ValueError(
+                f"max_kv_tokens {self.max_kv_tokens} is below context_length {self.context_length}: "
+                "a sequence of full context could never be admitted"
+            )
+        return self
+
+
 class ModelConfig(_Strict):
     name: str
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -165,6 +196,7 @@ class ModelConfig(_Strict):
     tensorrt: TensorRTConfig = TensorRTConfig()
     routing: RoutingConfig | None = None
     cache: CacheConfig = CacheConfig()
+    generation: GenerationConfig | None = None
 
     @field_validator("providers")
     @classmethod

@@ -1,0 +1,164 @@
+"""Text generation as the api layer sees it: the request, its sampling settings, the
+events a stream yields, and the one engine interface the facade routes to.
+
+The api layer builds a ``GenerationRequest`` from an OpenAI body; an engine admits it
+(raising typed errors before anything streams) and hands back a ``GenerationStream``
+of per-choice ``GenerationEvent``s. Nothing here knows of tokens on the wire, HTTP or
+the scheduler.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.core.errors import InvalidInputError
+from gateway.core.stats import Histogram
+
+FINISH_STOP = "stop"
+FINISH_LENGTH = "length"
+
+
+class ContextLengthError(InvalidInputError):
+    """Prompt plus requested completion does not fit the model's limits (never retryable)."""
+
+    openai_code = "context_length_exceeded"
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    max_tokens: int | None = None  # None: the model's default_max_tokens, capped by the context left
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    logprobs: int | None = None  # None = off; k = alternatives per token besides the chosen one
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    model: str
+    sampling: SamplingParams
+    prompt: str | None = None  # completions
+    prompt_token_ids: tuple[int, ...] | None = None  # completions given token ids
+    messages: tuple[dict, ...] | None = None  # chat: rendered with the model's chat template
+    user: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprob:
+    token: str
+    token_bytes: bytes
+    logprob: float
+    top: tuple[tuple[str, bytes, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationEvent:
+    """What one choice produced in one step. ``text`` may be empty while bytes of a
+    character or a possible stop string are held back; ``finish_reason`` ends the choice."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    logprobs: tuple[TokenLogprob, ...] = ()
+    finish_reason: str | None = None
+
+
+_END = object()
+
+
+class GenerationStream:
+    """The events of one admitted request, in order; closing it frees its sequences at the next step."""
+
+    def __init__(self, model: str, version: str, prompt_tokens: int, choices: int, cancel: Callable[[], None]) -> None:
+        self.model = model
+        self.version = version
+        self.prompt_tokens = prompt_tokens
+        self.choices = choices
+        self.completion_tokens = 0
+        self._cancel = cancel
+        self._queue: asyncio.Queue = asyncio.Queue()
+        self._open = choices
+        self._error: BaseException | None = None
+
+    # -- producer side (the engine, on the event loop) ---------------------------------
+
+    def push(self, event: GenerationEvent) -> None:
+        self.completion_tokens += len(event.token_ids)
+        self._queue.put_nowait(event)
+        if event.finish_reason is not None:
+            self._open -= 1
+            if self._open == 0:
+                self._queue.put_nowait(_END)
+
+    def fail(self, exc: BaseException) -> None:
+        self._error = exc
+        self._queue.put_nowait(_END)
+
+    # -- consumer side ---------------------------------------------------------------------
+
+    def __aiter__(self) -> GenerationStream:
+        return self
+
+    async def __anext__(self) -> GenerationEvent:
+        item = await self._queue.get()
+        if item is _END:
+            self._queue.put_nowait(_END)  # further reads end too
+            if self._error is not None:
+                raise self._error
+            raise StopAsyncIteration
+        return item
+
+    @property
+    def finished(self) -> bool:
+        return self._open == 0
+
+    def close(self) -> None:
+        """The client is gone (or done): unfinished sequences leave at the next step."""
+        if self._open > 0:
+            self._cancel()
+
+
+class TextGenerator(Protocol):
+    """The engine behind ``InferenceService.generate``: one per model version."""
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        """Tokenize, check limits and admit; raises ContextLengthError, QueueFullError, InvalidInputError."""
+        ...
+
+
+# Sequences per decode step: 1, 2, 4, ... 4096.
+STEP_SIZE_BOUNDS: tuple[int, ...] = tuple(2**i for i in range(13))
+
+
+@dataclass(slots=True)
+class GenerationStats:
+    """Counters of one model version's generation loop (event loop only, no locks)."""
+
+    # Decode steps, by how many sequences each ran in its one batched call.
+    step_sequences: Histogram = field(default_factory=lambda: Histogram(bounds=STEP_SIZE_BOUNDS))
+    steps_multi: int = 0  # decode steps with more than one sequence
+    prefill_runs: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    time_to_first_token: Histogram = field(default_factory=Histogram)  # ns, admission to first token
+    step_ns: int = 0  # worker time in steps (prefill, decode, sampling)
+    repad_ns: int = 0  # of which: KV-cache re-padding as sequences join and leave
+    active: int = 0  # sequences in the decode batch now
+    waiting: int = 0  # admitted, not yet joined
+    rejected: int = 0  # refused with 429
+    cancelled: int = 0  # freed because the client went away
+    finished: dict[str, int] = field(default_factory=dict)  # by finish_reason
+
+    @property
+    def decode_steps(self) -> int:
+        return sum(self.step_sequences.counts)

@@ -1,0 +1,3 @@
+"""Continuous batching for token generation: a synchronous batcher (``batcher``), numpy
+sampling (``sampling``) and the thin asyncio engine that drives one model version
+(``engine``)."""

@@ -1,0 +1,105 @@
+"""A generative model's tokenizer as the ecosystem ships it: ``tokenizer.json`` (the
+``tokenizers`` library) plus ``tokenizer_config.json`` (special tokens, chat template)."""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+
+from tokenizers import Tokenizer
+
+from gateway.text.chat_template import ChatTemplate
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+
+
+class TokenizerLoadError(Exception):
+    pass
+
+
+def _special(config: dict, key: str) -> str | None:
+    value = config.get(key)
+    if isinstance(value, dict):  # {"content": "...", "lstrip": ...} as older configs write it
+        value = value.get("content")
+    return value if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=1)
+def _byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's reversible byte -> printable character map, inverted (char -> byte)."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+class TextTokenizer:
+    def __init__(self, tokenizer: Tokenizer, config: dict, *, source: str = "") -> None:
+        self.tokenizer = tokenizer
+        self.config = config
+        self.source = source
+        self.eos_token = _special(config, "eos_token")
+        self.bos_token = _special(config, "bos_token")
+        eos_id = tokenizer.token_to_id(self.eos_token) if self.eos_token else None
+        self.eos_token_ids: frozenset[int] = frozenset([eos_id] if eos_id is not None else [])
+        template = config.get("chat_template")
+        if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
+            named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+            template = named.get("default")
+        self.chat_template = (
+            ChatTemplate(template, bos_token=self.bos_token or "", eos_token=self.eos_token or "")
+            if isinstance(template, str) and template
+            else None
+        )
+        self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
+        self._special_ids = {t.id if hasattr(t, "id") else i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
+        self._byte_level = decoder.get("type") == "ByteLevel"
+
+    @classmethod
+    def from_dir(cls, directory: str) -> TextTokenizer:
+        path = os.path.join(directory, TOKENIZER_FILE)
+        if not os.path.exists(path):
+            raise TokenizerLoadError(f"{path}: missing (a generation model needs its tokenizer beside the model file)")
+        try:
+            tokenizer = Tokenizer.from_file(path)
+        except Exception as exc:  # noqa: BLE001 - the library raises plain Exception on bad files
+            raise TokenizerLoadError(f"{path}: not a valid tokenizer: {exc}") from None
+        config: dict = {}
+        config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
+        if os.path.exists(config_path):
+            try:
+                with open(config_path, encoding="utf-8") as fh:
+                    config = json.load(fh)
+            except (OSError, ValueError) as exc:
+                raise TokenizerLoadError(f"{config_path}: not valid JSON: {exc}") from None
+            if not isinstance(config, dict):
+                raise TokenizerLoadError(f"{config_path}: expected a JSON object")
+        return cls(tokenizer, config, source=directory)
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        """The raw bytes a token stands for (a byte-level token may hold part of a character)."""
+        piece = self.tokenizer.id_to_token(token_id)
+        if piece is None:
+            return b""
+        if self._byte_level and token_id not in self._special_ids:
+            alphabet = _byte_level_alphabet()
+            if all(ch in alphabet for ch in piece):
+                return bytes(alphabet[ch] for ch in piece)
+        return self.tokenizer.decode([token_id], skip_special_tokens=False).encode("utf-8")
+
+    def token_text(self, token_id: int) -> str:
+        return self.token_bytes(token_id).decode("utf-8", errors="replace")
