@@ -9,6 +9,8 @@ Models (fixed seeds, so every run writes the same bytes):
 - identity: one input per v2 datatype, each echoed to an output (BYTES as ONNX string)
 - lookup:   INDEX INT64 [-1,1] -> EMBEDDING FP32 [-1,1,4], rows of a 10x4 table; an index
             outside 0..9 makes onnxruntime fail at run time (used to test executor failures)
+- tiny-gpt: a random GPT-2-style decoder with a KV cache and a byte-level BPE tokenizer
+            (examples/tiny_llm.py; written by the command line only, not by write_repository)
 """
 
 from __future__ import annotations
@@ -137,3 +139,6 @@ def write_repository(root: str, names: list[str] | None = None) -> str:
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
     print("wrote example models to", write_repository(target))
+    import tiny_llm  # the text-generation example (tiny-gpt): random weights, gibberish text
+
+    tiny_llm.write_tiny_llm(target)

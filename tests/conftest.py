@@ -176,3 +176,12 @@ def embedder():
     from gateway.cache.semantic.embedder import Embedder
 
     return Embedder(cache_dir=ROOT / ".cache" / "embedder")
+
+
+@pytest.fixture(scope="session")
+def tiny_llm_model(tmp_path_factory) -> Path:
+    """examples/tiny_llm.py's tiny-gpt (decoder + tokenizer), built once per session; copy it
+    into a test repository with ``copy_model(path.parent, repo, path.name)``."""
+    import tiny_llm
+
+    return tiny_llm.write_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
