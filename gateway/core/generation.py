@@ -31,6 +31,12 @@ class ContextLengthError(InvalidInputError):
         self.param = param
 
 
+class NotAGenerationModelError(InvalidInputError):
+    """The model exists but serves tensors, not text."""
+
+    param = "model"
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
     max_tokens: int | None = None  # None: the model's default_max_tokens, capped by the context left

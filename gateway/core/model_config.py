@@ -162,7 +162,9 @@ class GenerationConfig(_Strict):
     # KV-cache slots the decode batch may hold: sequences x padded length, each sequence
     # counted at its prompt + max_tokens (the padded layout's real footprint, see README).
     max_kv_tokens: int = Field(default=131_072, ge=2, le=1 << 34)
-    # Token ids that end a sequence; empty = the tokenizer config's eos_token.
+    # A sequence that cannot join the decode batch within this long fails with 504 (0 = waits).
+    queue_timeout_s: float = Field(default=0.0, ge=0, le=86400)
+    # Token ids that end a sequence, besides the tokenizer's eos_token and generation_config.json's eos_token_id.
     stop_token_ids: tuple[int, ...] = ()
 
     @model_validator(mode="after")

@@ -11,6 +11,7 @@ from collections.abc import Awaitable
 
 from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
+from gateway.core.generation import GenerationRequest, GenerationStream, NotAGenerationModelError
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
@@ -118,6 +119,17 @@ class InferenceService:
         resp = await self.infer(req)
         trace.served_ns = time.monotonic_ns()
         return resp
+
+    async def generate(self, req: GenerationRequest) -> GenerationStream:
+        """Admit a text-generation request on the model's engine; the stream yields its tokens."""
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down")
+        loaded = self.models.get(req.model)
+        if loaded.generator is None:
+            raise NotAGenerationModelError(
+                f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"
+            )
+        return loaded.generator.submit(req)
 
     # -- metadata -----------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ from gateway.executors.base import Executor
 from gateway.executors.factory import create_executors
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
+from gateway.scheduler.generation.engine import GenerationEngine
+from gateway.service.generation import GenerationLoadError, build_generation_engine
 
 _log = logging.getLogger("gateway.models")
 
@@ -45,6 +47,8 @@ class LoadedVersion:
     config_digest: str
     input_index: dict[str, TensorSpec] = field(default_factory=dict)
     output_index: dict[str, TensorSpec] = field(default_factory=dict)
+    # The text-generation engine, when model.yaml has a `generation:` section.
+    generator: GenerationEngine | None = None
 
     @property
     def platform(self) -> str:
@@ -139,6 +143,11 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
     )
     loaded.input_index = {s.name: s for s in inputs}
     loaded.output_index = {s.name: s for s in outputs}
+    if cfg.generation is not None:
+        try:
+            loaded.generator = build_generation_engine(entry.name, version, cfg.generation, executors[0], files.model_file)
+        except GenerationLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
     return loaded
 
 
@@ -326,6 +335,10 @@ class ModelManager:
         task = asyncio.get_running_loop().create_task(loaded.scheduler.drain(timeout))
         self._draining.add(task)
         task.add_done_callback(self._draining.discard)
+        if loaded.generator is not None:
+            gen_task = asyncio.get_running_loop().create_task(loaded.generator.drain(timeout))
+            self._draining.add(gen_task)
+            gen_task.add_done_callback(self._draining.discard)
 
     async def close(self, timeout_s: float) -> None:
         async with self._lock:

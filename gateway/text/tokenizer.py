@@ -13,6 +13,8 @@ from gateway.text.chat_template import ChatTemplate
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# Hugging Face's generation defaults; its eos_token_id (an id or a list) ends sequences too.
+GENERATION_CONFIG_FILE = "generation_config.json"
 
 
 class TokenizerLoadError(Exception):
@@ -40,15 +42,30 @@ def _byte_level_alphabet() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
+def _read_json(path: str) -> dict:
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise TokenizerLoadError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise TokenizerLoadError(f"{path}: expected a JSON object")
+    return doc
+
+
 class TextTokenizer:
-    def __init__(self, tokenizer: Tokenizer, config: dict, *, source: str = "") -> None:
+    def __init__(
+        self, tokenizer: Tokenizer, config: dict, *, source: str = "", extra_eos_ids: tuple[int, ...] = ()
+    ) -> None:
         self.tokenizer = tokenizer
         self.config = config
         self.source = source
         self.eos_token = _special(config, "eos_token")
         self.bos_token = _special(config, "bos_token")
         eos_id = tokenizer.token_to_id(self.eos_token) if self.eos_token else None
-        self.eos_token_ids: frozenset[int] = frozenset([eos_id] if eos_id is not None else [])
+        self.eos_token_ids: frozenset[int] = frozenset(([eos_id] if eos_id is not None else []) + list(extra_eos_ids))
         template = config.get("chat_template")
         if isinstance(template, list):  # named templates: [{"name": "default", "template": ...}]
             named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
@@ -59,7 +76,7 @@ class TextTokenizer:
             else None
         )
         self.vocab_size = tokenizer.get_vocab_size(with_added_tokens=True)
-        self._special_ids = {t.id if hasattr(t, "id") else i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+        self._special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
         self._byte_level = decoder.get("type") == "ByteLevel"
 
@@ -72,17 +89,10 @@ class TextTokenizer:
             tokenizer = Tokenizer.from_file(path)
         except Exception as exc:  # noqa: BLE001 - the library raises plain Exception on bad files
             raise TokenizerLoadError(f"{path}: not a valid tokenizer: {exc}") from None
-        config: dict = {}
-        config_path = os.path.join(directory, TOKENIZER_CONFIG_FILE)
-        if os.path.exists(config_path):
-            try:
-                with open(config_path, encoding="utf-8") as fh:
-                    config = json.load(fh)
-            except (OSError, ValueError) as exc:
-                raise TokenizerLoadError(f"{config_path}: not valid JSON: {exc}") from None
-            if not isinstance(config, dict):
-                raise TokenizerLoadError(f"{config_path}: expected a JSON object")
-        return cls(tokenizer, config, source=directory)
+        config = _read_json(os.path.join(directory, TOKENIZER_CONFIG_FILE))
+        eos = _read_json(os.path.join(directory, GENERATION_CONFIG_FILE)).get("eos_token_id")
+        eos_ids = tuple(i for i in (eos if isinstance(eos, list) else [eos]) if isinstance(i, int) and not isinstance(i, bool))
+        return cls(tokenizer, config, source=directory, extra_eos_ids=eos_ids)
 
     def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids

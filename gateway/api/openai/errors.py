@@ -47,8 +47,10 @@ class InvalidFieldError(InvalidInputError):
 def error_document(exc: BaseException) -> tuple[int, dict]:
     """The HTTP status and OpenAI-shaped body of ``exc``."""
     code, message = classify(exc)
-    param = exc.param if isinstance(exc, InvalidFieldError) else None
-    body = {"message": message, "type": OPENAI_TYPE[code], "param": param, "code": OPENAI_CODE.get(code)}
+    # Field errors raised below the api layer (generation limits) name their param too.
+    param = exc.param if isinstance(exc, InvalidFieldError) else getattr(exc, "param", None)
+    body = {"message": message, "type": OPENAI_TYPE[code], "param": param,
+            "code": getattr(exc, "openai_code", None) or OPENAI_CODE.get(code)}
     return HTTP_STATUS[code], {"error": body}
 
 

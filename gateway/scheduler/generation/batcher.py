@@ -73,15 +73,16 @@ class ContinuousBatcher:
             )
         self._waiting.extend(tickets)
 
-    def cancel(self, seq_id: int) -> None:
-        """Free a sequence at the next step (a waiting one never joins)."""
+    def cancel(self, seq_id: int) -> bool:
+        """Free a sequence at the next step; True when it was still waiting (gone now, it never joins)."""
         if seq_id in self._running:
             self._cancelled.add(seq_id)
-            return
+            return False
         for t in self._waiting:
             if t.seq_id == seq_id:
                 self._waiting.remove(t)
-                return
+                return True
+        return False
 
     def expire(self, now_ns: int) -> list[int]:
         """Waiting sequences whose join deadline has passed, removed."""

@@ -1,0 +1,350 @@
+"""The generation engine of one model version: thin asyncio glue around the continuous
+batcher and the KV-cache decoder.
+
+One loop task per engine. Each turn it asks the batcher for a step plan and hands the
+whole step to the engine's one worker thread: release the rows that left, one batched
+decode call for every running sequence, one prefill call per distinct prompt length
+for those joining, then sampling, detokenisation and stop checks for all of them. The
+results come back in one hand-off and are pushed to each request's stream. Tokenising
+and admission happen on the event loop at submit, so limits are answered (400, 429)
+before a stream starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import count
+
+import numpy as np
+
+from gateway.core.errors import DeadlineExceededError, ExecutorError, InvalidInputError, ModelNotReadyError, QueueFullError
+from gateway.core.generation import (
+    FINISH_LENGTH,
+    FINISH_STOP,
+    ContextLengthError,
+    GenerationEvent,
+    GenerationRequest,
+    GenerationStats,
+    GenerationStream,
+    SamplingParams,
+    TokenLogprob,
+)
+from gateway.core.model_config import GenerationConfig
+from gateway.executors.decoder import KvCacheDecoder
+from gateway.scheduler.generation.batcher import ContinuousBatcher, StepPlan, Ticket
+from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
+from gateway.text.chat_template import ChatTemplateError
+from gateway.text.detokenizer import IncrementalDetokenizer
+from gateway.text.stop import StopMatcher
+from gateway.text.tokenizer import TextTokenizer
+
+_log = logging.getLogger("gateway.generation")
+
+
+class FieldError(InvalidInputError):
+    """A request field the engine cannot use; ``param`` names it for the client."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+@dataclass(slots=True)
+class Sequence:
+    seq_id: int
+    index: int  # choice index within its request
+    stream: GenerationStream
+    prompt_ids: np.ndarray
+    max_tokens: int
+    params: SamplingParams
+    rng: np.random.Generator
+    detokenizer: IncrementalDetokenizer
+    stop: StopMatcher
+    admitted_ns: int
+    generated: int = 0
+    last_token: int = -1
+    first_token_ns: int = 0
+    done: bool = False
+
+
+@dataclass(slots=True)
+class _StepResult:
+    events: list[tuple[Sequence, GenerationEvent]] = field(default_factory=list)
+    prefill_runs: int = 0
+    step_ns: int = 0
+    repad_ns: int = 0
+
+
+class GenerationEngine:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        config: GenerationConfig,
+        decoder: KvCacheDecoder,
+        tokenizer: TextTokenizer,
+        *,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        self.name = name
+        self.version = version
+        self.config = config
+        self.decoder = decoder
+        self.tokenizer = tokenizer
+        self.stats = GenerationStats()
+        self.batcher = ContinuousBatcher(config.max_sequences, config.max_waiting_sequences, config.max_kv_tokens)
+        self._clock_ns = clock_ns
+        self._stop_ids = tokenizer.eos_token_ids | frozenset(config.stop_token_ids)
+        self._seqs: dict[int, Sequence] = {}
+        self._ids = count(1)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}-{version}")
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self._closing = False
+
+    # -- admission (event loop) ---------------------------------------------------------------
+
+    def submit(self, request: GenerationRequest) -> GenerationStream:
+        if self._closing:
+            raise ModelNotReadyError(f"model '{self.name}' version {self.version} is being unloaded")
+        prompt_ids = self._prompt_ids(request)
+        sampling = request.sampling
+        max_tokens = self._max_tokens(len(prompt_ids), sampling.max_tokens, "messages" if request.messages is not None else "prompt")
+        if sampling.logprobs is not None and sampling.logprobs > self.tokenizer.vocab_size:
+            raise FieldError("logprobs", f"at most {self.tokenizer.vocab_size} alternatives per token")
+        now = self._clock_ns()
+        deadline = now + int(self.config.queue_timeout_s * 1e9) if self.config.queue_timeout_s else 0
+        ids = [next(self._ids) for _ in range(sampling.n)]
+        tickets = [Ticket(i, len(prompt_ids) + max_tokens, now, deadline) for i in ids]
+        try:
+            self.batcher.admit(tickets)
+        except QueueFullError:
+            self.stats.rejected += 1
+            raise
+        stream = GenerationStream(self.name, self.version, len(prompt_ids), sampling.n, lambda: self._cancel(ids))
+        prompt = np.asarray(prompt_ids, dtype=np.int64)
+        for index, seq_id in enumerate(ids):
+            self._seqs[seq_id] = Sequence(
+                seq_id, index, stream, prompt, max_tokens, sampling, sequence_rng(sampling.seed, index),
+                IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now,
+            )
+        self.stats.prompt_tokens += len(prompt_ids) * sampling.n
+        self._refresh_gauges()
+        self._ensure_running()
+        self._wake.set()
+        return stream
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        if request.messages is not None:
+            template = self.tokenizer.chat_template
+            if template is None:
+                raise FieldError(
+                    "messages", f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions"
+                )
+            try:
+                text = template.render(list(request.messages))
+            except ChatTemplateError as exc:
+                raise FieldError("messages", f"the model's chat template rejected the messages: {exc}") from None
+            # The template writes the special tokens itself (as transformers' apply_chat_template does).
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+        elif request.prompt_token_ids is not None:
+            ids = list(request.prompt_token_ids)
+            bad = [t for t in ids if not 0 <= t < self.tokenizer.vocab_size]
+            if bad:
+                raise FieldError("prompt", f"token ids {bad[:5]} are outside the vocabulary 0..{self.tokenizer.vocab_size - 1}")
+        else:
+            ids = self.tokenizer.encode(request.prompt or "")
+        if not ids:
+            raise FieldError("prompt", "the prompt is empty: it needs at least one token")
+        return ids
+
+    def _max_tokens(self, prompt_len: int, asked: int | None, param: str) -> int:
+        ctx = self.config.context_length
+        limit = min(ctx, self.config.max_kv_tokens)
+        if prompt_len >= limit:
+            raise ContextLengthError(
+                param,
+                f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
+                f"Your prompt has {prompt_len} tokens, leaving no room for a completion.",
+            )
+        if asked is None:
+            return min(self.config.default_max_tokens, limit - prompt_len)
+        if prompt_len + asked > limit:
+            raise ContextLengthError(
+                "max_tokens",
+                f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
+                f"However, you requested {prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} for the "
+                "completion). Please reduce the prompt or max_tokens.",
+            )
+        return asked
+
+    def _cancel(self, ids: list[int]) -> None:
+        for seq_id in ids:
+            seq = self._seqs.get(seq_id)
+            if seq is None or seq.done:
+                continue
+            seq.done = True
+            self.stats.cancelled += 1
+            if self.batcher.cancel(seq_id):
+                self._seqs.pop(seq_id, None)  # never joined: nothing to release
+        self._refresh_gauges()
+        self._wake.set()
+
+    def _refresh_gauges(self) -> None:
+        self.stats.active = self.batcher.active
+        self.stats.waiting = self.batcher.waiting
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def _ensure_running(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=f"generate-{self.name}-{self.version}")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            now = self._clock_ns()
+            for seq_id in self.batcher.expire(now):
+                seq = self._seqs.pop(seq_id, None)
+                if seq is not None:
+                    seq.done = True
+                    seq.stream.fail(DeadlineExceededError(
+                        f"the sequence waited more than queue_timeout_s={self.config.queue_timeout_s} to start"
+                    ))
+            plan = self.batcher.next_step(now)
+            self._refresh_gauges()
+            if not plan:
+                if self._closing and self.batcher.idle:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            try:
+                result = await loop.run_in_executor(self._pool, self._step, plan)
+            except Exception as exc:  # noqa: BLE001 - a runtime failure fails these sequences, not the daemon
+                _log.exception("generation step failed on %s:%s", self.name, self.version)
+                self._fail_running(ExecutorError(f"the model failed during generation: {type(exc).__name__}: {exc}"))
+                continue
+            self._deliver(plan, result)
+
+    def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
+        stats = self.stats
+        now = self._clock_ns()
+        finished = []
+        for seq, event in result.events:
+            if seq.first_token_ns == 0:
+                seq.first_token_ns = now
+                stats.time_to_first_token.observe(now - seq.admitted_ns)
+            stats.generated_tokens += len(event.token_ids)
+            if event.finish_reason is not None:
+                finished.append(seq.seq_id)
+                stats.finished[event.finish_reason] = stats.finished.get(event.finish_reason, 0) + 1
+            if not seq.done or event.finish_reason is not None:
+                seq.stream.push(event)
+            if event.finish_reason is not None:
+                seq.done = True
+        for seq_id in plan.leaving:
+            self._seqs.pop(seq_id, None)
+        if plan.decoding:
+            stats.step_sequences.observe(len(plan.decoding))
+            if len(plan.decoding) > 1:
+                stats.steps_multi += 1
+        stats.prefill_runs += result.prefill_runs
+        stats.step_ns += result.step_ns
+        stats.repad_ns += result.repad_ns
+        self.batcher.complete(plan, finished)
+        self._refresh_gauges()
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for seq_id in self.batcher.fail_all():
+            seq = self._seqs.pop(seq_id, None)
+            if seq is not None and not seq.done:
+                seq.done = True
+                seq.stream.fail(exc)
+        try:
+            self.decoder.reset()
+        except Exception:  # noqa: BLE001
+            _log.exception("could not reset the decoder of %s:%s", self.name, self.version)
+        self._refresh_gauges()
+
+    # -- one step (worker thread) -------------------------------------------------------------
+
+    def _step(self, plan: StepPlan) -> _StepResult:
+        start = time.perf_counter_ns()
+        result = _StepResult()
+        decoder = self.decoder
+        if plan.leaving:
+            decoder.release(plan.leaving)
+        repad = time.perf_counter_ns() - start
+        if plan.decoding:
+            logits = decoder.decode({s: self._seqs[s].last_token for s in plan.decoding})
+            for seq_id in plan.decoding:
+                seq = self._seqs[seq_id]
+                result.events.append((seq, self._next(seq, logits[seq_id])))
+        if plan.joining:
+            by_length: dict[int, list[Sequence]] = {}
+            for seq_id in plan.joining:
+                seq = self._seqs[seq_id]
+                by_length.setdefault(len(seq.prompt_ids), []).append(seq)
+            for seqs in by_length.values():
+                rows = len(decoder._slots)  # noqa: SLF001 - measured: joining re-pads the batch
+                t0 = time.perf_counter_ns()
+                logits = decoder.prefill([s.seq_id for s in seqs], np.stack([s.prompt_ids for s in seqs]))
+                if rows:
+                    # The join's copy is part of the prefill call's time; attribute a share by size.
+                    repad += (time.perf_counter_ns() - t0) * rows // (rows + len(seqs))
+                result.prefill_runs += 1
+                for seq in seqs:
+                    result.events.append((seq, self._next(seq, logits[seq.seq_id])))
+        result.step_ns = time.perf_counter_ns() - start
+        result.repad_ns = repad
+        return result
+
+    def _next(self, seq: Sequence, row: np.ndarray) -> GenerationEvent:
+        """Sample one token for ``seq`` and turn it into its text delta and finish state."""
+        token = sample_token(row, seq.params, seq.rng)
+        logprobs = ()
+        if seq.params.logprobs is not None:
+            lp = log_softmax(row)
+            tok = self.tokenizer
+            top = tuple((tok.token_text(i), tok.token_bytes(i), v) for i, v in top_logprobs(lp, seq.params.logprobs))
+            logprobs = (TokenLogprob(tok.token_text(token), tok.token_bytes(token), float(lp[token]), top),)
+        seq.generated += 1
+        seq.last_token = token
+        if token in self._stop_ids:
+            text = seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
+            return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)
+        text, stopped = seq.stop.feed(seq.detokenizer.add(token))
+        if stopped:
+            return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)
+        if seq.generated >= seq.max_tokens:
+            tail, stopped = seq.stop.feed(seq.detokenizer.flush())
+            text += tail
+            if not stopped:
+                text += seq.stop.flush()
+            return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP if stopped else FINISH_LENGTH)
+        return GenerationEvent(seq.index, text, (token,), logprobs, None)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def drain(self, timeout_s: float) -> None:
+        """Refuse new requests, let admitted ones finish (bounded), then stop."""
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout_s)
+            except asyncio.TimeoutError:
+                task.cancel()
+        for seq in list(self._seqs.values()):
+            if not seq.done:
+                seq.done = True
+                seq.stream.fail(ModelNotReadyError(f"model '{self.name}' version {self.version} was unloaded"))
+        self._seqs.clear()
+        self._pool.shutdown(wait=False)

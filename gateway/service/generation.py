@@ -1,0 +1,42 @@
+"""Builds a model version's text-generation engine from its files (worker thread, at load)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from gateway.core.model_config import GenerationConfig
+from gateway.executors.base import Executor
+from gateway.executors.decoder import DecoderLayoutError, KvCacheDecoder
+from gateway.scheduler.generation.engine import GenerationEngine
+from gateway.text.chat_template import ChatTemplateError
+from gateway.text.tokenizer import TokenizerLoadError, TextTokenizer
+
+_log = logging.getLogger("gateway.generation")
+
+
+class GenerationLoadError(Exception):
+    pass
+
+
+def build_generation_engine(name: str, version: str, config: GenerationConfig, executor: Executor, model_file: str) -> GenerationEngine:
+    try:
+        decoder = KvCacheDecoder(executor)
+    except DecoderLayoutError as exc:
+        raise GenerationLoadError(f"{model_file}: generation: {exc}") from None
+    try:
+        tokenizer = TextTokenizer.from_dir(os.path.dirname(model_file))
+    except (TokenizerLoadError, ChatTemplateError) as exc:
+        raise GenerationLoadError(f"generation: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a template that does not compile
+        raise GenerationLoadError(f"generation: chat_template: {exc}") from None
+    if not tokenizer.eos_token_ids and not config.stop_token_ids:
+        _log.warning("%s:%s has no eos token: sequences end only at max_tokens or a stop string", name, version)
+    layout = decoder.layout
+    _log.info(
+        "%s:%s generation: %d layers, %d heads x %d, %d B of KV cache per token (max_kv_tokens %d = %.1f MiB), "
+        "max_sequences %d, context_length %d",
+        name, version, layout.layers, layout.heads, layout.head_dim, layout.bytes_per_token, config.max_kv_tokens,
+        config.max_kv_tokens * layout.bytes_per_token / 2**20, config.max_sequences, config.context_length,
+    )
+    return GenerationEngine(name, version, config, decoder, tokenizer)
