@@ -332,7 +332,12 @@ def reference_greedy(
 # ---------------------------------------------------------------------------------- repository
 
 
-DEFAULT_MODEL_YAML = "max_batch_size: 0\n"
+DEFAULT_MODEL_YAML = f"""max_batch_size: 0
+generation:
+  context_length: {MAX_POSITIONS}   # the decoder's position table
+  default_max_tokens: 64
+  max_sequences: 32
+"""
 
 
 def write_tiny_llm(repo_dir: str | os.PathLike, name: str = "tiny-gpt", model_yaml: str | None = None, version: int = 1, seed: int = 0) -> Path:

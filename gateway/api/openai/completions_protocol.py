@@ -1,0 +1,203 @@
+"""The wire shapes of ``POST /v1/completions`` and ``POST /v1/chat/completions``.
+
+Unknown fields are ignored, as OpenAI's clients send fields a server may not know; a
+known field of the wrong type is a 400 naming it (no coercion: ``"3"`` is not a
+number); a known field we do not implement (tools, logit_bias, ...) is a 400 too,
+rather than silently ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.api.openai.errors import InvalidFieldError
+from gateway.core.generation import GenerationRequest, SamplingParams
+
+MAX_STOP_STRINGS = 16
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+
+class StreamOptions(_Wire):
+    include_usage: bool = False
+
+
+class _SamplingFields(_Wire):
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    top_k: int | None = Field(default=None, ge=-1)  # -1 or 0: off (vLLM's and OpenAI-compatible servers' convention)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=128)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    user: str | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+
+class TextPart(_Wire):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessage(_Wire):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+
+
+# Known OpenAI fields this server does not implement: a 400 when set to anything but their
+# no-op value, so a client never believes it got what it asked for.
+_UNSUPPORTED_COMMON = {
+    "logit_bias": lambda v: v in (None, {}),
+    "presence_penalty": lambda v: v in (None, 0, 0.0),
+    "frequency_penalty": lambda v: v in (None, 0, 0.0),
+}
+_UNSUPPORTED_CHAT = {
+    **_UNSUPPORTED_COMMON,
+    "tools": lambda v: v in (None, []),
+    "tool_choice": lambda v: v in (None, "none"),
+    "functions": lambda v: v in (None, []),
+    "function_call": lambda v: v in (None, "none"),
+    "parallel_tool_calls": lambda v: True,  # meaningless without tools
+    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
+    "audio": lambda v: v is None,
+    "modalities": lambda v: v in (None, ["text"]),
+    "prediction": lambda v: v is None,
+}
+_UNSUPPORTED_COMPLETION = {
+    **_UNSUPPORTED_COMMON,
+    "echo": lambda v: v in (None, False),
+    "suffix": lambda v: v is None,
+}
+
+
+def _check_unsupported(doc: dict, table: dict) -> None:
+    for name, harmless in table.items():
+        if name in doc and not harmless(doc[name]):
+            raise InvalidFieldError(name, f"'{name}' is not supported by this server")
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict"}
+
+
+def _param(loc: tuple) -> str:
+    """``messages[0].content`` from pydantic's location, leaving out the union-member tags it adds."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_TAGS and not part[0].isupper():
+            path += ("." if path else "") + part
+    return path
+
+
+def _validation_error(exc: ValidationError) -> InvalidFieldError:
+    err = exc.errors()[0]
+    param = _param(tuple(err["loc"]))
+    if err["type"] == "missing":
+        return InvalidFieldError(param, f"'{param}' is required")
+    return InvalidFieldError(param, f"'{param}': {err['msg']} (got {err.get('input')!r:.80})")
+
+
+def _parse(model_cls, doc: Any, unsupported: dict):
+    if not isinstance(doc, dict):
+        raise InvalidFieldError("", "the request body must be a JSON object")
+    _check_unsupported(doc, unsupported)
+    try:
+        return model_cls.model_validate(doc)
+    except ValidationError as exc:
+        raise _validation_error(exc) from None
+
+
+def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
+    if stop is None:
+        return ()
+    stops = (stop,) if isinstance(stop, str) else tuple(stop)
+    if len(stops) > MAX_STOP_STRINGS:
+        raise InvalidFieldError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+    if any(s == "" for s in stops):
+        raise InvalidFieldError("stop", "stop strings must not be empty")
+    return stops
+
+
+def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else float(req.temperature),
+        top_p=1.0 if req.top_p is None else float(req.top_p),
+        top_k=0 if req.top_k in (None, -1) else req.top_k,
+        seed=req.seed,
+        stop=_stops(req.stop),
+        n=req.n,
+        logprobs=logprobs,
+    )
+
+
+def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
+    req: CompletionRequest = _parse(CompletionRequest, doc, _UNSUPPORTED_COMPLETION)
+    if req.best_of is not None and req.best_of != req.n:
+        raise InvalidFieldError("best_of", "'best_of' other than n is not supported by this server")
+    prompt = req.prompt
+    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+        if len(prompt) != 1:
+            raise InvalidFieldError("prompt", "a list of several prompts is not supported: send one request per prompt")
+        prompt = prompt[0]
+    text = prompt if isinstance(prompt, str) else None
+    ids = tuple(prompt) if isinstance(prompt, list) else None
+    if ids is not None and not ids:
+        raise InvalidFieldError("prompt", "'prompt' must not be empty")
+    gen = GenerationRequest(
+        model=req.model,
+        sampling=_sampling(req, req.max_tokens, req.logprobs),
+        prompt=text,
+        prompt_token_ids=ids,
+        user=req.user or "",
+    )
+    return req, gen
+
+
+def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
+    req: ChatCompletionRequest = _parse(ChatCompletionRequest, doc, _UNSUPPORTED_CHAT)
+    if req.top_logprobs is not None and not req.logprobs:
+        raise InvalidFieldError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    messages = []
+    for m in req.messages:
+        content = m.content
+        if isinstance(content, list):
+            content = "".join(part.text for part in content)
+        message = {"role": m.role, "content": content or ""}
+        if m.name is not None:
+            message["name"] = m.name
+        messages.append(message)
+    max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    gen = GenerationRequest(
+        model=req.model,
+        sampling=_sampling(req, max_tokens, logprobs),
+        messages=tuple(messages),
+        user=req.user or "",
+    )
+    return req, gen

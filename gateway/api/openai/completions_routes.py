@@ -1,0 +1,106 @@
+"""``POST /v1/completions`` and ``POST /v1/chat/completions``: JSON in; a JSON object or
+Server-Sent Events out (``data: {...}`` chunks, then ``data: [DONE]``).
+
+Admission happens before the response starts, so a bad request, a prompt over the
+context limit or an overloaded model gets its status code (400, 404, 429) rather than an
+error inside a 200 stream. A client that goes away is noticed at the next write: its
+stream is closed and its sequences leave the decode batch at the next step.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+
+from gateway.api.errors import HTTP_STATUS, classify
+from gateway.api.openai.completions_protocol import parse_chat, parse_completion
+from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
+from gateway.api.openai.errors import InvalidFieldError, error_response, sse_error_event
+from gateway.core.errors import PayloadTooLargeError
+from gateway.service import InferenceService
+
+_SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DONE = b"data: [DONE]\n\n"
+
+
+def _event(doc: dict) -> bytes:
+    return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+
+
+async def _read_json(request: web.Request):
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLargeError("request body exceeds the server's max_request_bytes") from None
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidFieldError("", f"the request body is not valid JSON: {exc}") from None
+
+
+class OpenAICompletionsApi:
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+        self.serving = CompletionServing(service)
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/v1/completions", self.completions),
+            web.post("/v1/chat/completions", self.chat_completions),
+        ]
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, TEXT)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, CHAT)
+
+    async def _serve(self, request: web.Request, kind: str) -> web.StreamResponse:
+        start = time.monotonic_ns()
+        model = ""
+        telemetry = self.service.telemetry
+        try:
+            doc = await _read_json(request)
+            if isinstance(doc, dict) and isinstance(doc.get("model"), str):
+                model = doc["model"]
+            parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)
+            stream = await self.serving.start(gen)
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
+            code, message = classify(exc)
+            telemetry.request_done("http", model, "", code.value, start, time.monotonic_ns(), None, message,
+                                   {"http.response.status_code": HTTP_STATUS[code]})
+            return error_response(exc)
+        want_logprobs = gen.sampling.logprobs is not None
+        if not parsed.stream:
+            try:
+                body = await self.serving.complete(kind, model, stream, want_logprobs)
+            except Exception as exc:  # noqa: BLE001
+                code, message = classify(exc)
+                telemetry.request_done("http", stream.model, stream.version, code.value, start, time.monotonic_ns(),
+                                       None, message, {"http.response.status_code": HTTP_STATUS[code]})
+                return error_response(exc)
+            telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), None)
+            return web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json")
+        include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
+        response = web.StreamResponse(headers=_SSE_HEADERS)
+        outcome = "ok"
+        try:
+            await response.prepare(request)
+            try:
+                async for chunk in self.serving.chunks(kind, model, stream, want_logprobs, include_usage):
+                    await response.write(_event(chunk))
+            except ConnectionError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a failure mid-stream is one error event, then [DONE]
+                outcome = classify(exc)[0].value
+                await response.write(sse_error_event(exc))
+            await response.write(_DONE)
+            await response.write_eof()
+        except ConnectionError:
+            outcome = "cancelled"  # the client went away; its sequences leave at the next step
+        finally:
+            stream.close()
+        telemetry.request_done("http", stream.model, stream.version, outcome, start, time.monotonic_ns(), None)
+        return response
