@@ -19,6 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.utils import floatToGoString
 
+from gateway.core.generation import GenerationStats
 from gateway.core.stats import Histogram, ModelStats
 
 # Batch-size buckets (rows): powers of two.
@@ -35,6 +36,7 @@ class ModelSample:
     queue_depth: int
     instances: int
     busy_instances: int
+    generation: GenerationStats | None = None  # text-generation models only
 
 
 @dataclass(slots=True)
@@ -102,6 +104,7 @@ class GatewayCollector:
     def collect(self) -> Iterator[Metric]:
         yield from self._request_families()
         yield from self._model_families()
+        yield from self._generation_families()
         if self.gpu_collect is not None:
             yield from self.gpu_collect()
 
@@ -155,6 +158,48 @@ class GatewayCollector:
             cache.add_metric([*labels, "hit"], s.cache_hit.count)
             cache.add_metric([*labels, "miss"], s.cache_miss.count)
         yield from (queue, execute, batch, depth, rejected, instances, busy, busy_s, cache)
+
+    def _generation_families(self) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        steps = HistogramMetricFamily(
+            "gateway_generation_step_sequences", "sequences decoded together per step (one batched model call)", labels=mv
+        )
+        multi = CounterMetricFamily("gateway_generation_multi_sequence_steps", "decode steps with more than one sequence", labels=mv)
+        tokens = CounterMetricFamily("gateway_generation_tokens", "tokens read (prompt) and generated (completion)", labels=[*mv, "kind"])
+        ttft = HistogramMetricFamily(
+            "gateway_generation_time_to_first_token_seconds", "admission to the first generated token", labels=mv
+        )
+        active = GaugeMetricFamily("gateway_generation_active_sequences", "sequences in the decode batch", labels=mv)
+        waiting = GaugeMetricFamily("gateway_generation_waiting_sequences", "sequences admitted, waiting to join", labels=mv)
+        ended = CounterMetricFamily("gateway_generation_sequences", "sequences ended, by reason", labels=[*mv, "reason"])
+        step_s = CounterMetricFamily(
+            "gateway_generation_step_seconds", "worker time in generation steps; part=repad: KV-cache re-padding",
+            labels=[*mv, "part"],
+        )
+        for m in self.models():
+            g = m.generation
+            if g is None:
+                continue
+            labels = [m.name, m.version]
+            counts, running = [], 0
+            for bound, n in zip(g.step_sequences.bounds, g.step_sequences.counts):
+                running += n
+                counts.append((floatToGoString(bound), running))
+            counts.append(("+Inf", running + g.step_sequences.counts[-1]))
+            steps.add_metric(labels, counts, float(g.step_sequences.total))
+            multi.add_metric(labels, g.steps_multi)
+            tokens.add_metric([*labels, "prompt"], g.prompt_tokens)
+            tokens.add_metric([*labels, "completion"], g.generated_tokens)
+            ttft.add_metric(labels, _seconds_buckets(g.time_to_first_token), g.time_to_first_token.total / 1e9)
+            active.add_metric(labels, g.active)
+            waiting.add_metric(labels, g.waiting)
+            for reason, n in sorted(g.finished.items()):
+                ended.add_metric([*labels, reason], n)
+            ended.add_metric([*labels, "cancelled"], g.cancelled)
+            ended.add_metric([*labels, "rejected"], g.rejected)
+            step_s.add_metric([*labels, "total"], g.step_ns / 1e9)
+            step_s.add_metric([*labels, "repad"], g.repad_ns / 1e9)
+        yield from (steps, multi, tokens, ttft, active, waiting, ended, step_s)
 
 
 def build_registry(collector: GatewayCollector) -> CollectorRegistry:

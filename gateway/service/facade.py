@@ -172,7 +172,7 @@ class InferenceService:
         return [
             ModelSample(
                 v.name, v.version, self.version_stats(v), v.scheduler.queue_depth, v.scheduler.instances,
-                v.scheduler.busy_instances,
+                v.scheduler.busy_instances, v.generator.stats if v.generator is not None else None,
             )
             for versions in self.models.serving.values()
             for v in versions.values()

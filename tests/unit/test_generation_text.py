@@ -1,0 +1,112 @@
+"""Tokenizer files, incremental detokenisation, stop strings, chat template, sampling."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gateway.core.generation import SamplingParams
+from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
+from gateway.text.chat_template import ChatTemplate, ChatTemplateError
+from gateway.text.detokenizer import IncrementalDetokenizer
+from gateway.text.stop import StopMatcher
+from gateway.text.tokenizer import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llm_model) -> TextTokenizer:
+    return TextTokenizer.from_dir(str(tiny_llm_model / "1"))
+
+
+def test_eos_ids_come_from_tokenizer_and_generation_config(tokenizer):
+    ids = {tokenizer.tokenizer.token_to_id(t) for t in ("<|endoftext|>", "<|im_end|>")}
+    assert tokenizer.eos_token_ids == ids
+
+
+def test_incremental_detokenizer_never_splits_a_character(tokenizer):
+    text = "Hello café 東京 😀 Straße!"
+    ids = tokenizer.encode(text)
+    detok = IncrementalDetokenizer(tokenizer)
+    deltas = [detok.add(i) for i in ids]
+    assert "".join(deltas) + detok.flush() == text
+    assert all("\ufffd" not in d for d in deltas)
+    # multi-byte characters span several byte-level tokens here, so some steps emit nothing
+    assert "" in deltas
+    assert b"".join(tokenizer.token_bytes(i) for i in ids) == text.encode()
+
+
+def test_flush_shows_an_unfinished_character_as_replacement(tokenizer):
+    ids = tokenizer.encode("😀")
+    detok = IncrementalDetokenizer(tokenizer)
+    assert [detok.add(i) for i in ids[:-1]] == [""] * (len(ids) - 1)
+    flushed = detok.flush()
+    assert flushed and set(flushed) == {"\ufffd"}
+
+
+@pytest.mark.parametrize(
+    "deltas, stops, want_text, stopped",
+    [
+        (["Hel", "lo wo", "rld"], ("o w",), "Hell", True),
+        (["ab", "c", "d"], ("cd",), "ab", True),
+        (["a", "b", "x"], ("bc",), "abx", False),
+        (["xx<", "/s", ">yy"], ("</s>",), "xx", True),
+        (["one", " two"], ("two", "ne"), "o", True),
+    ],
+)
+def test_stop_strings_match_across_deltas(deltas, stops, want_text, stopped):
+    m = StopMatcher(stops)
+    out, hit = "", False
+    for d in deltas:
+        text, hit = m.feed(d)
+        out += text
+        if hit:
+            break
+    if not hit:
+        out += m.flush()
+    assert (out, hit) == (want_text, stopped)
+
+
+def test_held_back_text_is_a_possible_stop_prefix_only():
+    m = StopMatcher(("END",))
+    assert m.feed("abcE") == ("abc", False)
+    assert m.feed("x") == ("Ex", False)
+
+
+def test_chat_template_renders_in_a_sandbox():
+    t = ChatTemplate("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+                     "{% if add_generation_prompt %}<assistant>{% endif %}")
+    assert t.render([{"role": "user", "content": "hi"}]) == "<user>hi<assistant>"
+    unsafe = ChatTemplate("{{ messages.__class__.__mro__ }}")
+    with pytest.raises(Exception):
+        unsafe.render([])
+    raising = ChatTemplate("{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(ChatTemplateError, match="alternate"):
+        raising.render([])
+
+
+def test_greedy_and_seeded_sampling():
+    rng = np.random.default_rng(0)
+    row = rng.standard_normal(100).astype(np.float32)
+    assert sample_token(row, SamplingParams(temperature=0.0), sequence_rng(None, 0)) == int(np.argmax(row))
+    params = SamplingParams(temperature=1.0, top_p=0.9, top_k=20, seed=7)
+    a = [sample_token(row, params, r) for r in [sequence_rng(7, 0)] for _ in range(20)]
+    r2 = sequence_rng(7, 0)
+    b = [sample_token(row, params, r2) for _ in range(20)]
+    assert a == b
+    allowed = set(np.argsort(-row)[:20].tolist())
+    assert set(a) <= allowed and len(set(a)) > 1
+
+
+def test_top_p_keeps_the_smallest_prefix_reaching_p():
+    row = np.log(np.array([0.5, 0.3, 0.15, 0.05]))
+    params = SamplingParams(temperature=1.0, top_p=0.75)
+    rng = sequence_rng(1, 0)
+    seen = {sample_token(row, params, rng) for _ in range(300)}
+    assert seen == {0, 1}
+
+
+def test_logprobs_are_of_the_model_distribution():
+    row = np.array([2.0, 1.0, 0.0], np.float32)
+    lp = log_softmax(row)
+    assert np.isclose(np.exp(lp).sum(), 1.0)
+    assert [i for i, _ in top_logprobs(lp, 2)] == [0, 1]
