@@ -318,7 +318,8 @@ class GenerationEngine:
         seq.last_token = token
         if token in self._stop_ids:
             text = seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
-            return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)
+            # Counted in usage (it was generated) but, as OpenAI does, not listed in logprobs.
+            return GenerationEvent(seq.index, text, (token,), (), FINISH_STOP)
         text, stopped = seq.stop.feed(seq.detokenizer.add(token))
         if stopped:
             return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)

@@ -1,0 +1,293 @@
+"""/v1/completions and /v1/chat/completions against a real daemon, with the official
+`openai` client (sync and async), on the tiny random decoder (examples/tiny_llm.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import urllib.request
+
+import openai
+import pytest
+import tiny_llm
+from conftest import Gateway
+from prometheus_client.parser import text_string_to_metric_families
+
+from gateway.text.tokenizer import TextTokenizer
+
+MODEL = "tiny-gpt"
+SMALL = "tiny-one"  # one sequence at a time, no waiting room: the 429 path
+YAML = """max_batch_size: 0
+generation:
+  context_length: 256
+  default_max_tokens: 16
+  max_sequences: 16
+"""
+SMALL_YAML = """max_batch_size: 0
+generation:
+  context_length: 256
+  max_sequences: 1
+  max_waiting_sequences: 0
+"""
+
+
+@pytest.fixture(scope="module")
+def gateway(tiny_llm_model, tmp_path_factory):
+    import make_models
+
+    root = tmp_path_factory.mktemp("gen") / "models"
+    make_models.write_repository(str(root), ["mlp"])
+    for name, yaml in ((MODEL, YAML), (SMALL, SMALL_YAML)):
+        shutil.copytree(tiny_llm_model, root / name)
+        (root / name / "model.yaml").write_text(yaml)
+    gw = Gateway(root)
+    yield gw
+    gw.terminate()
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_llm_model) -> TextTokenizer:
+    return TextTokenizer.from_dir(str(tiny_llm_model / "1"))
+
+
+@pytest.fixture
+def client(gateway):
+    return openai.OpenAI(base_url=f"http://{gateway.http_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def async_client(gateway) -> openai.AsyncOpenAI:
+    """Made inside each asyncio.run: its connection pool belongs to that loop."""
+    return openai.AsyncOpenAI(base_url=f"http://{gateway.http_url}/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def reference(model_dir, tokenizer, ids, n):
+    return tiny_llm.reference_greedy(model_dir / "1", ids, n, tuple(tokenizer.eos_token_ids))
+
+
+def chat_ids(tokenizer, messages):
+    return tokenizer.encode(tokenizer.chat_template.render(messages), add_special_tokens=False)
+
+
+def metric(gw: Gateway, name: str, model: str = MODEL, **labels) -> float:
+    with urllib.request.urlopen(f"http://{gw.http_url}/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    total = 0.0
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels.get("model") == model and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+# ------------------------------------------------------------------------------- completions
+
+
+def test_completion_greedy_equals_the_reference_token_for_token(client, tokenizer, tiny_llm_model):
+    prompt = "Once upon a time"
+    resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=20, temperature=0, logprobs=0)
+    want = reference(tiny_llm_model, tokenizer, tokenizer.encode(prompt), 20)
+    choice = resp.choices[0]
+    assert resp.object == "text_completion" and resp.model == MODEL
+    assert choice.logprobs.tokens == [tokenizer.token_text(t) for t in want]
+    assert choice.finish_reason == ("length" if len(want) == 20 else "stop")
+    assert resp.usage.prompt_tokens == len(tokenizer.encode(prompt))
+    assert resp.usage.completion_tokens == 20
+    assert resp.usage.total_tokens == resp.usage.prompt_tokens + 20
+
+
+def test_completion_from_token_ids(client, tokenizer, tiny_llm_model):
+    ids = tokenizer.encode("The weather today")
+    resp = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0, logprobs=2)
+    want = reference(tiny_llm_model, tokenizer, ids, 8)
+    lp = resp.choices[0].logprobs
+    assert lp.tokens == [tokenizer.token_text(t) for t in want]
+    assert all(len(top) == 2 for top in lp.top_logprobs)
+    assert all(v <= 0 for v in lp.token_logprobs)
+
+
+def test_concurrent_greedy_requests_each_equal_the_reference(tokenizer, tiny_llm_model, gateway):
+    prompts = [f"{w} is a" for w in ("Python", "cache", "town", "robot", "model", "story", "sea", "fox")]
+    before = metric(gateway, "gateway_generation_multi_sequence_steps_total")
+
+    async def run():
+        aclient = async_client(gateway)
+        return await asyncio.gather(*[
+            aclient.completions.create(model=MODEL, prompt=p, max_tokens=24, temperature=0, logprobs=0) for p in prompts
+        ])
+
+    for prompt, resp in zip(prompts, asyncio.run(run())):
+        want = reference(tiny_llm_model, tokenizer, tokenizer.encode(prompt), 24)
+        assert resp.choices[0].logprobs.tokens == [tokenizer.token_text(t) for t in want], prompt
+    assert metric(gateway, "gateway_generation_multi_sequence_steps_total") > before
+
+
+def test_stop_string_across_tokens_ends_with_finish_reason_stop(client):
+    full = client.completions.create(model=MODEL, prompt="Hello", max_tokens=30, temperature=0).choices[0].text
+    assert len(full) > 12
+    stop = full[5:9]
+    resp = client.completions.create(model=MODEL, prompt="Hello", max_tokens=30, temperature=0, stop=[stop, "\u2603never"])
+    assert resp.choices[0].finish_reason == "stop"
+    assert resp.choices[0].text == full[: full.index(stop)]
+
+
+def test_streamed_completion_with_usage(client):
+    chunks = list(client.completions.create(
+        model=MODEL, prompt="Tell me", max_tokens=10, temperature=0, stream=True, stream_options={"include_usage": True},
+    ))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    unstreamed = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=10, temperature=0)
+    assert text == unstreamed.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 10
+    assert all(c.usage is None for c in chunks[:-1])
+
+
+# ------------------------------------------------------------------------------- chat
+
+
+def test_chat_greedy_equals_the_reference_and_usage_matches_the_template(client, tokenizer, tiny_llm_model):
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": "Hello!"}]
+    resp = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0, logprobs=True,
+                                          top_logprobs=3)
+    ids = chat_ids(tokenizer, messages)
+    want = reference(tiny_llm_model, tokenizer, ids, 12)
+    choice = resp.choices[0]
+    assert resp.object == "chat.completion" and choice.message.role == "assistant"
+    assert [c.token for c in choice.logprobs.content] == [tokenizer.token_text(t) for t in want]
+    assert all(len(c.top_logprobs) == 3 and bytes(c.bytes) == tokenizer.token_bytes(t)
+               for c, t in zip(choice.logprobs.content, want))
+    assert resp.usage.prompt_tokens == len(ids)
+    assert resp.usage.completion_tokens == len(want) + (choice.finish_reason == "stop")
+
+
+def test_chat_stream_sync_client(client):
+    messages = [{"role": "user", "content": "Tell me a story"}]
+    stream = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=9, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert all(c.object == "chat.completion.chunk" for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    whole = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=9, temperature=0)
+    assert content == whole.choices[0].message.content
+    finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    assert finals == ["length"]
+    assert chunks[-1].usage.completion_tokens == 9 and chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens
+
+
+def test_n_choices_and_seed_are_repeatable(client):
+    kwargs = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=8, temperature=1.0, top_p=0.95,
+                  n=3, seed=1234)
+    a = client.chat.completions.create(**kwargs)
+    b = client.chat.completions.create(**kwargs)
+    assert [c.index for c in a.choices] == [0, 1, 2]
+    assert [c.message.content for c in a.choices] == [c.message.content for c in b.choices]
+    assert len({c.message.content for c in a.choices}) > 1  # each choice samples on its own
+    assert 3 <= a.usage.completion_tokens <= 24
+
+
+def test_many_concurrent_streams_finish_and_share_steps(gateway):
+    before = metric(gateway, "gateway_generation_multi_sequence_steps_total")
+
+    async def one(aclient, i):
+        stream = await aclient.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": f"story number {i}"}], max_tokens=20, temperature=0,
+            stream=True)
+        reasons = [c.choices[0].finish_reason async for c in stream if c.choices and c.choices[0].finish_reason]
+        return reasons
+
+    async def run():
+        aclient = async_client(gateway)
+        return await asyncio.wait_for(asyncio.gather(*[one(aclient, i) for i in range(24)]), 120)
+
+    results = asyncio.run(run())
+    assert all(r in (["length"], ["stop"]) for r in results)
+    assert metric(gateway, "gateway_generation_multi_sequence_steps_total") > before
+    buckets = metric(gateway, "gateway_generation_step_sequences_count")
+    single = metric(gateway, "gateway_generation_step_sequences_bucket", le="1.0")
+    assert buckets > single  # some steps ran more than one sequence in one call
+
+
+def test_a_disconnected_stream_is_freed(gateway):
+    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True}).encode()
+    host, port = gateway.http_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        seen = b""
+        while b"data: " not in seen:  # headers first, then the first chunk (socket timeout bounds it)
+            got = sock.recv(65536)
+            assert got, "the server closed the stream early"
+            seen += got
+        gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences") >= 1, what="a running sequence")
+    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences") == 0, timeout=30,
+                       what="the disconnected stream's sequence to leave the batch")
+    assert metric(gateway, "gateway_generation_sequences_total", reason="cancelled") >= 1
+
+
+# ------------------------------------------------------------------------------- errors
+
+
+def _error(exc_info) -> dict:
+    return exc_info.value.body
+
+
+def test_wrong_type_is_a_400_naming_the_param(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="hi", extra_body={"temperature": "hot"})
+    assert info.value.status_code == 400 and _error(info)["param"] == "temperature"
+    assert _error(info)["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": 5}])
+    assert _error(info)["param"] == "messages[0].content"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[])
+    assert _error(info)["param"] == "messages"
+
+
+def test_unknown_fields_are_ignored_but_unsupported_ones_refused(client):
+    ok = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, extra_body={"some_future_field": 1})
+    assert ok.choices[0].finish_reason in ("length", "stop")
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
+                                       tools=[{"type": "function", "function": {"name": "f"}}])
+    assert _error(info)["param"] == "tools"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="hi", logit_bias={"5": 10})
+    assert _error(info)["param"] == "logit_bias"
+
+
+def test_unknown_model_is_404_and_tensor_model_400(client):
+    with pytest.raises(openai.NotFoundError) as info:
+        client.completions.create(model="no-such-model", prompt="hi")
+    assert _error(info)["code"] == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model="mlp", prompt="hi")
+    assert _error(info)["param"] == "model"
+
+
+def test_context_too_long_is_400_before_the_stream_starts(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="hi " * 300, max_tokens=5, stream=True)
+    err = _error(info)
+    assert err["code"] == "context_length_exceeded" and "256" in err["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_completion_tokens=1000)
+    assert _error(info)["param"] == "max_tokens" and "1000" in _error(info)["message"]
+
+
+def test_over_capacity_is_429_rate_limit_error(client, gateway):
+    first = client.completions.create(model=SMALL, prompt="Hello", max_tokens=200, temperature=0, stream=True)
+    try:
+        next(iter(first))
+        with pytest.raises(openai.RateLimitError) as info:
+            client.completions.create(model=SMALL, prompt="Hello", max_tokens=2)
+        assert info.value.status_code == 429 and _error(info)["type"] == "rate_limit_error"
+        assert "max_sequences 1" in _error(info)["message"]
+    finally:
+        first.close()
+    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) == 0,
+                       what="the first stream to be freed")
+    assert client.completions.create(model=SMALL, prompt="Hello", max_tokens=2).usage.completion_tokens >= 1
