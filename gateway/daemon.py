@@ -95,6 +95,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     await telemetry.close()  # flushes the spans still queued
     if service.worker_stats is not None:
         await service.worker_stats.stop()
+    await service.prompt_cache.close()
     await cache.close()
     _log.info("stopped")
 

@@ -57,6 +57,7 @@ class GenerationRequest:
     prompt_token_ids: tuple[int, ...] | None = None  # completions given token ids
     messages: tuple[dict, ...] | None = None  # chat: rendered with the model's chat template
     user: str = ""
+    cache: bool = True  # False: the request opted out of the semantic cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +96,17 @@ class GenerationStream:
         self._queue: asyncio.Queue = asyncio.Queue()
         self._open = choices
         self._error: BaseException | None = None
+        # Sees every event as it is pushed (the semantic cache keeps the answer this way).
+        self.observer: Callable[[GenerationEvent], None] | None = None
+        # Set when the answer came from the semantic cache: the similarity of the matched prompt.
+        self.cache_similarity: float | None = None
 
     # -- producer side (the engine, on the event loop) ---------------------------------
 
     def push(self, event: GenerationEvent) -> None:
         self.completion_tokens += len(event.token_ids)
+        if self.observer is not None:
+            self.observer(event)
         self._queue.put_nowait(event)
         if event.finish_reason is not None:
             self._open -= 1
@@ -139,6 +146,10 @@ class TextGenerator(Protocol):
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         """Tokenize, check limits and admit; raises ContextLengthError, QueueFullError, InvalidInputError."""
+        ...
+
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        """The prompt's length in tokens, as ``submit`` would feed it (chat template applied)."""
         ...
 
 

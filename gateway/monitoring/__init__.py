@@ -53,6 +53,10 @@ class Telemetry:
         self._models = models
         self._resolve = resolve
 
+    def add_collector(self, collector) -> None:
+        """Another source of families for /metrics (a prometheus_client custom collector)."""
+        self.registry.register(collector)
+
     def request_done(
         self,
         protocol: str,

@@ -15,7 +15,9 @@ from gateway.core.generation import GenerationRequest, GenerationStream, NotAGen
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
+from gateway.monitoring.cache_metrics import CacheCollector
 from gateway.service.models import LoadedVersion, ModelManager
+from gateway.service.prompt_cache import PromptCache
 from gateway.service.shadowing import ShadowDispatcher
 from gateway.service.traffic import TrafficRouter
 from gateway.service.validation import validate_request
@@ -49,11 +51,13 @@ class InferenceService:
     ) -> None:
         self.models = manager
         self.cache = cache if cache is not None else ResponseCache()
+        self.prompt_cache = PromptCache(self.cache)
         self.accepting = True
         # Set when running as one of several worker processes.
         self.worker_stats: WorkerStats | None = None
         self.telemetry = telemetry or Telemetry()
         self.telemetry.bind(self._model_samples, self._metric_labels)
+        self.telemetry.add_collector(CacheCollector(self.cache.metrics.snapshot))
         # Started and stopped by the daemon (``async with service.shadows``).
         self.shadows = ShadowDispatcher(manager)
         self.routing = TrafficRouter(manager, self._infer_on, self.shadows)
@@ -129,6 +133,9 @@ class InferenceService:
             raise NotAGenerationModelError(
                 f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"
             )
+        semantic = loaded.config.cache.semantic
+        if semantic.enabled:
+            return await self.prompt_cache.generate(loaded.name, loaded.version, semantic, loaded.generator, req)
         return loaded.generator.submit(req)
 
     # -- metadata -----------------------------------------------------------------------

@@ -40,6 +40,7 @@ class _SamplingFields(_Wire):
     user: str | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    cache: bool = True  # our extension: false keeps this request out of the semantic cache
 
 
 class CompletionRequest(_SamplingFields):
@@ -175,6 +176,7 @@ def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
         prompt=text,
         prompt_token_ids=ids,
         user=req.user or "",
+        cache=req.cache,
     )
     return req, gen
 
@@ -199,5 +201,6 @@ def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
         sampling=_sampling(req, max_tokens, logprobs),
         messages=tuple(messages),
         user=req.user or "",
+        cache=req.cache,
     )
     return req, gen

@@ -9,6 +9,7 @@ stream is closed and its sequences leave the decode batch at the next step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -23,6 +24,16 @@ from gateway.service import InferenceService
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 _DONE = b"data: [DONE]\n\n"
+# Request header keeping one request out of the semantic cache (as the body's "cache": false does).
+CACHE_HEADER = "X-Gateway-Cache"
+_CACHE_OFF = frozenset({"off", "no", "false", "bypass"})
+
+
+def _cache_headers(stream) -> dict[str, str]:
+    """A semantic-cache hit says so, and how close the matched prompt was."""
+    if stream.cache_similarity is None:
+        return {}
+    return {CACHE_HEADER: "semantic-hit", "X-Gateway-Cache-Similarity": f"{stream.cache_similarity:.4f}"}
 
 
 def _event(doc: dict) -> bytes:
@@ -66,6 +77,8 @@ class OpenAICompletionsApi:
             if isinstance(doc, dict) and isinstance(doc.get("model"), str):
                 model = doc["model"]
             parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)
+            if request.headers.get(CACHE_HEADER, "").strip().lower() in _CACHE_OFF:
+                gen = dataclasses.replace(gen, cache=False)
             stream = await self.serving.start(gen)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)
@@ -82,9 +95,10 @@ class OpenAICompletionsApi:
                                        None, message, {"http.response.status_code": HTTP_STATUS[code]})
                 return error_response(exc)
             telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), None)
-            return web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json")
+            return web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
+                                headers=_cache_headers(stream))
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        response = web.StreamResponse(headers=_SSE_HEADERS)
+        response = web.StreamResponse(headers={**_SSE_HEADERS, **_cache_headers(stream)})
         outcome = "ok"
         try:
             await response.prepare(request)

@@ -139,6 +139,9 @@ class GenerationEngine:
         self._wake.set()
         return stream
 
+    def count_prompt_tokens(self, request: GenerationRequest) -> int:
+        return len(self._prompt_ids(request))
+
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
             template = self.tokenizer.chat_template

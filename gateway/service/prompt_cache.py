@@ -1,0 +1,122 @@
+"""The semantic prompt cache in front of text generation.
+
+A request of a model whose ``cache.semantic.enabled`` is set is looked up before it
+is admitted: a close enough prompt of the same scope (gateway/cache/semantic/scope.py)
+answers at once, as a finished stream, without touching the engine. A miss is
+generated as usual and its answer is stored when every choice has finished by
+``stop`` or ``length``; a cancelled or failed generation is never stored.
+
+The embedding model is loaded on the first lookup (in a worker thread), so a
+gateway whose models do not use the semantic cache never pays for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from gateway.cache.exact import ResponseCache
+from gateway.cache.semantic import PromptQuery, SemanticCache, SemanticResult, prompt_query
+from gateway.cache.semantic.embedder import Embedder
+from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream, TextGenerator
+from gateway.core.model_config import SemanticCacheConfig
+
+_log = logging.getLogger("gateway.cache.semantic")
+
+# What a cached answer is kept as: one entry per choice.
+_TEXT, _TOKEN_IDS, _FINISH = "text", "token_ids", "finish_reason"
+_STORABLE_FINISH = frozenset({"stop", "length"})
+
+
+def _query(name: str, version: str, req: GenerationRequest, cfg: SemanticCacheConfig) -> PromptQuery | None:
+    """The request's cache query, or None when its prompt is not text (token ids) or asks for logprobs."""
+    if req.messages is not None:
+        messages = [(str(m.get("role", "")), str(m.get("content", ""))) for m in req.messages]
+    elif req.prompt is not None:
+        messages = [("user", req.prompt)]
+    else:
+        return None
+    if req.sampling.logprobs is not None or not any(role == "user" for role, _ in messages):
+        return None  # a cached answer carries no logprobs; a prompt needs a user turn to embed
+    s = req.sampling
+    sampling = {
+        "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
+        "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens,
+    }
+    return prompt_query(name, version, messages, sampling, allow_sampling=cfg.allow_sampling, opt_out=not req.cache)
+
+
+class PromptCache:
+    def __init__(self, responses: ResponseCache, embedder_factory: Callable[[], Embedder] = Embedder) -> None:
+        self._responses = responses  # its Redis tier and metrics are shared with the exact cache
+        self._embedder_factory = embedder_factory
+        self._semantic: SemanticCache | None = None
+        self._loading: asyncio.Lock | None = None
+        self._stores: set[asyncio.Task] = set()
+
+    async def _cache(self) -> SemanticCache:
+        if self._semantic is None:
+            self._loading = self._loading or asyncio.Lock()
+            async with self._loading:
+                if self._semantic is None:
+                    embedder = await asyncio.get_running_loop().run_in_executor(None, self._embedder_factory)
+                    self._semantic = SemanticCache(embedder, self._responses.shared, self._responses.metrics)
+                    _log.info("semantic cache ready (embedding dimension %d)", embedder.dim)
+        return self._semantic
+
+    async def generate(
+        self, name: str, version: str, cfg: SemanticCacheConfig, engine: TextGenerator, req: GenerationRequest
+    ) -> GenerationStream:
+        query = _query(name, version, req, cfg)
+        if query is None or not query.cacheable:
+            if query is not None:
+                self._responses.metrics.semantic_for(name).bypassed += 1
+            return engine.submit(req)
+        cache = await self._cache()
+        result = await cache.lookup(query, cfg)
+        if result.hit:
+            return self._answer(name, version, engine.count_prompt_tokens(req), result)
+        stream = engine.submit(req)
+        stream.observer = self._keeper(cache, query, cfg, result, stream.choices)
+        return stream
+
+    @staticmethod
+    def _answer(name: str, version: str, prompt_tokens: int, result: SemanticResult) -> GenerationStream:
+        choices = result.answer
+        stream = GenerationStream(name, version, prompt_tokens, len(choices), lambda: None)
+        stream.cache_similarity = result.similarity
+        for index, choice in enumerate(choices):
+            stream.push(GenerationEvent(index, choice[_TEXT], tuple(choice[_TOKEN_IDS]), (), choice[_FINISH]))
+        return stream
+
+    def _keeper(
+        self, cache: SemanticCache, query: PromptQuery, cfg: SemanticCacheConfig, result: SemanticResult, n: int
+    ) -> Callable[[GenerationEvent], None]:
+        """Collects the generated choices; stores them once all have finished cleanly."""
+        texts: list[list[str]] = [[] for _ in range(n)]
+        ids: list[list[int]] = [[] for _ in range(n)]
+        finish: list[str | None] = [None] * n
+
+        def observe(event: GenerationEvent) -> None:
+            texts[event.index].append(event.text)
+            ids[event.index].extend(event.token_ids)
+            if event.finish_reason is None:
+                return
+            finish[event.index] = event.finish_reason
+            if all(f in _STORABLE_FINISH for f in finish):
+                answer = [{_TEXT: "".join(t), _TOKEN_IDS: i, _FINISH: f} for t, i, f in zip(texts, ids, finish)]
+                task = asyncio.get_running_loop().create_task(cache.store(query, cfg, result, answer))
+                self._stores.add(task)
+                task.add_done_callback(self._stored)
+
+        return observe
+
+    def _stored(self, task: asyncio.Task) -> None:
+        self._stores.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            _log.warning("semantic cache store failed: %r", task.exception())
+
+    async def close(self) -> None:
+        if self._stores:
+            await asyncio.wait(set(self._stores), timeout=5)
