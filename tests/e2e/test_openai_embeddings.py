@@ -182,7 +182,6 @@ def test_concurrent_requests_share_batches(gw):
     after = batch_counts(gw, "minilm")
     grown = {size: after.get(size, 0) - before.get(size, 0) for size in after}
     assert sum(n for size, n in grown.items() if size > 1) > 0, f"no batch of more than one request: {grown}"
-    print("batch sizes", grown)
 
 
 def batch_counts(gw, model: str) -> dict[int, int]:
