@@ -125,6 +125,9 @@ class EmbeddingServing:
             tokenizer = await asyncio.to_thread(_load_tokenizer, path)
         except Exception as exc:  # noqa: BLE001 - a missing or broken file is the model's problem, said plainly
             raise ModelNotReadyError(f"embedding model '{loaded.name}' version {loaded.version}: cannot load {path}: {exc}") from None
+        served = self.service.models.serving
+        for old in [k for k in self._tokenizers if k[1] not in served.get(k[0], {})]:
+            del self._tokenizers[old]  # versions no longer served
         self._tokenizers[key] = (loaded.fingerprint, tokenizer)
         return tokenizer
 
