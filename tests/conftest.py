@@ -185,3 +185,12 @@ def tiny_llm_model(tmp_path_factory) -> Path:
     import tiny_llm
 
     return tiny_llm.write_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def minilm_model(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 as an embedding model directory (examples/embedding_model.py), built once;
+    its ONNX file is kept in .cache/ between runs."""
+    import embedding_model
+
+    return embedding_model.write_minilm(tmp_path_factory.mktemp("embedding"))

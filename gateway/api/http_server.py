@@ -12,6 +12,8 @@ from google.protobuf import json_format
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
+from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
+from gateway.api.openai.models_routes import OpenAIModelsApi
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
 from gateway.core import context as request_context
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
@@ -219,4 +221,6 @@ def build_app(service: InferenceService, max_request_bytes: int, admin_token: st
     app.add_routes(HttpApi(service, max_request_bytes).routes())
     app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
     app.add_routes(OpenAICompletionsApi(service).routes())
+    app.add_routes(OpenAIEmbeddingsApi(service).routes())
+    app.add_routes(OpenAIModelsApi(service).routes())
     return app

@@ -177,6 +177,22 @@ class GenerationConfig(_Strict):
         return self
 
 
+class EmbeddingConfig(_Strict):
+    """A sentence-embedding model served on ``POST /v1/embeddings`` (tokenizer.json beside model.onnx)."""
+
+    # How token vectors become one vector: mean over real tokens, the first ([CLS]) or the last.
+    # Ignored when the model's output is already one vector per input ([batch, dim]).
+    pooling: Literal["mean", "cls", "last"] = "mean"
+    normalize: bool = True
+    # Longest input accepted, in tokens (special tokens included); longer ones get a 400.
+    max_tokens: int = Field(default=512, ge=1, le=1_000_000)
+    # The output holding the token (or pooled) vectors; "" = the model's first output.
+    output: str = ""
+    # The model was trained so that a prefix of its vector is itself an embedding (Matryoshka):
+    # clients may ask for fewer ``dimensions``. Otherwise only the model's own size is accepted.
+    matryoshka: bool = False
+
+
 class ModelConfig(_Strict):
     name: str
     backend: Literal["onnxruntime", "tensorrt"] = "onnxruntime"
@@ -199,6 +215,7 @@ class ModelConfig(_Strict):
     routing: RoutingConfig | None = None
     cache: CacheConfig = CacheConfig()
     generation: GenerationConfig | None = None
+    embedding: EmbeddingConfig | None = None
 
     @field_validator("providers")
     @classmethod

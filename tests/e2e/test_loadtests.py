@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, copy_model
 
 LOCUST = [sys.executable, "-m", "locust"]
 pytestmark = pytest.mark.slow  # each run pays locust's ~4 s start-up
@@ -53,10 +53,16 @@ def test_locust_counts_server_errors_as_failures(gw, tmp_path):
     assert "no_such_model" in proc.stdout + proc.stderr
 
 
-def test_openai_chat_locustfile(gw, tmp_path):
-    status, _ = gw.http_json("GET", "/v1/models")
-    if status == 404:
-        pytest.skip("this build has no OpenAI routes (GET /v1/models is 404)")
-    stats = run_locust("openai_chat.py", f"http://{gw.http_url}", tmp_path, "--max-tokens", "4")
+def test_openai_chat_locustfile(start_gateway, tiny_llm_model, tmp_path):
+    # GET /v1/models may exist (embeddings) before chat does: probe the chat route itself. An
+    # absent route is aiohttp's 404 ({"error": "Not Found"}), not an OpenAI-shaped error object.
+    copy_model(tiny_llm_model.parent, tmp_path / "models", tiny_llm_model.name)
+    gw = start_gateway(tmp_path / "models")
+    status, body = gw.http_json("POST", "/v1/chat/completions", {
+        "model": tiny_llm_model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
+    if status == 404 and not isinstance((body or {}).get("error"), dict):
+        pytest.skip("this build has no POST /v1/chat/completions route")
+    stats = run_locust("openai_chat.py", f"http://{gw.http_url}", tmp_path, "--max-tokens", "4",
+                       "--chat-model", tiny_llm_model.name)
     for name in ("chat", "chat stream"):
         assert int(stats[name]["Request Count"]) > 0 and int(stats[name]["Failure Count"]) == 0

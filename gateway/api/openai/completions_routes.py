@@ -18,8 +18,8 @@ from aiohttp import web
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.openai.completions_protocol import parse_chat, parse_completion
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
-from gateway.api.openai.errors import InvalidFieldError, error_response, sse_error_event
-from gateway.core.errors import PayloadTooLargeError
+from gateway.api.openai.errors import error_response, sse_error_event
+from gateway.api.openai.wire import read_json
 from gateway.service import InferenceService
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -39,16 +39,6 @@ def _cache_headers(stream) -> dict[str, str]:
 def _event(doc: dict) -> bytes:
     return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
 
-
-async def _read_json(request: web.Request):
-    try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise PayloadTooLargeError("request body exceeds the server's max_request_bytes") from None
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise InvalidFieldError("", f"the request body is not valid JSON: {exc}") from None
 
 
 class OpenAICompletionsApi:
@@ -73,7 +63,7 @@ class OpenAICompletionsApi:
         model = ""
         telemetry = self.service.telemetry
         try:
-            doc = await _read_json(request)
+            doc = await read_json(request)
             if isinstance(doc, dict) and isinstance(doc.get("model"), str):
                 model = doc["model"]
             parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)

@@ -63,7 +63,9 @@ class _Graph:
         return self.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=eps)
 
 
-def build_bert_encoder(weights: dict[str, np.ndarray], shape: BertShape) -> onnx.ModelProto:
+def build_bert_encoder(weights: dict[str, np.ndarray], shape: BertShape, pooled: bool = True) -> onnx.ModelProto:
+    """``pooled=False``: output the encoder's ``last_hidden_state`` [batch, tokens, hidden] instead,
+    as Hugging Face exports do (pooling then happens outside the graph)."""
     g = _Graph()
     h, heads = shape.hidden, shape.heads
     head_dim = h // heads
@@ -115,6 +117,11 @@ def build_bert_encoder(weights: dict[str, np.ndarray], shape: BertShape) -> onnx
             weights, p + "output.LayerNorm", shape.layer_norm_eps,
         )
 
+    if not pooled:
+        g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+        output = helper.make_tensor_value_info("last_hidden_state", TensorProto.FLOAT, ["batch", "tokens", h])
+        return _model(g, output)
+
     # Mean over kept tokens, then L2 normalisation.
     keep = g.op("Unsqueeze", [mask_f, i64("last_axis", [2])])
     summed = g.op("ReduceSum", [g.op("Mul", [x, keep]), i64("token_axis", [1])], keepdims=0)
@@ -122,7 +129,10 @@ def build_bert_encoder(weights: dict[str, np.ndarray], shape: BertShape) -> onnx
     mean = g.op("Div", [summed, counts])
     norm = g.op("Max", [g.op("ReduceL2", [mean], axes=[1], keepdims=1), "tiny"])  # axes an attribute until opset 18
     g.nodes.append(helper.make_node("Div", [mean, norm], ["embedding"]))
+    return _model(g, helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", h]))
 
+
+def _model(g: _Graph, output: onnx.ValueInfoProto) -> onnx.ModelProto:
     graph = helper.make_graph(
         g.nodes,
         "sentence_encoder",
@@ -130,7 +140,7 @@ def build_bert_encoder(weights: dict[str, np.ndarray], shape: BertShape) -> onnx
             helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "tokens"]),
             helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "tokens"]),
         ],
-        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", h])],
+        [output],
         g.inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gateway-cache")

@@ -1,0 +1,89 @@
+"""The wire shapes of ``POST /v1/embeddings`` (OpenAI's embeddings API).
+
+Unknown fields are ignored, as OpenAI's clients expect; a known field of the wrong type is a
+400 naming it (no coercion: ``"3"`` is not a number, ``true`` is not a token id).
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.api.openai.errors import InvalidFieldError
+
+# OpenAI accepts at most this many inputs in one request.
+MAX_INPUTS = 2048
+
+_FIELD_HELP = {
+    "input": "'input' must be a non-empty string, an array of strings, an array of token ids "
+             "(integers) or an array of arrays of token ids",
+    "encoding_format": "'encoding_format' must be 'float' or 'base64'",
+    "dimensions": "'dimensions' must be a positive integer",
+    "model": "'model' must be a string naming a served model",
+}
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    model: str = Field(min_length=1)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+
+def parse_request(doc: Any) -> EmbeddingRequest:
+    """Validates a decoded JSON body; the first problem becomes an InvalidFieldError."""
+    if not isinstance(doc, dict):
+        raise InvalidFieldError("", "the request body must be a JSON object")
+    try:
+        req = EmbeddingRequest.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = str(err["loc"][0]) if err["loc"] else ""
+        if err["type"] == "missing":
+            raise InvalidFieldError(param, f"'{param}' is required") from None
+        raise InvalidFieldError(param, _FIELD_HELP.get(param, f"'{param}': {err['msg']}")) from None
+    items = req.input
+    if isinstance(items, str):
+        items = [items]
+    if not items:
+        raise InvalidFieldError("input", "'input' must not be empty")
+    if len(items) > MAX_INPUTS:
+        raise InvalidFieldError("input", f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request")
+    for i, item in enumerate(items):
+        if isinstance(item, (str, list)) and len(item) == 0:
+            raise InvalidFieldError("input", f"input[{i}] is empty: each input needs at least one character or token")
+    return req
+
+
+def as_items(req: EmbeddingRequest) -> list[str] | list[list[int]]:
+    """The inputs as a list of texts or a list of token-id lists."""
+    items = req.input
+    if isinstance(items, str):
+        return [items]
+    if items and isinstance(items[0], int):
+        return [items]  # one input given as token ids
+    return items
+
+
+def response_document(model: str, vectors: np.ndarray, encoding_format: str, prompt_tokens: int) -> dict:
+    """OpenAI's response: ``{object: list, data: [{object: embedding, index, embedding}], model, usage}``.
+
+    base64 is the float32 little-endian bytes of each vector, as OpenAI's clients decode it.
+    """
+    if encoding_format == "base64":
+        rows = vectors.astype("<f4", copy=False)
+        encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
+    else:
+        encoded = vectors.tolist()
+    return {
+        "object": "list",
+        "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }

@@ -1,0 +1,43 @@
+"""Which models the ``/v1`` routes serve: those whose model.yaml has an ``embedding:`` or a
+``generation:`` section (the latter read with getattr: it belongs to the generation engine)."""
+
+from __future__ import annotations
+
+from gateway.api.openai.models_protocol import ModelCard
+from gateway.core.errors import ModelNotFoundError
+from gateway.service import InferenceService
+
+OWNED_BY = "gateway"
+
+
+def serves_openai(config) -> bool:
+    return config.embedding is not None or getattr(config, "generation", None) is not None
+
+
+class ModelsServing:
+    def __init__(self, service: InferenceService) -> None:
+        self.service = service
+
+    def cards(self) -> list[ModelCard]:
+        cards = []
+        for name in sorted(self.service.models.serving):
+            card = self._card(name)
+            if card is not None:
+                cards.append(card)
+        return cards
+
+    def card(self, name: str) -> ModelCard:
+        card = self._card(name) if name in self.service.models.serving else None
+        if card is None:
+            raise ModelNotFoundError(f"The model '{name}' does not exist or is not served on the OpenAI routes")
+        return card
+
+    def _card(self, name: str) -> ModelCard | None:
+        versions = self.service.models.serving.get(name)
+        if not versions:
+            return None
+        latest = versions[max(versions, key=int)]
+        if not serves_openai(latest.config):
+            return None
+        # The model file's mtime: the same in every worker process and across restarts.
+        return ModelCard(name, latest.fingerprint[1] // 1_000_000_000, OWNED_BY)
