@@ -54,7 +54,7 @@ def resolve_streams(
             tensor = getattr(entry, key)
             spec = specs.get(tensor)
             if spec is None:
-                raise ConfigError(file, f"{where}.{key}", f"'{tensor}' is not a {source} of the model (it has {sorted(specs)})")
+                raise ConfigError(file, f"{where}.{key}", f"'{tensor}' is not an {source} of the model (it has {sorted(specs)})")
             if spec.datatype == "BYTES":
                 raise ConfigError(file, f"{where}.{key}", f"'{tensor}' is BYTES: only numeric tensors can be watched")
             if getattr(entry, "argmax", False):
