@@ -176,8 +176,9 @@ class DriftThresholds(_Strict):
     ks_alpha: float = Field(default=0.05, gt=0, le=1)
     # Jensen-Shannon distance (base 2, in [0, 1]).
     jsd: UpperThresholds = UpperThresholds(warning=0.1, critical=0.2)
-    # Chi-square test of categorical streams against the reference counts.
-    chi2_pvalue: PValueThresholds = PValueThresholds(warning=0.01, critical=0.001)
+    # Chi-square test of categorical streams against the reference counts. Strict by default: every
+    # window of every stream is a test, so p < 0.05 would raise a false warning every 20 windows.
+    chi2_pvalue: PValueThresholds = PValueThresholds(warning=1e-3, critical=1e-6)
 
 
 class PageHinkleyConfig(_Strict):
