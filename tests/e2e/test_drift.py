@@ -73,7 +73,7 @@ def drift_log(gw) -> list[dict]:
     for line in gw.log().splitlines():
         if line.startswith("{"):
             doc = json.loads(line)
-            if doc.get("logger") == "gateway.drift" and doc.get("level") in ("WARNING", "ERROR"):
+            if doc.get("logger") == "gateway.drift" and "statistic" in doc:
                 lines.append(doc)
     return lines
 

@@ -28,6 +28,8 @@ def error(drift) -> ConfigError:
 def test_defaults_serve():
     cfg = parse(FEATURE).drift
     assert cfg.enabled and cfg.window.kind == "tumbling" and cfg.window.rows == 1000 and cfg.window.panes == 1
+    assert cfg.window.judged_rows == 500
+    assert parse({**FEATURE, "window": {"size_rows": 200}}).drift.window.judged_rows == 200
     t = cfg.thresholds
     assert (t.psi.warning, t.psi.critical) == (0.1, 0.2)
     assert cfg.epsilon == 1e-4 and cfg.reference.file == "reference.json" and cfg.reference.capture_rows == 0
@@ -64,6 +66,7 @@ def test_full_section():
     ({**FEATURE, "window": {"kind": "sliding", "size_rows": 100, "step_rows": 30}}, "drift.window", "whole multiple"),
     ({**FEATURE, "window": {"kind": "sliding", "size_rows": 100000, "step_rows": 1}}, "drift.window", "at most 1000"),
     ({**FEATURE, "window": {"size_rows": 0}}, "drift.window.size_rows", "greater than or equal to 1"),
+    ({**FEATURE, "window": {"size_rows": 200, "min_rows": 300}}, "drift.window", "no window would be judged"),
     ({**FEATURE, "thresholds": {"psi": {"warning": 0.3, "critical": 0.2}}}, "drift.thresholds.psi", "must not exceed"),
     ({**FEATURE, "thresholds": {"chi2_pvalue": {"warning": 0.01, "critical": 0.05}}}, "drift.thresholds.chi2_pvalue", "must not exceed"),
     ({**FEATURE, "epsilon": 0}, "drift.epsilon", "greater than 0"),

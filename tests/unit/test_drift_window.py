@@ -134,6 +134,7 @@ def test_monitor_tumbling_count_window_splits_batches_at_the_boundary(tmp_path):
 
 def test_monitor_sliding_count_window_reacts_within_one_step(tmp_path):
     m = make_monitor(tmp_path, {"kind": "sliding", "size_rows": 1000, "step_rows": 200}, FakeClock())
+    assert m.cfg.window.judged_rows == 500
     m.observe(batch(1000), {})
     assert m.windows_closed == 1 and m.latest.severity == 0
     m.observe(batch(200, shift=3.0, seed=2), {})  # one step: 20 % of the window is shifted
@@ -193,3 +194,27 @@ def test_monitor_without_reference_waits_and_picks_one_up(tmp_path):
     os.utime(path, ns=(1, 1))
     m.tick()
     assert m.state == "invalid_reference" and str(path) in m.reason
+
+
+def test_alerts_are_logged_when_a_severity_changes_not_every_window(tmp_path, caplog):
+    m = make_monitor(tmp_path, {"size_rows": 500}, FakeClock())
+    caplog.set_level("INFO", logger="gateway.drift")
+
+    def events():
+        out = [(r.feature, r.statistic, r.severity, r.levelname) for r in caplog.records if hasattr(r, "statistic")]
+        caplog.clear()
+        return out
+
+    m.observe(batch(500), {})
+    assert events() == []
+    m.observe(batch(500, shift=3.0), {})
+    assert sorted(events()) == [("X_1", s, "critical", "ERROR") for s in ("jsd", "ks", "psi")]
+    m.observe(batch(1000, shift=3.0, seed=3), {})  # two more drifted windows: nothing new to say
+    assert m.windows_closed == 4 and events() == []
+    m.observe(batch(500, seed=4), {})
+    assert sorted(events()) == [("X_1", s, "none", "INFO") for s in ("jsd", "ks", "psi")]
+    rec = caplog  # the structured fields ride on the record
+    m.observe(batch(500, shift=3.0, seed=5), {})
+    psi = next(r for r in rec.records if getattr(r, "statistic", "") == "psi")
+    assert (psi.model, psi.version, psi.feature, psi.severity) == ("m", "1", "X_1", "critical")
+    assert psi.value == pytest.approx({r.name: r for r in m.latest.streams}["X_1"].statistics["psi"])

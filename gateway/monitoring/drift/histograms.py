@@ -26,6 +26,7 @@ class _Group:
     categorical: np.ndarray
     offset: int
     slots: int
+    ref_counts: np.ndarray  # (streams, slots): the reference histograms, zero-padded
 
     @property
     def size(self) -> int:
@@ -62,7 +63,10 @@ class HistogramLayout:
                 np.array([p.categorical for _, p in members], dtype=np.uint8),
                 offset,
                 width + 1,
+                np.zeros((len(members), width + 1), dtype=np.int64),
             )
+            for i, (_, p) in enumerate(members):
+                g.ref_counts[i, : len(p.counts)] = p.counts
             self.groups.append(g)
             offset += g.size
         self.width = offset
@@ -78,9 +82,8 @@ class HistogramLayout:
             counts, missing = g.views(flat)
             native.histogram_update(v[start:stop], g.columns, g.edges, g.n_edges, g.categorical, counts, missing)
 
-    def per_stream(self, flat: np.ndarray):
-        """(profile, counts over its bins, missing) for every laid-out stream."""
+    def per_group(self, flat: np.ndarray):
+        """(profiles, reference counts, window counts, missing) per group, histograms as padded rows."""
         for g in self.groups:
             counts, missing = g.views(flat)
-            for i, p in enumerate(g.profiles):
-                yield p, counts[i, : len(p.edges) + 1], int(missing[i])
+            yield g.profiles, g.ref_counts, counts, missing

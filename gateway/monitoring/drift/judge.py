@@ -52,18 +52,37 @@ def _pvalue(p: float, t: PValueThresholds) -> int:
 
 def judge(ref: StreamProfile, counts: np.ndarray, missing: int, thresholds: DriftThresholds, epsilon: float) -> StreamResult:
     """Statistics of a window's ``counts`` (same bins as ``ref``) and the severity each calls for."""
-    s: dict[str, float] = {
-        "psi": stats.psi(ref.counts, counts, epsilon),
-        "jsd": stats.js_distance(ref.counts, counts),
-    }
-    votes = {"psi": _upper(s["psi"], thresholds.psi), "jsd": _upper(s["jsd"], thresholds.jsd)}
-    n = int(counts.sum())
-    if ref.categorical:
-        s["chi2"], s["chi2_pvalue"] = stats.chi2_homogeneity(ref.counts, counts)
-        votes["chi2_pvalue"] = _pvalue(s["chi2_pvalue"], thresholds.chi2_pvalue)
-    else:
-        s["ks"] = stats.ks_binned(ref.counts, counts)
-        s["ks_pvalue"] = stats.ks_pvalue(s["ks"], ref.rows, n)
-        significant = not math.isnan(s["ks_pvalue"]) and s["ks_pvalue"] < thresholds.ks_alpha
-        votes["ks"] = _upper(s["ks"], thresholds.ks) if significant else NONE
-    return StreamResult(ref.name, ref.categorical, n, missing, s, votes)
+    return judge_group([ref], ref.counts[None, :], counts[None, :], [missing], thresholds, epsilon)[0]
+
+
+def judge_group(
+    refs: list[StreamProfile],
+    ref_counts: np.ndarray,
+    counts: np.ndarray,
+    missing,
+    thresholds: DriftThresholds,
+    epsilon: float,
+) -> list[StreamResult]:
+    """``judge`` for a stack of streams at once: row i of ``ref_counts``/``counts`` is stream i's
+    histogram, zero-padded to a common width (padding adds nothing to any statistic)."""
+    psi = stats.psi(ref_counts, counts, epsilon)
+    jsd = stats.js_distance(ref_counts, counts)
+    ks = stats.ks_binned(ref_counts, counts)
+    rows = counts.sum(axis=1)
+    ref_rows = ref_counts.sum(axis=1)
+    out = []
+    for i, ref in enumerate(refs):
+        s: dict[str, float] = {"psi": float(psi[i]), "jsd": float(jsd[i])}
+        votes = {"psi": _upper(s["psi"], thresholds.psi), "jsd": _upper(s["jsd"], thresholds.jsd)}
+        n = int(rows[i])
+        if ref.categorical:
+            width = len(ref.counts)
+            s["chi2"], s["chi2_pvalue"] = stats.chi2_homogeneity(ref.counts, counts[i, :width])
+            votes["chi2_pvalue"] = _pvalue(s["chi2_pvalue"], thresholds.chi2_pvalue)
+        else:
+            s["ks"] = float(ks[i])
+            s["ks_pvalue"] = stats.ks_pvalue(s["ks"], int(ref_rows[i]), n)
+            significant = not math.isnan(s["ks_pvalue"]) and s["ks_pvalue"] < thresholds.ks_alpha
+            votes["ks"] = _upper(s["ks"], thresholds.ks) if significant else NONE
+        out.append(StreamResult(ref.name, ref.categorical, n, int(missing[i]), s, votes))
+    return out

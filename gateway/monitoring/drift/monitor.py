@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -19,7 +20,7 @@ import numpy as np
 from gateway import native
 from gateway.core.drift_config import DriftConfig
 from gateway.monitoring.drift.histograms import HistogramLayout
-from gateway.monitoring.drift.judge import SEVERITY_NAMES, StreamResult, judge
+from gateway.monitoring.drift.judge import SEVERITY_NAMES, StreamResult, judge_group
 from gateway.monitoring.drift.profile import ReferenceProfile, build_profile
 from gateway.monitoring.drift.streams import Stream, group_values, tensor_rows
 from gateway.monitoring.drift.window import ClosedWindow, PaneWindow
@@ -63,16 +64,17 @@ class VersionDrift:
         self.latest: WindowVerdict | None = None
         self.windows_closed = 0
         self.rows_seen = 0
-        # Written on the loop (submitted) and on the drift thread (the rest); read anywhere.
-        self.submitted = 0
-        self.processed = 0
-        self.dropped = 0
+        # Batches handed over by the loop (appended there, popped by the drift thread).
+        self.pending: deque[tuple[dict, dict]] = deque()
+        self.processed = 0  # batches counted (drift thread)
+        self.dropped = 0  # batches refused with a full backlog (loop)
         self.errors = 0
         self._captured: list[np.ndarray] = []
         self._captured_rows = 0
         ph = cfg.page_hinkley
         self.ph_state = np.zeros(6, dtype=np.float64) if ph is not None else None
         self.ph_alarms = 0
+        self._alerted: dict[tuple[str, str], int] = {}  # (stream, statistic) -> severity last logged
         self._load_reference()
 
     # -- reference ------------------------------------------------------------------
@@ -146,7 +148,7 @@ class VersionDrift:
     # -- the drift thread ---------------------------------------------------------------
 
     def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
-        self.processed += 1
+        """Count the rows of one batch (or of several joined)."""
         first = next(iter(feeds.values()), None)
         if first is None:
             return
@@ -177,6 +179,7 @@ class VersionDrift:
         if self.state != "capturing" and self._reference_mtime() != self._loaded_mtime:
             alerts.info("drift reference of model %s version %s changed: reloading", self.model, self.version)
             self.latest = None
+            self._alerted.clear()
             self._load_reference()
         if self.state == "monitoring" and self.window.pane_ns is not None:
             for w in self.window.advance(self.clock()):
@@ -203,26 +206,31 @@ class VersionDrift:
 
     def _judge(self, w: ClosedWindow) -> None:
         self.windows_closed = w.index
-        if w.rows < self.cfg.window.min_rows:
+        if w.rows < self.cfg.window.judged_rows:
             return
         results = tuple(
-            judge(profile, counts, missing, self.cfg.thresholds, self.cfg.epsilon)
-            for profile, counts, missing in self.layout.per_stream(w.counts)
+            r
+            for profiles, ref_counts, counts, missing in self.layout.per_group(w.counts)
+            for r in judge_group(profiles, ref_counts, counts, missing, self.cfg.thresholds, self.cfg.epsilon)
         )
         verdict = WindowVerdict(w.index, w.rows, w.closed_ns, results)
         self.latest = verdict
+        # Edge-triggered: a stream that stays drifted is logged once, not once per window.
         for r in results:
             for statistic, severity in r.votes.items():
-                if severity:
+                key = (r.name, statistic)
+                if severity != self._alerted.get(key, 0):
+                    self._alerted[key] = severity
                     self._alert(verdict, r, statistic, severity)
 
     def _alert(self, verdict: WindowVerdict, r: StreamResult, statistic: str, severity: int) -> None:
         value = r.statistics[statistic]
-        level = logging.ERROR if severity == 2 else logging.WARNING
+        level = (logging.INFO, logging.WARNING, logging.ERROR)[severity]
         alerts.log(
             level,
             "drift %s: model %s version %s feature %s %s=%.4g (window %d, %d rows)",
-            SEVERITY_NAMES[severity], self.model, self.version, r.name, statistic, value, verdict.index, verdict.rows,
+            SEVERITY_NAMES[severity] if severity else "cleared", self.model, self.version, r.name, statistic, value,
+            verdict.index, verdict.rows,
             extra={"model": self.model, "version": self.version, "feature": r.name, "statistic": statistic,
                    "value": value, "severity": SEVERITY_NAMES[severity], "window": verdict.index},
         )
@@ -250,7 +258,8 @@ class VersionDrift:
             "version": self.version,
             "state": self.state,
             "reason": self.reason,
-            "window": {"kind": w.kind, **w.model_dump(exclude={"kind"}, exclude_none=True), "panes": w.panes},
+            "window": {"kind": w.kind, **w.model_dump(exclude={"kind", "min_rows"}, exclude_none=True),
+                       "min_rows": w.judged_rows, "panes": w.panes},
             "reference": None,
             "rows_seen": self.rows_seen,
             "batches": self.processed,

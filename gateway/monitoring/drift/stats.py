@@ -1,7 +1,8 @@
 """Two-sample drift statistics on binned counts (reference vs. current window).
 
-Every function takes the two histograms over the same bins as counts. Proportions
-are counts over their total; NaN comes back where a side is empty. Only PSI needs
+Every function takes the two histograms over the same bins as counts (PSI, JSD and
+KS also a stack of histograms, one per row, to judge many streams in one numpy
+pass). Proportions are counts over their total; NaN comes back where a side is empty. Only PSI needs
 an epsilon (a log ratio with an empty bin is infinite): zero proportions are
 replaced by it, without renormalising, as Evidently does.
 """
@@ -15,37 +16,45 @@ import numpy as np
 _NAN = float("nan")
 
 
-def proportions(counts: np.ndarray) -> np.ndarray | None:
-    total = counts.sum()
-    return counts / total if total > 0 else None
+def proportions(counts: np.ndarray) -> np.ndarray:
+    """Counts over their total along the last axis; NaN rows where the total is 0."""
+    total = counts.sum(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return counts / total
 
 
-def psi(ref: np.ndarray, cur: np.ndarray, epsilon: float) -> float:
-    """Population stability index: sum over bins of (q - p) * ln(q / p)."""
+def _result(values: np.ndarray, ref: np.ndarray, cur: np.ndarray):
+    """NaN where either side is empty; a float for one histogram, an array for a stack of them."""
+    values = np.where((ref.sum(axis=-1) > 0) & (cur.sum(axis=-1) > 0), values, np.nan)
+    return float(values) if values.ndim == 0 else values
+
+
+def psi(ref: np.ndarray, cur: np.ndarray, epsilon: float):
+    """Population stability index: sum over bins of (q - p) * ln(q / p).
+
+    Histograms are along the last axis (one, or a stack of streams at once).
+    """
     p, q = proportions(ref), proportions(cur)
-    if p is None or q is None:
-        return _NAN
     p = np.where(p > 0, p, epsilon)
     q = np.where(q > 0, q, epsilon)
-    return float(np.sum((q - p) * np.log(q / p)))
+    return _result(np.sum((q - p) * np.log(q / p), axis=-1), ref, cur)
 
 
-def js_distance(ref: np.ndarray, cur: np.ndarray) -> float:
+def js_distance(ref: np.ndarray, cur: np.ndarray):
     """Jensen-Shannon distance, base 2 (0 = same, 1 = disjoint): the square root of the divergence."""
     p, q = proportions(ref), proportions(cur)
-    if p is None or q is None:
-        return _NAN
     m = (p + q) / 2
     div = 0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(q, m)
-    return math.sqrt(max(div, 0.0))
+    return _result(np.sqrt(np.maximum(div, 0.0)), ref, cur)
 
 
-def _kl_bits(p: np.ndarray, m: np.ndarray) -> float:
-    nz = p > 0  # 0 * log 0 = 0; m > 0 wherever p > 0
-    return float(np.sum(p[nz] * np.log2(p[nz] / m[nz])))
+def _kl_bits(p: np.ndarray, m: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        terms = np.where(p > 0, p * np.log2(p / m), 0.0)  # 0 * log 0 = 0; m > 0 wherever p > 0
+    return terms.sum(axis=-1)
 
 
-def ks_binned(ref: np.ndarray, cur: np.ndarray) -> float:
+def ks_binned(ref: np.ndarray, cur: np.ndarray):
     """Largest gap between the two empirical CDFs at the bin edges.
 
     At most the exact two-sample KS statistic, and short of it by at most the largest
@@ -53,12 +62,10 @@ def ks_binned(ref: np.ndarray, cur: np.ndarray) -> float:
     what that bin holds).
     """
     p, q = proportions(ref), proportions(cur)
-    if p is None or q is None:
-        return _NAN
-    if len(p) < 2:
-        return 0.0
-    gap = np.abs(np.cumsum(p)[:-1] - np.cumsum(q)[:-1])
-    return float(gap.max())
+    if p.shape[-1] < 2:
+        return _result(np.zeros(p.shape[:-1]), ref, cur)
+    gap = np.abs(np.cumsum(p, axis=-1)[..., :-1] - np.cumsum(q, axis=-1)[..., :-1])
+    return _result(gap.max(axis=-1), ref, cur)
 
 
 def ks_pvalue(d: float, n: int, m: int) -> float:
