@@ -218,3 +218,51 @@ def test_alerts_are_logged_when_a_severity_changes_not_every_window(tmp_path, ca
     psi = next(r for r in rec.records if getattr(r, "statistic", "") == "psi")
     assert (psi.model, psi.version, psi.feature, psi.severity) == ("m", "1", "X_1", "critical")
     assert psi.value == pytest.approx({r.name: r for r in m.latest.streams}["X_1"].statistics["psi"])
+
+
+# -- the hand-over: the loop appends, the drift thread joins and counts (drained by hand here) --
+
+def test_worker_joins_piled_batches_and_drops_beyond_the_backlog(tmp_path):
+    from gateway.monitoring.drift.worker import DriftWorker, coalesce
+
+    cfg = DriftConfig.model_validate({"features": [{"input": "X", "columns": [0, 1]}], "window": {"size_rows": 500},
+                                      "queue_batches": 30})
+    streams = resolve_streams(cfg, (TensorSpec("X", "FP32", (2,)),), (), "model.yaml")
+    make_monitor(tmp_path, {"size_rows": 500}, FakeClock())  # writes reference.json
+    m = VersionDrift("m", "1", cfg, streams, str(tmp_path / "reference.json"), clock=FakeClock())
+    worker = DriftWorker()
+    worker._monitors.add(m)  # no thread: drained below
+    for i in range(32):
+        worker.submit(m, batch(20, seed=i), {})
+    assert len(m.pending) == 30 and m.dropped == 2
+    worker.drain()
+    assert m.processed == 30 and m.rows_seen == 600 and m.windows_closed == 1 and not m.pending
+    assert m.window.current_rows == 100
+
+    a, b = batch(3), batch(2, seed=2)
+    joined = coalesce([(a, {}), (b, {})])
+    assert len(joined) == 1 and joined[0][0]["X"].shape == (5, 2)
+    np.testing.assert_array_equal(joined[0][0]["X"][3:], b["X"])
+    ragged = [({"X": np.zeros((1, 2))}, {}), ({"X": np.zeros((1, 3))}, {})]
+    assert coalesce(ragged) == ragged
+    other_outputs = [(a, {}), (b, {"Y": np.zeros((2, 1))})]
+    assert coalesce(other_outputs) == other_outputs
+
+
+def test_worker_thread_counts_without_being_woken_per_batch(tmp_path):
+    from gateway.monitoring.drift.worker import DriftWorker
+
+    m = make_monitor(tmp_path, {"size_rows": 500}, FakeClock())
+    worker = DriftWorker(interval_s=0.01)
+    worker.register(m)
+    try:
+        for i in range(25):
+            worker.submit(m, batch(20, seed=i), {})
+        for _ in range(3000):  # bounded: 30 s
+            if m.processed == 25:
+                break
+            worker._stop.wait(0.01)
+        assert m.processed == 25 and m.windows_closed == 1
+    finally:
+        worker.close()
+    assert worker._thread is None
