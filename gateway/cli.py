@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve`` and ``gateway check``."""
+"""Command line: ``gateway serve``, ``gateway check``, ``gateway tune``, ``gateway drift profile``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,12 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if best is not None else 1
 
 
+def _drift_profile(args: argparse.Namespace) -> int:
+    from gateway.tools.drift_profile import main as profile_main
+
+    return profile_main(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Model-serving daemon (KServe v2 gRPC/HTTP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +124,20 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--seconds", type=float, default=3.0, help="measured seconds per trial")
     tune.add_argument("--dry-run", action="store_true", help="print the best setting without writing it")
     tune.set_defaults(func=_tune)
+    drift = sub.add_parser("drift", help="drift monitoring tools")
+    drift_sub = drift.add_subparsers(dest="drift_command", required=True)
+    profile = drift_sub.add_parser(
+        "profile",
+        help="write a model version's reference profile (reference.json beside its model file)",
+        description="Bins every stream of MODEL's drift: section over the reference data (.npy, .npz, .csv, "
+        ".parquet), running the data through the model for output streams, and writes the profile beside the "
+        "version's model file. A running daemon reads it when the version (re)loads.",
+    )
+    profile.add_argument("model")
+    profile.add_argument("--data", required=True, help="reference data file")
+    profile.add_argument("--repository", default="examples/models", help="model repository (default examples/models)")
+    profile.add_argument("--version", help="model version (default: the highest)")
+    profile.set_defaults(func=_drift_profile)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -70,6 +70,7 @@ class HttpApi:
                 web.get(base + "/stats", self.statistics),
                 web.post(base + "/infer", self.infer),
             ]
+        r += [web.get(model + "/drift", self.drift), web.get(versioned + "/drift", self.drift)]
         return r
 
     async def live(self, request: web.Request) -> web.Response:
@@ -125,6 +126,14 @@ class HttpApi:
 
     async def cache_stats(self, request: web.Request) -> web.Response:
         return _json(self.service.cache.snapshot())
+
+    async def drift(self, request: web.Request) -> web.Response:
+        name, version = request.match_info["model"], _version(request)
+        try:
+            reports = self.service.drift_report(name, version)
+        except GatewayError as exc:
+            return error_response(exc)
+        return _json(reports[0] if version else {"model": name, "versions": reports})
 
     async def repository_index(self, request: web.Request) -> web.Response:
         ready_only = False

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
+from gateway.core.drift_config import DriftConfig
 from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
 
 CONFIG_FILENAME = "model.yaml"
@@ -216,6 +217,7 @@ class ModelConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     generation: GenerationConfig | None = None
     embedding: EmbeddingConfig | None = None
+    drift: DriftConfig | None = None
 
     @field_validator("providers")
     @classmethod
@@ -242,6 +244,33 @@ def cross_field_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
                 problems.append((f"{kind}[{i}].name", f"duplicate name '{n}'"))
     if cfg.routing is not None:
         problems += [(f"routing.{f}", r) for f, r in internal_problems(cfg.routing)]
+    if cfg.drift is not None:
+        problems += drift_problems(cfg)
+    return problems
+
+
+def drift_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """(field, reason) for drift streams that name a tensor the config declares not to have,
+    or that share a name. Streams over undeclared tensors are checked at load, against the graph."""
+    assert cfg.drift is not None
+    problems = []
+    declared = {"inputs": {t.name for t in cfg.inputs}, "outputs": {t.name for t in cfg.outputs}}
+    seen: dict[str, str] = {}
+    for kind, key, entries in (("features", "input", cfg.drift.features), ("outputs", "output", cfg.drift.outputs)):
+        known = declared["inputs" if kind == "features" else "outputs"]
+        for i, e in enumerate(entries):
+            tensor = getattr(e, key)
+            if known and tensor not in known:
+                problems.append((f"drift.{kind}[{i}].{key}", f"'{tensor}' is not among the declared {kind if kind == 'outputs' else 'inputs'} {sorted(known)}"))
+            names = e.names or ((f"{tensor}_argmax",) if getattr(e, "argmax", False) else
+                                tuple(f"{tensor}_{c}" for c in e.columns) if e.columns else ())
+            for n in names:
+                if n in seen:
+                    problems.append((f"drift.{kind}[{i}].names", f"stream name '{n}' is also used by {seen[n]}"))
+                seen.setdefault(n, f"drift.{kind}[{i}]")
+    ph = cfg.drift.page_hinkley
+    if ph is not None and declared["outputs"] and ph.output not in declared["outputs"]:
+        problems.append(("drift.page_hinkley.output", f"'{ph.output}' is not among the declared outputs {sorted(declared['outputs'])}"))
     return problems
 
 

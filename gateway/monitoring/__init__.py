@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from gateway.monitoring.gpu import GpuSampler
-from gateway.monitoring.metrics import GatewayCollector, ModelSample, RequestMetrics, build_registry, render
+from gateway.monitoring.metrics import DriftCollector, GatewayCollector, ModelSample, RequestMetrics, build_registry, render
 from gateway.monitoring.tracing import RequestTrace, Tracing
 
 __all__ = ["ModelSample", "RequestTrace", "Telemetry", "Tracing"]
@@ -38,6 +38,8 @@ class Telemetry:
         self._resolve: Callable[[str, str], tuple[str, str]] = _unresolved
         collector = GatewayCollector(self.requests, lambda: self._models(), self.gpu.collect if self.gpu else None)
         self.registry = build_registry(collector)
+        self._drift_monitors: Callable[[], Iterable] = tuple
+        self.registry.register(DriftCollector(lambda: self._drift_monitors()))
 
     @classmethod
     def from_settings(cls, settings, service_version: str) -> Telemetry:
@@ -56,6 +58,10 @@ class Telemetry:
     def add_collector(self, collector) -> None:
         """Another source of families for /metrics (a prometheus_client custom collector)."""
         self.registry.register(collector)
+
+    def bind_drift(self, monitors: Callable[[], Iterable]) -> None:
+        """``monitors`` lists the drift monitors of the versions served."""
+        self._drift_monitors = monitors
 
     def request_done(
         self,

@@ -214,3 +214,51 @@ def render(registry: CollectorRegistry, accept: str | None) -> tuple[bytes, str]
     """The exposition body and its content type (OpenMetrics when the scraper asks for it)."""
     encoder, content_type = choose_encoder(accept or "")
     return encoder(registry), content_type
+
+
+class DriftCollector:
+    """Drift statistics of the latest judged window per model version and stream.
+
+    ``monitors`` yields the versions' drift monitors (gateway.monitoring.drift.VersionDrift).
+    """
+
+    def __init__(self, monitors: Callable[[], Iterable]) -> None:
+        self.monitors = monitors
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        mv = ["model", "version"]
+        statistic = GaugeMetricFamily(
+            "gateway_drift_statistic", "drift statistic of the latest judged window (psi, ks, ks_pvalue, jsd, chi2, chi2_pvalue)",
+            labels=[*mv, "feature", "statistic"],
+        )
+        severity = GaugeMetricFamily(
+            "gateway_drift_severity", "drift severity of the latest judged window: 0 none, 1 warning, 2 critical",
+            labels=[*mv, "feature"],
+        )
+        windows = CounterMetricFamily("gateway_drift_windows", "drift windows closed", labels=mv)
+        rows = CounterMetricFamily("gateway_drift_rows", "rows seen by drift monitoring", labels=mv)
+        dropped = CounterMetricFamily(
+            "gateway_drift_dropped_batches", "batches not counted because the drift thread was behind", labels=mv
+        )
+        alarms = CounterMetricFamily(
+            "gateway_drift_page_hinkley_alarms", "Page-Hinkley change alarms on the watched output", labels=[*mv, "feature"]
+        )
+        for m in self.monitors():
+            labels = [m.model, m.version]
+            windows.add_metric(labels, m.windows_closed)
+            rows.add_metric(labels, m.rows_seen)
+            dropped.add_metric(labels, m.dropped)
+            verdict = m.latest
+            if verdict is not None:
+                for r in verdict.streams:
+                    for name, value in r.statistics.items():
+                        if value == value:  # NaN: no value for this window
+                            statistic.add_metric([*labels, r.name, name], value)
+                    severity.add_metric([*labels, r.name], r.severity)
+            ph = m.cfg.page_hinkley
+            if ph is not None:
+                alarms.add_metric([*labels, f"{ph.output}_{ph.column}"], m.ph_alarms)
+        yield from (statistic, severity, windows, rows, dropped, alarms)

@@ -28,6 +28,8 @@ else:
 gather_rows = _impl.gather_rows
 gather_padded = _impl.gather_padded
 split_rows = _impl.split_rows
+histogram_update = _impl.histogram_update
+page_hinkley_update = _impl.page_hinkley_update
 
 IMPLEMENTATION = "cython" if USING_EXTENSIONS else "python (GATEWAY_NO_EXTENSIONS=1)"
 

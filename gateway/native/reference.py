@@ -50,3 +50,59 @@ def split_rows(array: np.ndarray, counts: list[int]) -> list[np.ndarray]:
         parts.append(array[start : start + n])
         start += n
     return parts
+
+
+def histogram_update(
+    values: np.ndarray,
+    columns: np.ndarray,
+    edges: np.ndarray,
+    n_edges: np.ndarray,
+    categorical: np.ndarray,
+    counts: np.ndarray,
+    missing: np.ndarray,
+) -> int:
+    if values.dtype not in (np.float32, np.float64, np.int32, np.int64) or values.ndim != 2:
+        raise TypeError("No matching signature found")
+    nf = len(columns)
+    if not (len(edges) == len(n_edges) == len(categorical) == len(counts) == len(missing) == nf):
+        raise ValueError("histogram_update: per-feature arrays must all have one entry per feature")
+    for f in range(nf):
+        if columns[f] < 0 or columns[f] >= values.shape[1]:
+            raise ValueError(f"histogram_update: column {columns[f]} outside the row of {values.shape[1]}")
+        if n_edges[f] < 0 or n_edges[f] > edges.shape[1] or counts.shape[1] < n_edges[f] + 1:
+            raise ValueError(f"histogram_update: feature {f} has {n_edges[f]} edges, which its arrays cannot hold")
+    for f in range(nf):
+        x = values[:, columns[f]].astype(np.float64)
+        nan = np.isnan(x)
+        missing[f] += int(nan.sum())
+        x = x[~nan]
+        n = int(n_edges[f])
+        e = edges[f, :n]
+        idx = np.searchsorted(e, x, side="right")
+        if categorical[f]:
+            hit = (idx > 0) & (e[np.maximum(idx - 1, 0)] == x) if n else np.zeros(len(x), bool)
+            idx = np.where(hit, idx - 1, n)
+        counts[f, : n + 1] += np.bincount(idx, minlength=n + 1)
+    return values.shape[0]
+
+
+def page_hinkley_update(
+    values: np.ndarray, state: np.ndarray, delta: float, threshold: float, min_instances: int, alpha: float
+) -> int:
+    if len(state) != 6:
+        raise ValueError("page_hinkley_update: state must hold 6 values")
+    alarms = 0
+    for x in values:
+        x = float(x)
+        if x != x:
+            continue
+        state[0] += 1
+        state[1] += (x - state[1]) / state[0]
+        state[2] = alpha * state[2] + (x - state[1] - delta)
+        state[3] = min(state[3], state[2])
+        state[4] = alpha * state[4] + (x - state[1] + delta)
+        state[5] = max(state[5], state[4])
+        if state[0] >= min_instances and (state[2] - state[3] > threshold or state[5] - state[4] > threshold):
+            alarms += 1
+            state[:] = 0
+    return alarms

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ class _BatchResult:
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
+    # (feeds, outputs by name) of a batch that ran whole, for observers such as drift monitoring.
+    batch: tuple[dict[str, np.ndarray], dict[str, np.ndarray]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +87,9 @@ class ModelScheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self._adaptive = AdaptiveDelay() if spec.adaptive_delay else None
+        # Called on the loop with (feeds, outputs) of each batch that ran whole, after its
+        # futures are resolved: must only hand the arrays over (drift monitoring's queue).
+        self.observer: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
 
     # -- intake ---------------------------------------------------------------
 
@@ -207,6 +213,8 @@ class ModelScheduler:
                     p.future.set_result(out)
         self.stats.last_inference_ms = time.time_ns() // 1_000_000
         self._pump()
+        if self.observer is not None and result.batch is not None:
+            self.observer(*result.batch)
 
     # -- worker thread ----------------------------------------------------------
 
@@ -242,7 +250,7 @@ class ModelScheduler:
         t2 = time.perf_counter_ns()
         outputs = self._scatter(pending, names, arrays)
         t3 = time.perf_counter_ns()
-        return _BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2)
+        return _BatchResult(outputs, t1 - t0, t2 - t1, t3 - t2, (feeds, dict(zip(names, arrays))))
 
     def _gather(self, pending: list[Pending]) -> dict[str, np.ndarray]:
         first = pending[0].request.inputs

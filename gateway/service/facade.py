@@ -61,6 +61,7 @@ class InferenceService:
         # Started and stopped by the daemon (``async with service.shadows``).
         self.shadows = ShadowDispatcher(manager)
         self.routing = TrafficRouter(manager, self._infer_on, self.shadows)
+        self.telemetry.bind_drift(self._drift_monitors)
 
     # -- health -------------------------------------------------------------------
 
@@ -191,3 +192,22 @@ class InferenceService:
         except GatewayError:
             return ("", "") if name not in self.models.status else (name, version)
         return loaded.name, loaded.version
+
+    # -- drift ------------------------------------------------------------------------------
+
+    def _drift_monitors(self) -> list:
+        return [v.drift for versions in self.models.serving.values() for v in versions.values() if v.drift is not None]
+
+    def drift_metrics(self, model: str, version: str) -> dict[str, float]:
+        """Flat ``drift.<feature>.<statistic>`` values (``severity`` 0 none, 1 warning, 2 critical) of the
+        latest judged window; empty when the version has no drift config or no reference yet."""
+        loaded = self.models.get(model, version)
+        return loaded.drift.flat_metrics() if loaded.drift is not None else {}
+
+    def drift_report(self, model: str, version: str = "") -> list[dict]:
+        """Drift state of one version, or of every served version of the model when ``version`` is ""."""
+        versions = [self.models.get(model, version)] if version else self.statistics(model)
+        return [
+            v.drift.report() if v.drift is not None else {"model": v.name, "version": v.version, "state": "off"}
+            for v in sorted(versions, key=lambda v: int(v.version))
+        ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from dataclasses import dataclass, field
 
 from gateway.core.errors import ConfigError, ModelNotFoundError, ModelNotReadyError
@@ -18,6 +19,7 @@ from gateway.core.stats import ModelStats
 from gateway.core.types import TensorSpec
 from gateway.executors.base import Executor
 from gateway.executors.factory import create_executors
+from gateway.monitoring.drift import DriftWorker, VersionDrift, resolve_streams
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
 from gateway.scheduler.generation.engine import GenerationEngine
@@ -49,6 +51,7 @@ class LoadedVersion:
     output_index: dict[str, TensorSpec] = field(default_factory=dict)
     # The text-generation engine, when model.yaml has a `generation:` section.
     generator: GenerationEngine | None = None
+    drift: VersionDrift | None = None
 
     @property
     def platform(self) -> str:
@@ -83,7 +86,7 @@ def _check_declared(declared, graph: tuple[TensorSpec, ...], kind: str, file: st
     return tuple(out) if declared else graph
 
 
-def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
+def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWorker | None = None) -> LoadedVersion:
     """Blocking: creates the executors. Call from a worker thread."""
     cfg = entry.config
     assert cfg is not None
@@ -105,6 +108,8 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
     cfg_file = f"{entry.directory}/model.yaml"
     inputs = _check_declared(cfg.inputs, _strip_batch(graph_in, batching), "inputs", cfg_file)
     outputs = _check_declared(cfg.outputs, _strip_batch(graph_out, batching), "outputs", cfg_file)
+    watch = cfg.drift is not None and cfg.drift.enabled and drift_worker is not None
+    streams = resolve_streams(cfg.drift, inputs, outputs, cfg_file) if watch else []
     db = cfg.dynamic_batching
     if not batching and db.preferred_batch_sizes:
         raise ModelLoadError(f"{cfg_file}: dynamic_batching.preferred_batch_sizes: set but the model does not batch")
@@ -148,7 +153,18 @@ def build_version(entry: ModelEntry, files: VersionFiles) -> LoadedVersion:
             loaded.generator = build_generation_engine(entry.name, version, cfg.generation, executors[0], files.model_file)
         except GenerationLoadError as exc:
             raise ModelLoadError(str(exc)) from None
+    if watch:
+        _attach_drift(loaded, files, streams, drift_worker)
     return loaded
+
+
+def _attach_drift(loaded: LoadedVersion, files: VersionFiles, streams, worker: DriftWorker) -> None:
+    drift_cfg = loaded.config.drift
+    reference = os.path.join(os.path.dirname(files.model_file), drift_cfg.reference.file)
+    monitor = VersionDrift(loaded.name, loaded.version, drift_cfg, streams, reference)
+    worker.register(monitor)
+    loaded.drift = monitor
+    loaded.scheduler.observer = lambda feeds, outputs: worker.submit(monitor, feeds, outputs)
 
 
 class ModelManager:
@@ -167,6 +183,7 @@ class ModelManager:
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
         self.loaded_once = False
+        self.drift_worker = DriftWorker()
 
     # -- lookups (hot path) ---------------------------------------------------------
 
@@ -284,7 +301,7 @@ class ModelManager:
             vstatus = self._version_status.setdefault((name, key), ModelStatus())
             vstatus.state = "LOADING"
             try:
-                loaded = await asyncio.to_thread(build_version, entry, files)
+                loaded = await asyncio.to_thread(build_version, entry, files, self.drift_worker)
             except (ModelLoadError, ConfigError) as exc:
                 vstatus.state, vstatus.reason = ("READY", str(exc)) if old else ("UNAVAILABLE", str(exc))
                 problems.append(str(exc))
@@ -347,3 +364,4 @@ class ModelManager:
                     self._retire(loaded, timeout_s)
         if self._draining:
             await asyncio.wait(set(self._draining), timeout=timeout_s + 1)
+        await asyncio.to_thread(self.drift_worker.close)

@@ -409,3 +409,100 @@ def test_gather_padded_refuses_rows_past_the_buffer(impl):
 def test_split_rows_refuses_negative_counts(impl):
     with pytest.raises(ValueError, match="split_rows: negative row count -1"):
         impl.split_rows(np.arange(3), [-1, 2])
+
+
+# ------------------------------------------------------- drift: histograms, Page-Hinkley
+
+HIST_DTYPES = [np.dtype(t) for t in ("float32", "float64", "int32", "int64")]
+
+
+@st.composite
+def histogram_cases(draw):
+    dtype = draw(st.sampled_from(HIST_DTYPES))
+    rows = draw(st.integers(0, 12))
+    width = draw(st.integers(1, 5))
+    if dtype.kind == "f":
+        elements = st.floats(-5, 5, width=dtype.itemsize * 8) | st.sampled_from([-np.inf, np.inf, np.nan])
+    else:
+        elements = st.integers(-4, 4)
+    values = draw(hnp.arrays(dtype, (rows, width), elements=elements))
+    nf = draw(st.integers(1, 4))
+    columns = np.array(draw(st.lists(st.integers(0, width - 1), min_size=nf, max_size=nf)), dtype=np.int64)
+    max_edges = draw(st.integers(0, 6))
+    edges = np.full((nf, max(max_edges, 1)), np.inf)
+    n_edges = np.zeros(nf, dtype=np.int64)
+    for f in range(nf):
+        e = np.unique(draw(st.lists(st.integers(-4, 4).map(float), max_size=max_edges)))
+        edges[f, : len(e)] = e
+        n_edges[f] = len(e)
+    categorical = np.array(draw(st.lists(st.booleans(), min_size=nf, max_size=nf)), dtype=np.uint8)
+    return values, columns, edges, n_edges, categorical
+
+
+@FAST
+@given(histogram_cases(), st.sampled_from(["contiguous", "row_step", "col_step"]))
+def test_histogram_update_parity(case, layout):
+    values, columns, edges, n_edges, categorical = case
+    values = relayout(values, layout) if values.size else values
+    results = []
+    for impl in IMPLS:
+        counts = np.full((len(columns), edges.shape[1] + 1), 3, dtype=np.int64)  # adds to what is there
+        missing = np.zeros(len(columns), dtype=np.int64)
+        rows = impl.histogram_update(values, columns, edges, n_edges, categorical, counts, missing)
+        results.append((rows, counts.tolist(), missing.tolist()))
+    assert results[0] == results[1]
+    rows, counts, missing = results[0]
+    assert rows == len(values)
+    assert all(sum(c) - 3 * len(c) + m == len(values) for c, m in zip(counts, missing))
+
+
+def test_histogram_update_bins_and_categories():
+    values = np.array([[-1.0, 2.0], [0.0, 5.0], [0.5, np.nan], [9.0, 2.0]])
+    edges = np.array([[0.0, 1.0, np.inf], [2.0, 3.0, np.inf]])
+    for impl in IMPLS:
+        counts = np.zeros((2, 4), dtype=np.int64)
+        missing = np.zeros(2, dtype=np.int64)
+        impl.histogram_update(values, np.array([0, 1]), edges, np.array([2, 2]), np.array([0, 1], np.uint8), counts, missing)
+        # numeric: (-inf,0) [0,1) [1,+inf); categorical: 2.0, 3.0, other
+        assert counts.tolist() == [[1, 2, 1, 0], [2, 0, 1, 0]], impl
+        assert missing.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["cython", "python"])
+def test_histogram_update_errors(impl):
+    values = np.zeros((2, 3))
+    ok = dict(columns=np.array([0]), edges=np.zeros((1, 2)), n_edges=np.array([2]), categorical=np.zeros(1, np.uint8),
+              counts=np.zeros((1, 3), np.int64), missing=np.zeros(1, np.int64))
+    with pytest.raises(ValueError, match="column 3 outside"):
+        impl.histogram_update(values, **{**ok, "columns": np.array([3])})
+    with pytest.raises(ValueError, match="cannot hold"):
+        impl.histogram_update(values, **{**ok, "counts": np.zeros((1, 2), np.int64)})
+    with pytest.raises(ValueError, match="one entry per feature"):
+        impl.histogram_update(values, **{**ok, "missing": np.zeros(2, np.int64)})
+    with pytest.raises(TypeError):
+        impl.histogram_update(values.astype(np.float16), **ok)
+
+
+@FAST
+@given(
+    hnp.arrays(np.float64, st.integers(0, 200), elements=st.floats(-10, 10) | st.just(np.nan)),
+    st.floats(0, 0.5), st.floats(0.5, 20), st.integers(1, 40), st.sampled_from([1.0, 0.9999, 0.99]),
+)
+def test_page_hinkley_parity(values, delta, threshold, min_instances, alpha):
+    out = []
+    for impl in IMPLS:
+        state = np.zeros(6)
+        alarms = impl.page_hinkley_update(values, state, delta, threshold, min_instances, alpha)
+        out.append((alarms, state))
+    assert out[0][0] == out[1][0]
+    np.testing.assert_allclose(out[0][1], out[1][1], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("impl", IMPLS, ids=["cython", "python"])
+def test_page_hinkley_detects_a_step_not_noise(impl):
+    rng = np.random.default_rng(0)
+    state = np.zeros(6)
+    quiet = rng.normal(0, 0.1, 2000)
+    assert impl.page_hinkley_update(quiet, state, 0.005, 5.0, 30, 1.0) == 0
+    stepped = rng.normal(1.0, 0.1, 100)  # +10 sigma
+    assert impl.page_hinkley_update(stepped, state, 0.005, 5.0, 30, 1.0) >= 1
