@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve`` and ``gateway check``."""
+"""Command line: ``gateway serve``, ``check``, ``tune`` and ``registry-sync``."""
 
 from __future__ import annotations
 
@@ -89,6 +89,28 @@ def _tune(args: argparse.Namespace) -> int:
     return 0 if best is not None else 1
 
 
+def _registry_sync(args: argparse.Namespace) -> int:
+    overrides = {name: getattr(args, name) for name in FIELDS}
+    try:
+        settings = load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"gateway: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    if not settings.registry_url:
+        print("gateway registry-sync: set --registry-url (or GATEWAY_REGISTRY_URL)", file=sys.stderr)
+        return 2
+    if not os.path.isdir(settings.model_repository):
+        print(f"gateway: model repository '{settings.model_repository}' is not a directory", file=sys.stderr)
+        return 2
+    import uvloop
+
+    from gateway.daemon import setup_logging
+    from gateway.registry.sidecar import run_sidecar
+
+    setup_logging(settings)
+    return uvloop.run(run_sidecar(settings, gateway_url=args.gateway_url, once=args.once, metrics_port=args.metrics_port))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Model-serving daemon (KServe v2 gRPC/HTTP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -118,6 +140,19 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--seconds", type=float, default=3.0, help="measured seconds per trial")
     tune.add_argument("--dry-run", action="store_true", help="print the best setting without writing it")
     tune.set_defaults(func=_tune)
+    sync = sub.add_parser(
+        "registry-sync",
+        help="follow the MLflow registry's aliases into a model repository, as a separate process",
+        description="Polls the MLflow registry (--registry-url) and downloads the versions its aliases name into "
+        "--model-repository, writing each model's version_policy and routing; a daemon serving that repository "
+        "hot-reloads them. The same code runs inside the daemon when it has registry_url set.",
+    )
+    _add_setting_flags(sync)
+    sync.add_argument("--gateway-url", default="", help="HTTP address of the daemon whose serving metrics to report, "
+                      "e.g. http://127.0.0.1:8000 (default: follow aliases only)")
+    sync.add_argument("--once", action="store_true", help="poll once (and report once) and exit: 0 = in step")
+    sync.add_argument("--metrics-port", type=int, default=None, help="serve this process's Prometheus metrics on this port")
+    sync.set_defaults(func=_registry_sync)
     args = parser.parse_args(argv)
     return args.func(args)
 

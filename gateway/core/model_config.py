@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
+from gateway.core.registry_config import RegistryModelConfig
 from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
 
 CONFIG_FILENAME = "model.yaml"
@@ -165,6 +166,8 @@ class ModelConfig(_Strict):
     tensorrt: TensorRTConfig = TensorRTConfig()
     routing: RoutingConfig | None = None
     cache: CacheConfig = CacheConfig()
+    # Which registered model this is and what its aliases mean (used only with registry_url set).
+    registry: RegistryModelConfig | None = None
 
     @field_validator("providers")
     @classmethod
