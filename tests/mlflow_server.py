@@ -79,6 +79,7 @@ class MlflowServer:
         """Stop the server and its workers (a process group); SIGKILL if SIGTERM is not enough."""
         if self.proc is None or self.proc.poll() is not None:
             return
+        os.killpg(self.proc.pid, signal.SIGCONT)  # in case a test left it paused
         os.killpg(self.proc.pid, signal.SIGTERM)
         try:
             self.proc.wait(timeout)
@@ -93,6 +94,15 @@ class MlflowServer:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._wait_port_free(30)
+
+    def pause(self) -> None:
+        """A hung registry: the server keeps its port but answers nothing (SIGSTOP)."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGCONT)
 
     def _wait_port_free(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
