@@ -116,8 +116,10 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     }))
     gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-report-s", "0.5", *POLL)
 
-    # Champion v1 downloaded (atomically, with its reference profile) and served.
-    wait_for(lambda: served_version(gw, "fraud") == str(v1), "version 1 served")
+    # Champion v1 downloaded (atomically, with its reference profile) before the first load:
+    # a fresh gateway starts on the registry's champion.
+    assert re.search(r"ready: .*fraud:1", gw.log()), gw.log()
+    assert served_version(gw, "fraud") == str(v1)
     assert (repo / "fraud" / str(v1) / "reference.json").exists()
     marker = json.loads((repo / "fraud" / str(v1) / ".registry.json").read_text())
     assert marker["registered_model"] == name and marker["version"] == v1
@@ -127,8 +129,9 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     _, out_v1 = infer(gw, "fraud")
     pid = gw.proc.pid
 
-    # Version 2 registered and champion moved: served without a restart.
-    v2 = mlflow.register_version(name, mlp_files(seed=1))
+    # Version 2, carrying its own model.yaml, registered and champion moved: served without a restart.
+    v2_config = {"max_batch_size": 4, "dynamic_batching": {"max_queue_delay_us": 100}}
+    v2 = mlflow.register_version(name, {**mlp_files(seed=1), "model.yaml": yaml.safe_dump(v2_config).encode()})
     moved = time.monotonic()
     mlflow.set_alias(name, "champion", v2)
     wait_for(lambda: infer(gw, "fraud")[0] == str(v2), "champion move to version 2")
@@ -141,6 +144,11 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     assert not np.allclose(out_v1, out_v2), "version 2 has other weights: its answers differ"
     wait_for(lambda: served_version(gw, "fraud") == str(v2) and gw.http("GET", f"/v2/models/fraud/versions/{v1}/ready")[0] != 200,
              "version 1 retired")
+    # The champion's model.yaml is the model's config now; the local registry section stays.
+    written = yaml.safe_load((repo / "fraud" / "model.yaml").read_text())
+    assert written["max_batch_size"] == 4 and written["dynamic_batching"] == v2_config["dynamic_batching"]
+    assert written["registry"]["model_name"] == name
+    assert gw.http_json("GET", "/v2/models/fraud/config")[1]["max_batch_size"] == 4
 
     # Challenger: a canary with the configured 30 % share of sticky keys.
     v3 = mlflow.register_version(name, mlp_files(seed=2))
