@@ -8,7 +8,7 @@ import sys
 import typing
 
 from gateway.core.errors import ConfigError
-from gateway.core.settings import ENV_PREFIX, FIELDS, load_settings
+from gateway.core.settings import ENV_PREFIX, FIELDS, ServerSettings, load_settings
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -26,15 +26,23 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> ServerSettings | None:
+    """Settings from flags, environment and file, or None after printing why they are invalid."""
     overrides = {name: getattr(args, name) for name in FIELDS}
     try:
         settings = load_settings(args.config, overrides)
     except ConfigError as exc:
         print(f"gateway: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        return None
     if not os.path.isdir(settings.model_repository):
         print(f"gateway: model repository '{settings.model_repository}' is not a directory", file=sys.stderr)
+        return None
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
         return 2
     from gateway.daemon import run  # imported late: the compiled module loads here
 
@@ -90,22 +98,16 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _registry_sync(args: argparse.Namespace) -> int:
-    overrides = {name: getattr(args, name) for name in FIELDS}
-    try:
-        settings = load_settings(args.config, overrides)
-    except ConfigError as exc:
-        print(f"gateway: invalid settings: {exc}", file=sys.stderr)
+    settings = _settings(args)
+    if settings is None:
         return 2
     if not settings.registry_url:
         print("gateway registry-sync: set --registry-url (or GATEWAY_REGISTRY_URL)", file=sys.stderr)
         return 2
-    if not os.path.isdir(settings.model_repository):
-        print(f"gateway: model repository '{settings.model_repository}' is not a directory", file=sys.stderr)
-        return 2
     import uvloop
 
     from gateway.daemon import setup_logging
-    from gateway.registry.sidecar import run_sidecar
+    from gateway.registry_sidecar import run_sidecar
 
     setup_logging(settings)
     return uvloop.run(run_sidecar(settings, gateway_url=args.gateway_url, once=args.once, metrics_port=args.metrics_port))

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -21,7 +23,7 @@ import yaml
 from onnx import helper
 
 from conftest import ROOT, Gateway
-from mlflow_server import MlflowServer, mlflow_binary
+from mlflow_server import MlflowServer, free_port, mlflow_binary
 
 import make_models
 
@@ -78,17 +80,6 @@ def metric_value(gw: Gateway, name: str, labels: str = "") -> float:
     return float(m.group(1)) if m else 0.0
 
 
-def wait_for(predicate, what: str, timeout: float = WAIT_S):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
-
-
 def serving_run(mlflow: MlflowServer, name: str, version: int) -> str | None:
     return mlflow.version_tags(name, version).get("gateway.serving_run_id")
 
@@ -134,7 +125,7 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     v2 = mlflow.register_version(name, {**mlp_files(seed=1), "model.yaml": yaml.safe_dump(v2_config).encode()})
     moved = time.monotonic()
     mlflow.set_alias(name, "champion", v2)
-    wait_for(lambda: infer(gw, "fraud")[0] == str(v2), "champion move to version 2")
+    gw.wait_until(lambda: infer(gw, "fraud")[0] == str(v2), timeout=WAIT_S, what="champion move to version 2")
     round_trip_s = time.monotonic() - moved
     record_property("registry_round_trip_s", round(round_trip_s, 3))
     print(f"\nregistry round trip (alias moved -> new version answers): {round_trip_s:.2f} s")
@@ -142,8 +133,8 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     assert gw.log().count("listening grpc=") == 1  # the same process, never restarted
     _, out_v2 = infer(gw, "fraud")
     assert not np.allclose(out_v1, out_v2), "version 2 has other weights: its answers differ"
-    wait_for(lambda: served_version(gw, "fraud") == str(v2) and gw.http("GET", f"/v2/models/fraud/versions/{v1}/ready")[0] != 200,
-             "version 1 retired")
+    gw.wait_until(lambda: gw.http("GET", f"/v2/models/fraud/versions/{v1}/ready")[0] != 200,
+                  timeout=WAIT_S, what="version 1 retired")
     # The champion's model.yaml is the model's config now; the local registry section stays.
     written = yaml.safe_load((repo / "fraud" / "model.yaml").read_text())
     assert written["max_batch_size"] == 4 and written["dynamic_batching"] == v2_config["dynamic_batching"]
@@ -159,14 +150,15 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
         return status == 200 and doc["config"]["weights"] == {str(v2): 70.0, str(v3): 30.0} and \
             gw.http("GET", f"/v2/models/fraud/versions/{v3}/ready")[0] == 200
 
-    wait_for(canary_in_force, "challenger as a 30 % canary")
+    gw.wait_until(canary_in_force, timeout=WAIT_S, what="challenger as a 30 % canary")
     counts = Counter(infer(gw, "fraud", key=f"user-{i}")[0] for i in range(400))
     share = counts[str(v3)] / 400
     assert set(counts) == {str(v2), str(v3)}
     assert 0.22 <= share <= 0.38, counts  # 30 % +- 8 points; sticky hashing of 400 keys
 
     # Serving metrics of each version reach MLflow as metrics of a run tied to the version.
-    wait_for(lambda: reported_requests(mlflow, name, v3) >= counts[str(v3)], "v3 requests reported to MLflow")
+    gw.wait_until(lambda: reported_requests(mlflow, name, v3) >= counts[str(v3)],
+                  timeout=WAIT_S, what="v3 requests reported to MLflow")
     run_id = serving_run(mlflow, name, v3)
     keys = mlflow.metric_keys(run_id)
     assert {"serving.requests", "serving.error_rate", "serving.requests_per_s", "serving.mean_request_ms"} <= keys
@@ -184,10 +176,10 @@ def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
     repo = tmp_path / "models"
     repo.mkdir()
 
-    def sync(*extra: str) -> subprocess.CompletedProcess:
+    def sync(*extra: str, models: str = f"mlp={name}") -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "gateway", "registry-sync", "--once", "--registry-url", mlflow.url,
-             "--model-repository", str(repo), "--registry-models", f"mlp={name}", *extra],
+             "--model-repository", str(repo), "--registry-models", models, *extra],
             capture_output=True, text=True, timeout=120, cwd=str(ROOT),
         )
 
@@ -204,18 +196,29 @@ def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
     assert done.returncode == 0, done.stderr
     assert reported_requests(mlflow, name, v1) == 5
 
-    # Moving the alias and syncing again: the running daemon picks it up by hot reload.
-    v2 = mlflow.register_version(name, mlp_files(seed=4))
-    mlflow.set_alias(name, "champion", v2)
-    assert sync().returncode == 0
-    wait_for(lambda: infer(gw, "mlp")[0] == str(v2), "the daemon serving version 2")
+    # The sidecar left running: an alias move reaches the daemon by hot reload; SIGTERM ends it cleanly.
+    metrics_port = free_port()
+    sidecar = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "registry-sync", "--registry-url", mlflow.url, "--model-repository",
+         str(repo), "--registry-models", f"mlp={name}", "--registry-poll-s", "0.3", "--metrics-port", str(metrics_port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=str(ROOT),
+    )
+    try:
+        v2 = mlflow.register_version(name, mlp_files(seed=4))
+        mlflow.set_alias(name, "champion", v2)
+        gw.wait_until(lambda: infer(gw, "mlp")[0] == str(v2), timeout=WAIT_S, what="the daemon serving version 2")
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+        assert re.search(r'^gateway_registry_alias_version\{alias="champion",model="mlp"\} 2\.0$', text, re.M), text
+        assert re.search(r"^gateway_registry_downloads_total 1\.0$", text, re.M), text  # v2 only: v1 was on disk
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        _, err = sidecar.communicate(timeout=60)
+    assert sidecar.returncode == 0, err
+    assert "registry-sync: stopped" in err
 
     # No such registered model: the sidecar says so and exits 1; nothing is written.
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "registry-sync", "--once", "--registry-url", mlflow.url,
-         "--model-repository", str(repo), "--registry-models", "ghost"],
-        capture_output=True, text=True, timeout=120, cwd=str(ROOT),
-    )
+    done = sync(models="ghost")
     assert done.returncode == 1
     assert "ghost" in done.stderr and "not set" in done.stderr
     assert not (repo / "ghost").exists()
@@ -230,14 +233,15 @@ def test_registry_outage_keeps_serving(mlflow, tmp_path, start_gateway):
     repo.mkdir()
     gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-models", name,
                        "--registry-poll-s", "0.3", "--registry-backoff-max-s", "1", "--registry-timeout-s", "1")
-    wait_for(lambda: served_version(gw, name) == str(v1), "version 1 served")
+    gw.wait_until(lambda: served_version(gw, name) == str(v1), timeout=WAIT_S, what="version 1 served")
     assert metric_value(gw, "gateway_registry_up") == 1.0
 
     def failed_polls() -> float:
         return metric_value(gw, "gateway_registry_failures_total", '{operation="poll"}')
 
     def outage(start_failures: float, what: str) -> None:
-        wait_for(lambda: failed_polls() >= start_failures + 3, f"three failed polls counted ({what})")
+        gw.wait_until(lambda: failed_polls() >= start_failures + 3,
+                      timeout=WAIT_S, what=f"three failed polls counted ({what})")
         assert metric_value(gw, "gateway_registry_up") == 0.0
         for _ in range(20):
             assert infer(gw, name)[0] == str(v1)  # serving goes on with the version loaded

@@ -3,7 +3,8 @@
 It runs the same ``RegistrySync`` as the daemon does. Serving counters for the
 reports come from the daemon's HTTP statistics (``--gateway-url``); without it
 the process only follows the aliases. ``--metrics-port`` serves its own
-Prometheus counters.
+Prometheus counters. Process glue, like ``daemon.py``: the client itself is
+``gateway.registry.sync``.
 """
 
 from __future__ import annotations
