@@ -168,13 +168,26 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     assert metric_value(gw, "gateway_registry_reports_total") > 0
     assert metric_value(gw, "gateway_registry_alias_version", '{alias="challenger",model="fraud"}') == v3
 
+    # Promotion: champion -> v3 (challenger still names it): v3 alone serves, v2 is retired.
+    mlflow.set_alias(name, "champion", v3)
+    gw.wait_until(lambda: gw.http("GET", f"/v2/models/fraud/versions/{v2}/ready")[0] != 200,
+                  timeout=WAIT_S, what="version 2 retired after the promotion")
+    assert {infer(gw, "fraud", key=f"user-{i}")[0] for i in range(50)} == {str(v3)}
+    assert yaml.safe_load((repo / "fraud" / "model.yaml").read_text())["version_policy"] == {"specific": [v3]}
 
-def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
-    name = "sidecar-mlp"
-    v1 = mlflow.register_version(name, mlp_files(seed=3))
+
+def champion_and_empty_repo(mlflow: MlflowServer, name: str, seed: int, tmp_path: Path) -> tuple[int, Path]:
+    """Version 1 of ``name`` registered as champion, and an empty model repository."""
+    v1 = mlflow.register_version(name, mlp_files(seed=seed))
     mlflow.set_alias(name, "champion", v1)
     repo = tmp_path / "models"
     repo.mkdir()
+    return v1, repo
+
+
+def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
+    name = "sidecar-mlp"
+    v1, repo = champion_and_empty_repo(mlflow, name, 3, tmp_path)
 
     def sync(*extra: str, models: str = f"mlp={name}") -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -227,10 +240,7 @@ def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
 def test_registry_outage_keeps_serving(mlflow, tmp_path, start_gateway):
     """Runs last in this module: it hangs the shared server, lets it go, then kills it."""
     name = "outage-mlp"
-    v1 = mlflow.register_version(name, mlp_files(seed=5))
-    mlflow.set_alias(name, "champion", v1)
-    repo = tmp_path / "models"
-    repo.mkdir()
+    v1, repo = champion_and_empty_repo(mlflow, name, 5, tmp_path)
     gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-models", name,
                        "--registry-poll-s", "0.3", "--registry-backoff-max-s", "1", "--registry-timeout-s", "1")
     gw.wait_until(lambda: served_version(gw, name) == str(v1), timeout=WAIT_S, what="version 1 served")
