@@ -6,6 +6,7 @@ stops it and starts it again on the same port and store, so it runs last.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -56,8 +57,10 @@ def mlp_files(seed: int) -> dict[str, bytes]:
     return {"model.onnx": mlp_onnx(seed), "reference.json": reference}
 
 
-def infer(gw: Gateway, model: str, key: str = "", rows: int = 1) -> tuple[str, np.ndarray]:
-    x = np.linspace(-1, 1, 64 * rows, dtype=np.float32).reshape(rows, 64)
+def infer(gw: Gateway, model: str, key: str = "", x: np.ndarray | None = None) -> tuple[str, np.ndarray]:
+    if x is None:
+        x = np.linspace(-1, 1, 64, dtype=np.float32).reshape(1, 64)
+    rows = x.shape[0]
     body = {"inputs": [{"name": "INPUT", "datatype": "FP32", "shape": [rows, 64], "data": x.ravel().tolist()}]}
     headers = {"Content-Type": "application/json"}
     if key:
@@ -176,9 +179,10 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
     assert yaml.safe_load((repo / "fraud" / "model.yaml").read_text())["version_policy"] == {"specific": [v3]}
 
 
-def champion_and_empty_repo(mlflow: MlflowServer, name: str, seed: int, tmp_path: Path) -> tuple[int, Path]:
+def champion_and_empty_repo(mlflow: MlflowServer, name: str, seed: int, tmp_path: Path,
+                            files: dict[str, bytes] | None = None) -> tuple[int, Path]:
     """Version 1 of ``name`` registered as champion, and an empty model repository."""
-    v1 = mlflow.register_version(name, mlp_files(seed=seed))
+    v1 = mlflow.register_version(name, files or mlp_files(seed=seed))
     mlflow.set_alias(name, "champion", v1)
     repo = tmp_path / "models"
     repo.mkdir()
@@ -235,6 +239,32 @@ def test_registry_sync_as_a_separate_process(mlflow, tmp_path, start_gateway):
     assert done.returncode == 1
     assert "ghost" in done.stderr and "not set" in done.stderr
     assert not (repo / "ghost").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gateway.core.drift_config") is None,
+                    reason="this build has no drift statistics (InferenceService.drift_metrics)")
+def test_drift_statistics_reach_mlflow(mlflow, tmp_path, start_gateway):
+    name = "drift-mlp"
+    v1, repo = champion_and_empty_repo(mlflow, name, 6, tmp_path, files={"model.onnx": mlp_onnx(seed=6)})
+    (repo / "dm").mkdir()
+    (repo / "dm" / "model.yaml").write_text(yaml.safe_dump({
+        "registry": {"model_name": name},
+        "drift": {"features": [{"input": "INPUT", "columns": [0, 1]}], "window": {"size_rows": 100},
+                  "reference": {"capture_rows": 100}},
+    }))
+    gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-report-s", "0.5", *POLL)
+    gw.wait_until(lambda: served_version(gw, "dm") == str(v1), timeout=WAIT_S, what="version 1 served")
+    rng = np.random.default_rng(0)
+    for _ in range(12):  # 100 rows captured as the reference, then two windows of 100
+        assert infer(gw, "dm", x=rng.standard_normal((25, 64)).astype(np.float32))[0] == str(v1)
+
+    def drift_keys():
+        run_id = serving_run(mlflow, name, v1)
+        return run_id and {k for k in mlflow.metric_keys(run_id) if k.startswith("drift.")}
+
+    keys = gw.wait_until(drift_keys, timeout=WAIT_S, what="drift metrics in the MLflow run")
+    assert any(k.endswith(".severity") for k in keys), keys
+    assert any(k.endswith(".psi") for k in keys), keys
 
 
 def test_registry_outage_keeps_serving(mlflow, tmp_path, start_gateway):
