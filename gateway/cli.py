@@ -1,4 +1,4 @@
-"""Command line: ``gateway serve``, ``gateway check``, ``gateway tune``, ``gateway drift profile``."""
+"""Command line: ``gateway serve``, ``check``, ``tune``, ``drift profile`` and ``registry-sync``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import typing
 
 from gateway.core.errors import ConfigError
-from gateway.core.settings import ENV_PREFIX, FIELDS, load_settings
+from gateway.core.settings import ENV_PREFIX, FIELDS, ServerSettings, load_settings
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
@@ -26,15 +26,23 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def _serve(args: argparse.Namespace) -> int:
+def _settings(args: argparse.Namespace) -> ServerSettings | None:
+    """Settings from flags, environment and file, or None after printing why they are invalid."""
     overrides = {name: getattr(args, name) for name in FIELDS}
     try:
         settings = load_settings(args.config, overrides)
     except ConfigError as exc:
         print(f"gateway: invalid settings: {exc}", file=sys.stderr)
-        return 2
+        return None
     if not os.path.isdir(settings.model_repository):
         print(f"gateway: model repository '{settings.model_repository}' is not a directory", file=sys.stderr)
+        return None
+    return settings
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
         return 2
     from gateway.daemon import run  # imported late: the compiled module loads here
 
@@ -95,6 +103,22 @@ def _drift_profile(args: argparse.Namespace) -> int:
     return profile_main(args)
 
 
+def _registry_sync(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    if not settings.registry_url:
+        print("gateway registry-sync: set --registry-url (or GATEWAY_REGISTRY_URL)", file=sys.stderr)
+        return 2
+    import uvloop
+
+    from gateway.daemon import setup_logging
+    from gateway.registry_sidecar import run_sidecar
+
+    setup_logging(settings)
+    return uvloop.run(run_sidecar(settings, gateway_url=args.gateway_url, once=args.once, metrics_port=args.metrics_port))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gateway", description="Model-serving daemon (KServe v2 gRPC/HTTP)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -138,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
     profile.add_argument("--repository", default="examples/models", help="model repository (default examples/models)")
     profile.add_argument("--version", help="model version (default: the highest)")
     profile.set_defaults(func=_drift_profile)
+    sync = sub.add_parser(
+        "registry-sync",
+        help="follow the MLflow registry's aliases into a model repository, as a separate process",
+        description="Polls the MLflow registry (--registry-url) and downloads the versions its aliases name into "
+        "--model-repository, writing each model's version_policy and routing; a daemon serving that repository "
+        "hot-reloads them. The same code runs inside the daemon when it has registry_url set.",
+    )
+    _add_setting_flags(sync)
+    sync.add_argument("--gateway-url", default="", help="HTTP address of the daemon whose serving metrics to report, "
+                      "e.g. http://127.0.0.1:8000 (default: follow aliases only)")
+    sync.add_argument("--once", action="store_true", help="poll once (and report once) and exit: 0 = in step")
+    sync.add_argument("--metrics-port", type=int, default=None, help="serve this process's Prometheus metrics on this port")
+    sync.set_defaults(func=_registry_sync)
     args = parser.parse_args(argv)
     return args.func(args)
 

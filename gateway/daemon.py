@@ -18,6 +18,9 @@ from gateway.cache import build_response_cache
 from gateway.core.settings import ServerSettings
 from gateway.monitoring import Telemetry
 from gateway.monitoring.logs import configure_logging
+from gateway.monitoring.metrics import RegistryCollector
+from gateway.registry.sources import service_source
+from gateway.registry.sync import RegistrySync
 from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
 from gateway.service.facade import SERVER_VERSION
@@ -47,6 +50,15 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    # The registry client runs in one process only (worker 0 under --workers): it writes the
+    # repository, which every worker's watcher follows.
+    registry_sync = None
+    if settings.registry_url and (worker is None or worker.index == 0):
+        registry_sync = RegistrySync(settings, service_source(service))
+        telemetry.registry.register(RegistryCollector(registry_sync.health))
+        await registry_sync.start()
+        await registry_sync.wait_first_poll(settings.registry_timeout_s)
 
     if worker is not None:
         # Load before listening: the kernel hands connections to every socket in the
@@ -87,6 +99,8 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         _log.info("stopping: draining accepted requests (grace %.1fs)", settings.grace_period_s)
         service.accepting = False
         await health_changed()
+    if registry_sync is not None:
+        await registry_sync.stop()
 
     # Stop listening and let accepted requests finish, all bounded by the grace period.
     grace = settings.grace_period_s

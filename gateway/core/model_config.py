@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
 from gateway.core.drift_config import DriftConfig
+from gateway.core.registry_config import RegistryModelConfig
 from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
 
 CONFIG_FILENAME = "model.yaml"
@@ -218,6 +219,8 @@ class ModelConfig(_Strict):
     generation: GenerationConfig | None = None
     embedding: EmbeddingConfig | None = None
     drift: DriftConfig | None = None
+    # Which registered model this is and what its aliases mean (used only with registry_url set).
+    registry: RegistryModelConfig | None = None
 
     @field_validator("providers")
     @classmethod

@@ -6,7 +6,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from gateway.core.errors import ConfigError
 
@@ -65,6 +65,37 @@ class ServerSettings(BaseModel):
         description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",
     )
 
+    registry_url: str = Field(
+        default="",
+        pattern=r"^$|^https?://",
+        description="MLflow tracking server whose model registry decides the versions served, "
+        "e.g. http://mlflow:5000 (empty = no registry: the local repository is the source of truth)",
+    )
+    registry_models: str = Field(
+        default="",
+        description="registered models to follow besides those whose model.yaml has a registry section: "
+        "'name' or 'local_name=registered_name', comma-separated (a list in gateway.yaml)",
+    )
+    registry_poll_s: float = Field(default=30.0, gt=0, le=86_400, description="seconds between registry polls")
+    registry_backoff_max_s: float = Field(
+        default=300.0, gt=0, le=86_400, description="longest wait between polls while the registry fails (exponential backoff)"
+    )
+    registry_jitter: float = Field(
+        default=0.2, ge=0, le=1, description="each wait is drawn from [1 - jitter, 1] of its nominal value"
+    )
+    registry_timeout_s: float = Field(default=10.0, gt=0, le=3600, description="bound of one registry request")
+    registry_report_s: float = Field(
+        default=60.0, ge=0, le=86_400,
+        description="seconds between reports of serving (and drift) metrics to MLflow (0 = no reports)",
+    )
+    registry_experiment: str = Field(
+        default="gateway-serving", min_length=1, description="MLflow experiment holding the serving runs"
+    )
+    registry_token: str = Field(
+        default="", repr=False,
+        description="bearer token for the registry (prefer the environment; MLFLOW_TRACKING_TOKEN is used when unset)",
+    )
+
     @field_validator("tracing", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
@@ -81,6 +112,30 @@ class ServerSettings(BaseModel):
             raise ValueError("expected 'module=level,...' or a mapping of module to level")
         parse_module_levels(v)
         return v
+
+    @field_validator("registry_url")
+    @classmethod
+    def _registry_needs_polling(cls, v: str, info: ValidationInfo) -> str:
+        if v and info.data.get("repository_poll_s") == 0:
+            raise ValueError("needs repository_poll_s > 0: the repository's hot reload loads what the registry client downloads")
+        return v.rstrip("/")
+
+    @field_validator("registry_models", mode="before")
+    @classmethod
+    def _registry_models(cls, v: Any) -> str:
+        """Accepts 'a,b=c' or, in gateway.yaml, a list or a mapping of local name to registered name."""
+        if isinstance(v, dict):
+            v = ",".join(f"{k}={name}" for k, name in v.items())
+        elif isinstance(v, list):
+            v = ",".join(str(x) for x in v)
+        if not isinstance(v, str):
+            raise ValueError("expected 'name,local=registered,...', a list or a mapping")
+        parse_registry_models(v)
+        return v
+
+    @property
+    def registry_model_names(self) -> dict[str, str]:
+        return parse_registry_models(self.registry_models)
 
     @property
     def module_levels(self) -> dict[str, str]:
@@ -100,6 +155,17 @@ def parse_module_levels(text: str) -> dict[str, str]:
         if level not in LOG_LEVELS:
             raise ValueError(f"'{part}': level must be one of {', '.join(LOG_LEVELS)}")
         out[module] = level
+    return out
+
+
+def parse_registry_models(text: str) -> dict[str, str]:
+    """'a,b=c' -> {'a': 'a', 'b': 'c'} (local model name -> registered model name)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        local, sep, registered = (x.strip() for x in part.partition("="))
+        if not local or (sep and not registered):
+            raise ValueError(f"'{part}' is not 'name' or 'local_name=registered_name'")
+        out[local] = registered or local
     return out
 
 

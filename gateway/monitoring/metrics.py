@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -262,3 +263,51 @@ class DriftCollector:
             if ph is not None:
                 alarms.add_metric([*labels, f"{ph.output}_{ph.column}"], m.ph_alarms)
         yield from (statistic, severity, windows, rows, dropped, alarms)
+
+
+class RegistryState(Protocol):
+    """What the registry client exposes (gateway/registry/health.py RegistryHealth)."""
+
+    up: bool | None
+    polls: int
+    failures: dict[str, int]
+    downloads: int
+    downloaded_bytes: int
+    reports: int
+    assigned: dict[tuple[str, str], int]
+
+
+class RegistryCollector:
+    """The sidecar registry client's counters: polls, failures by operation, downloads, alias versions."""
+
+    def __init__(self, state: RegistryState) -> None:
+        self.state = state
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        s = self.state
+        up = GaugeMetricFamily("gateway_registry_up", "1 when the last registry poll reached the registry")
+        up.add_metric([], 1.0 if s.up else 0.0)
+        polls = CounterMetricFamily("gateway_registry_polls", "registry polls started")
+        polls.add_metric([], s.polls)
+        failures = CounterMetricFamily(
+            "gateway_registry_failures", "failed registry operations (poll, download, report, write)",
+            labels=["operation"],
+        )
+        for operation in ("poll", "download", "report", "write"):
+            failures.add_metric([operation], s.failures.get(operation, 0))
+        downloads = CounterMetricFamily("gateway_registry_downloads", "model versions downloaded from the registry")
+        downloads.add_metric([], s.downloads)
+        nbytes = CounterMetricFamily("gateway_registry_downloaded_bytes", "bytes of model artifacts downloaded")
+        nbytes.add_metric([], s.downloaded_bytes)
+        reports = CounterMetricFamily("gateway_registry_reports", "metric reports logged to the registry")
+        reports.add_metric([], s.reports)
+        assigned = GaugeMetricFamily(
+            "gateway_registry_alias_version", "the version each followed alias pointed at when last polled",
+            labels=["model", "alias"],
+        )
+        for (model, alias), version in sorted(s.assigned.items()):
+            assigned.add_metric([model, alias], version)
+        yield from (up, polls, failures, downloads, nbytes, reports, assigned)

@@ -114,6 +114,15 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "admin_token": ("file-token", "env-token", "flag-token"),
         "cache_url": ("redis://file:6379/0", "redis://env:6379/1", "unix:///flag.sock"),
         "cache_timeout_ms": (1.5, 2.5, 3.5),
+        "registry_url": ("http://file:5000", "http://env:5000", "https://flag"),
+        "registry_models": ("a", "b=c", "d,e"),
+        "registry_poll_s": (1.5, 2.5, 3.5),
+        "registry_backoff_max_s": (10.0, 20.0, 30.0),
+        "registry_jitter": (0.1, 0.2, 0.3),
+        "registry_timeout_s": (1.0, 2.0, 3.0),
+        "registry_report_s": (0.0, 5.0, 6.0),
+        "registry_experiment": ("file-exp", "env-exp", "flag-exp"),
+        "registry_token": ("file-token", "env-token", "flag-token"),
     }
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
