@@ -58,6 +58,18 @@ class DeadlineExceededError(GatewayError):
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
+class ExecuteTimeoutError(GatewayError):
+    """A batch ran longer than the model's ``execute_timeout_s``; its instance was told to abort."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class TooManyRequestsError(GatewayError):
+    """More requests in progress than ``max_concurrent_requests``; the client may retry later."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
 class ModelNotReadyError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 

@@ -165,6 +165,9 @@ class ModelConfig(_Strict):
     tensorrt: TensorRTConfig = TensorRTConfig()
     routing: RoutingConfig | None = None
     cache: CacheConfig = CacheConfig()
+    # A batch still running after this long fails its requests (DEADLINE_EXCEEDED) and its
+    # instance is asked to abort; 0 = no limit. See README "Reliability".
+    execute_timeout_s: float = Field(default=0.0, ge=0, le=86_400)
 
     @field_validator("providers")
     @classmethod

@@ -32,6 +32,11 @@ def element_count(shape, what: str, max_elements: int = 1 << 31) -> int:
 def bytes_from_raw(buf, count: int, what: str) -> np.ndarray:
     """Parse ``count`` length-prefixed BYTES elements that must fill ``buf`` exactly."""
     view = memoryview(buf)
+    if count > len(view) // 4:
+        # Checked before allocating: a small body must not make us allocate for a huge shape.
+        raise InvalidInputError(
+            f"{what}: BYTES shape needs {count} elements (4-byte length prefix each) but the data has {len(view)} bytes"
+        )
     out = np.empty(count, dtype=object)
     pos, end = 0, len(view)
     for i in range(count):

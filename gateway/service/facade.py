@@ -49,6 +49,8 @@ class InferenceService:
         self.models = manager
         self.cache = cache if cache is not None else ResponseCache()
         self.accepting = True
+        # Requests between decode and answer, both protocols (debug state: leak checks).
+        self.in_flight = 0
         # Set when running as one of several worker processes.
         self.worker_stats: WorkerStats | None = None
         self.telemetry = telemetry or Telemetry()
@@ -112,12 +114,16 @@ class InferenceService:
 
     async def infer_traced(self, req: InferRequest, trace: RequestTrace | None) -> InferResponse:
         """``infer`` for the api layer, stamping the request's hops when it is traced."""
-        if trace is None:
-            return await self.infer(req)
-        trace.attach(req)
-        resp = await self.infer(req)
-        trace.served_ns = time.monotonic_ns()
-        return resp
+        self.in_flight += 1
+        try:
+            if trace is None:
+                return await self.infer(req)
+            trace.attach(req)
+            resp = await self.infer(req)
+            trace.served_ns = time.monotonic_ns()
+            return resp
+        finally:
+            self.in_flight -= 1
 
     # -- metadata -----------------------------------------------------------------------
 
