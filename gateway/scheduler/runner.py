@@ -52,6 +52,8 @@ class _Dispatch:
     executor: Executor
     pending: list[Pending]
     timed_out: bool = False
+    # Every caller went away (cancelled) while the batch ran: the run was aborted.
+    abandoned: bool = False
     timer: asyncio.TimerHandle | None = None
 
 
@@ -197,8 +199,21 @@ class ModelScheduler:
         dispatch = _Dispatch(executor, pending)
         if self.spec.execute_timeout_s > 0:
             dispatch.timer = self._loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
+        if hasattr(executor, "abort"):
+            for p in pending:
+                p.future.add_done_callback(lambda f, d=dispatch: self._on_caller_gone(d, f))
         work = self._loop.run_in_executor(self._pool, self._execute, dispatch)
         work.add_done_callback(lambda f, d=dispatch: self._complete(d, f))
+
+    def _on_caller_gone(self, dispatch: _Dispatch, fut: asyncio.Future) -> None:
+        """Once every caller of a running batch has cancelled, nobody wants its answer: abort the run."""
+        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out:
+            return
+        if all(p.future.cancelled() for p in dispatch.pending):
+            dispatch.abandoned = True
+            _log.debug("model %s:%s: every caller of a running batch cancelled; aborting it",
+                       self.spec.name, self.spec.version)
+            dispatch.executor.abort()
 
     def _on_execute_timeout(self, dispatch: _Dispatch) -> None:
         """The batch's callers get their answer now; the instance stays out until its thread returns.
@@ -282,7 +297,7 @@ class ModelScheduler:
             return self._run_batch(executor, pending, names)
         except Exception as exc:  # noqa: BLE001 - any runtime failure is the batch's, not the daemon's
             # An aborted batch is not retried: its requests were already answered.
-            if len(pending) == 1 or dispatch.timed_out:
+            if len(pending) == 1 or dispatch.timed_out or dispatch.abandoned:
                 return _BatchResult([_executor_error(self.spec, exc)] * len(pending))
         # One request may be poisoning the batch: run each alone so only it fails.
         outputs: list[dict[str, np.ndarray] | BaseException] = []
