@@ -316,7 +316,8 @@ def build_server(
         ("grpc.so_reuseport", 1),
     ]
     if max_metadata_bytes:
-        options.append(("grpc.max_metadata_size", max_metadata_bytes))
+        # Soft and hard limit alike: between the two grpc refuses only some requests at random.
+        options += [("grpc.max_metadata_size", max_metadata_bytes), ("grpc.absolute_max_metadata_size", max_metadata_bytes)]
     server = grpc.aio.server(
         options=options,
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
