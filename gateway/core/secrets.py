@@ -14,6 +14,9 @@ def redact_url(url: str) -> str:
     except ValueError:
         return "***"
     netloc = parts.netloc
+    secret_query = any(k.lower() in _SECRET_QUERY_KEYS for k, _ in parse_qsl(parts.query, keep_blank_values=True))
+    if "@" not in netloc and not secret_query:
+        return url  # nothing to hide: unchanged (urlunsplit would rewrite unix:///path)
     if "@" in netloc:
         netloc = "***@" + netloc.rpartition("@")[2]
     query = parts.query
