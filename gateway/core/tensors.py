@@ -18,14 +18,21 @@ from gateway.core.errors import InvalidInputError
 _LEN = struct.Struct("<I")
 
 
+MAX_RANK = 32  # numpy's own limit on the number of dimensions is 32 (numpy 1) or 64 (numpy 2)
+
+
 def element_count(shape, what: str, max_elements: int = 1 << 31) -> int:
+    if len(shape) > MAX_RANK:
+        raise InvalidInputError(f"{what} has {len(shape)} dimensions, more than the limit of {MAX_RANK}")
     count = 1
+    extent = 1  # product of the non-zero dims: numpy refuses a shape whose extent overflows even when empty
     for d in shape:
         if d < 0:
             raise InvalidInputError(f"{what} has a negative dimension in shape {list(shape)}")
         count *= d
-    if count > max_elements:
-        raise InvalidInputError(f"{what} has {count} elements, more than the limit of {max_elements}")
+        extent *= d or 1
+    if extent > max_elements:
+        raise InvalidInputError(f"{what} has shape {list(shape)}, more than the limit of {max_elements} elements")
     return count
 
 
