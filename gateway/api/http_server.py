@@ -17,7 +17,7 @@ from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, e
 from gateway.core import context as request_context
 from gateway.api.reliability_http import ReliabilityHttp
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
-from gateway.core.errors import GatewayError, InvalidInputError, PayloadTooLargeError
+from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, PayloadTooLargeError
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
@@ -103,6 +103,13 @@ class HttpApi:
     async def model_ready(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         ok = self.service.model_ready(name, _version(request))
+        if not ok:
+            try:
+                self.service.loaded(name, _version(request))
+            except ModelNotFoundError as exc:  # no such model or version: 404, not "not ready"
+                return error_response(exc)
+            except GatewayError:
+                pass
         return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
     async def model_config(self, request: web.Request) -> web.Response:
