@@ -74,6 +74,10 @@ class ModelNotReadyError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
+class VersionRetiredError(ModelNotReadyError):
+    """The version a request resolved to was replaced (hot reload) before the request could queue."""
+
+
 class ShuttingDownError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 

@@ -24,6 +24,7 @@ from gateway.core.errors import (
     GatewayError,
     ModelNotReadyError,
     QueueFullError,
+    VersionRetiredError,
 )
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest
@@ -114,7 +115,7 @@ class ModelScheduler:
         transport's deadline, after which nobody waits for the answer.
         """
         if not self._accepting:
-            raise ModelNotReadyError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
+            raise VersionRetiredError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
         if self.wedged:
             raise ModelNotReadyError(self._wedged_reason())
         loop = self._loop or self._bind_loop()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable
 
 from gateway.cache import ResponseCache
-from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
+from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
@@ -102,7 +102,14 @@ class InferenceService:
     async def _execute(
         self, loaded: LoadedVersion, req: InferRequest, rows: int, key: tuple, priority: int, timeout_deadline: int
     ) -> InferResponse:
-        outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
+        try:
+            outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
+        except VersionRetiredError:
+            # A hot reload swapped the version while this request awaited (e.g. a cache lookup):
+            # the request goes to what serves now, never fails for the swap.
+            loaded = self._replacement(loaded, req)
+            rows, key = validate_request(loaded, req)
+            outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
         index = loaded.output_index
         return InferResponse(
             model=loaded.name,
@@ -111,6 +118,15 @@ class InferenceService:
             datatypes={n: index[n].datatype for n in outputs},
             id=req.id,
         )
+
+    def _replacement(self, retired: LoadedVersion, req: InferRequest) -> LoadedVersion:
+        """The same version reloaded; or, when it is gone and the request named none, the latest."""
+        try:
+            return self.models.get(retired.name, retired.version)
+        except ModelNotFoundError:
+            if req.version:
+                raise
+            return self.models.get(retired.name)
 
     async def infer_traced(self, req: InferRequest, trace: RequestTrace | None) -> InferResponse:
         """``infer`` for the api layer, stamping the request's hops when it is traced."""
