@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from reliability_helpers import (
-    ADMIN_TOKEN, executed_rows, slow_json, version_state, write_slow_model,
+    ADMIN_TOKEN, Stopwatch, executed_rows, slow_json, version_state, write_slow_model,
 )
 from tritonclient.utils import InferenceServerException
 
@@ -96,12 +96,15 @@ def test_execution_stuck_past_execute_timeout(tmp_path, start_gateway):
         return client.infer("slow", [x, n])
 
     with Background(gw) as other:
+        watch = Stopwatch()
         with pytest.raises(InferenceServerException) as err:
             slow_grpc(stuck)
+        answered_s = watch.elapsed_s
         assert err.value.status() == "StatusCode.DEADLINE_EXCEEDED"
         assert "execute_timeout_s=1s" in err.value.message()
         # onnxruntime honours the abort: the instance comes back and serves again.
         gw.wait_until(lambda: version_state(gw, "slow")["stuck_instances"] == 0, 60, "the instance back")
+        back_s = watch.elapsed_s
         status, _, body = gw.http("POST", "/v2/models/slow/infer", slow_json(stuck), JSON)
         assert status == 504 and b"execute_timeout_s" in body
         gw.wait_until(lambda: version_state(gw, "slow")["stuck_instances"] == 0, 60, "the instance back")
@@ -114,6 +117,8 @@ def test_execution_stuck_past_execute_timeout(tmp_path, start_gateway):
     status, _, _ = gw.http("GET", "/v2/models/slow/ready")
     assert status == 200
     client.close()
+    print(f"\n[execute timeout] answered after {answered_s:.2f}s (execute_timeout_s=1), instance back after "
+          f"{back_s:.2f}s; other model served {other.ok} requests meanwhile, 0 failed")
 
 
 def test_redis_killed_and_restarted_under_traffic(tmp_path, start_gateway, redis_server):
@@ -129,15 +134,20 @@ def test_redis_killed_and_restarted_under_traffic(tmp_path, start_gateway, redis
     with Background(gw) as cached, Background(gw, "/v2/models/mlp/infer", mlp_body) as uncached:
         gw.wait_until(lambda: cached.ok >= 5, 60, "traffic with Redis up")
         redis_server.stop()
+        watch = Stopwatch()
         gw.wait_until(lambda: shared()["up"] is False, 60, "the cache to notice Redis is gone")
         seen = cached.ok
         gw.wait_until(lambda: cached.ok >= seen + 20, 60, "traffic with Redis down")
         redis_server.start()  # same port
+        restarted = Stopwatch()
         gw.wait_until(lambda: shared()["up"] is True, 60, "the cache to reconnect")
+        reconnect_s = restarted.elapsed_s
         seen = cached.ok
         gw.wait_until(lambda: cached.ok >= seen + 5, 60, "traffic with Redis back")
     assert cached.failures == [] and uncached.failures == []
     assert shared()["recoveries"] >= 1
+    print(f"\n[redis] down {watch.elapsed_s - reconnect_s:.2f}s, reconnected {reconnect_s:.2f}s after restart; "
+          f"served {cached.ok + uncached.ok} requests, 0 failed")
 
 
 def test_corrupt_model_file_in_hot_reload_keeps_previous_version(tmp_path, start_gateway):
