@@ -176,3 +176,13 @@ def embedder():
     from gateway.cache.semantic.embedder import Embedder
 
     return Embedder(cache_dir=ROOT / ".cache" / "embedder")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Soak tests take minutes: they run only when selected (-m soak)."""
+    if "soak" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: select it with -m soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -253,7 +253,9 @@ def build_app(
 ) -> web.Application:
     limits = limits or RequestLimits()
     gate = ConcurrencyGate(limits.max_concurrent_requests)
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[json_errors, concurrency_limit(gate)])
+    # No limit, no middleware: nothing to pay per request.
+    middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
+    app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
     app.add_routes(HttpApi(service, max_request_bytes, limits).routes())
     app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
     app.add_routes(ReliabilityHttp(service, admin_token, error_response, gate).routes())

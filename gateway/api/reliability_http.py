@@ -69,7 +69,8 @@ class ReliabilityHttp:
             }
         return {
             "requests_in_progress": self.service.in_flight,
-            "http_requests_in_progress": self._gate.active,  # this request included
+            # Counted only when max_concurrent_requests is set (this request included).
+            "http_requests_in_progress": self._gate.active,
             "http_requests_refused": self._gate.refused,
             "asyncio_tasks": len(asyncio.all_tasks()),
             "threads": threading.active_count(),
