@@ -175,3 +175,58 @@ def test_corrupt_model_file_in_hot_reload_keeps_previous_version(tmp_path, start
     make_models.write_repository(str(root), ["mlp"])
     gw.wait_until(lambda: not [r for r in json.loads(gw.http("POST", "/v2/repository/index")[2])
                                if r["name"] == "mlp" and r["reason"]], 60, "the repaired file to load")
+
+
+def test_request_whose_version_is_swapped_while_it_awaits_the_cache_is_served(tmp_path, start_gateway):
+    """Regression (found by the soak test): a request resolves its version, awaits the shared cache,
+    a hot reload swaps the version meanwhile; it must be served by the replacement, not refused."""
+    import shutil
+    import subprocess
+    import time
+
+    from redis_server import free_port
+
+    port = free_port()
+    redis = subprocess.Popen([shutil.which("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                              "--appendonly", "no", "--dir", str(tmp_path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        import redis as redis_client
+
+        admin = redis_client.Redis(host="127.0.0.1", port=port)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                admin.ping()
+                break
+            except redis_client.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.02)
+        root = tmp_path / "models"
+        make_models.write_repository(str(root), ["simple"])
+        config = root / "simple" / "model.yaml"
+        config.write_text("max_batch_size: 8\ncache:\n  exact: true\n  max_bytes: 0\n")
+        gw = start_gateway(root, "--cache-url", f"redis://127.0.0.1:{port}/0", "--cache-timeout-ms", "10000")
+        assert gw.http("POST", "/v2/models/simple/infer", SIMPLE_BODY, JSON)[0] == 200
+        # Redis holds every other client's commands: the next request waits in its cache lookup
+        # while the config changes under it.
+        assert admin.execute_command("CLIENT", "PAUSE", "6000", "ALL")
+        body = json.loads(SIMPLE_BODY)
+        body["inputs"][0]["data"] = list(range(100, 116))
+        answer: list = []
+        request = threading.Thread(target=lambda: answer.append(
+            gw.http("POST", "/v2/models/simple/infer", json.dumps(body).encode(), JSON)), daemon=True)
+        mark = len(gw.lines)
+        request.start()
+        config.write_text("max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 100\n"
+                          "cache:\n  exact: true\n  max_bytes: 0\n")
+        gw.wait_for_log(re.compile(r"model simple version 1 loaded"), timeout=60, start=mark)
+        if not request.is_alive():
+            pytest.skip("the reload came after the request finished: the race was not exercised on this run")
+        request.join(60)
+        status, _, raw = answer[0]
+        assert status == 200, raw
+        assert json.loads(raw)["outputs"][0]["data"] == [i + 1 for i in range(100, 116)]
+    finally:
+        redis.kill()
+        redis.wait(30)
