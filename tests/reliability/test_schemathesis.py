@@ -40,7 +40,9 @@ def test_schemathesis_finds_no_server_error(tmp_path, start_gateway):
         "--request-timeout", "30", "--exclude-operation-id", "repositoryModelUnload", "--seed", "20261123",
         "--no-color",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "NO_COLOR": "1"})
+    # In tmp_path: schemathesis keeps a cache of its findings in the working directory.
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                          env={**os.environ, "NO_COLOR": "1"})
     summary = proc.stdout[-4000:]
     assert proc.returncode == 0, f"schemathesis failed:\n{proc.stdout[-12000:]}\n{proc.stderr[-2000:]}"
     assert "Server error" not in proc.stdout, summary
