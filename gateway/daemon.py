@@ -14,7 +14,10 @@ from aiohttp import web
 from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
+from gateway.api.limits import RequestLimits
+from gateway.api.tls import grpc_credentials, http_ssl_context
 from gateway.cache import build_response_cache
+from gateway.core.secrets import redact_url
 from gateway.core.settings import ServerSettings
 from gateway.monitoring import Telemetry
 from gateway.monitoring.logs import configure_logging
@@ -44,7 +47,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
     telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
     cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
-    _log.info("response cache: in-process%s", f" + shared {settings.cache_url}" if settings.cache_url else " only")
+    _log.info("response cache: in-process%s", f" + shared {redact_url(settings.cache_url)}" if settings.cache_url else " only")
     service = InferenceService(manager, telemetry, cache)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -67,18 +70,30 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
         service.worker_stats.start(lambda: manager.serving)
 
+    limits = RequestLimits.from_settings(settings)
+    grpc_creds = ssl_context = None
+    if settings.tls:
+        grpc_creds = grpc_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        ssl_context = http_ssl_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        _log.info("TLS on both ports (certificate %s, key %s, client certificates %s)", settings.tls_cert_file,
+                  settings.tls_key_file, f"required, CA {settings.tls_ca_file}" if settings.tls_ca_file else "not required")
     grpc_server, mirror, grpc_port = build_server(
-        service, settings.host, settings.grpc_port, settings.max_request_bytes
+        service, settings.host, settings.grpc_port, settings.max_request_bytes,
+        limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
     )
     await grpc_server.start()
     runner = web.AppRunner(
-        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token),
+        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token, limits=limits),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.grace_period_s,
+        # A client that hangs up cancels its request: one still queued never runs the model.
+        handler_cancellation=True,
+        max_line_size=settings.max_header_bytes,
+        max_field_size=settings.max_header_bytes,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True)
+    site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True, ssl_context=ssl_context)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)

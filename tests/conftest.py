@@ -194,3 +194,13 @@ def minilm_model(tmp_path_factory) -> Path:
     import embedding_model
 
     return embedding_model.write_minilm(tmp_path_factory.mktemp("embedding"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Soak tests take minutes: they run only when selected (-m soak)."""
+    if "soak" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="soak test: select it with -m soak")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)

@@ -15,6 +15,7 @@ from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_codec import decode_request, encode_response
+from gateway.api.limits import RequestLimits, check_request
 from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, ModelNotFoundError
 from gateway.core.stats import Duration, ModelStats
@@ -135,8 +136,9 @@ def _span_attributes(request) -> dict[str, str]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, limits: RequestLimits | None = None) -> None:
         self.service = service
+        self.limits = limits or RequestLimits()
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.service.live)
@@ -201,6 +203,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request, deadline_ns: int, start: int, trace, route_key: str) -> pb.ModelInferResponse:
         """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
         req = decode_request(request, deadline_ns)
+        check_request(req, self.limits)
         req.route_key = route_key
         request_context.request_id.set(req.id)
         response = await self.service.infer_traced(req, trace)
@@ -302,21 +305,32 @@ async def _maybe_await(value) -> None:
         await value
 
 
-def build_server(service: InferenceService, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, HealthMirror, int]:
+def build_server(
+    service: InferenceService, host: str, port: int, max_message_bytes: int,
+    limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
+) -> tuple[grpc.aio.Server, HealthMirror, int]:
+    limits = limits or RequestLimits()
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.so_reuseport", 1),
+    ]
+    if max_metadata_bytes:
+        # Soft and hard limit alike: between the two grpc refuses only some requests at random.
+        options += [("grpc.max_metadata_size", max_metadata_bytes), ("grpc.absolute_max_metadata_size", max_metadata_bytes)]
     server = grpc.aio.server(
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-            ("grpc.so_reuseport", 1),
-        ]
+        options=options,
+        # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
+        maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port}")
     return server, mirror, bound

@@ -351,7 +351,10 @@ def _tensor_header(
         )
     shape = _shape(item.get("shape"), name, role)
     count = math.prod(shape)
-    if count > max_elements:
+    if len(shape) > tensors.MAX_RANK:
+        raise InvalidInputError(f"{role} '{name}': shape has {len(shape)} dimensions, more than {tensors.MAX_RANK}")
+    # Non-zero dims alone: an empty tensor with a huge dim is still a shape numpy cannot make.
+    if math.prod(d or 1 for d in shape) > max_elements:
         raise PayloadTooLargeError(
             f"{role} '{name}': shape {list(shape)} has {count} elements, "
             f"more than the limit of {max_elements}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -10,14 +11,16 @@ from aiohttp import web
 from google.protobuf import json_format
 
 from gateway.api.errors import HTTP_STATUS, classify
+from gateway.api.limits import ConcurrencyGate, RequestLimits, check_request
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
 from gateway.api.openai.models_routes import OpenAIModelsApi
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
 from gateway.core import context as request_context
+from gateway.api.reliability_http import ReliabilityHttp
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
-from gateway.core.errors import GatewayError, InvalidInputError, PayloadTooLargeError
+from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, PayloadTooLargeError
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
@@ -44,9 +47,10 @@ def _proto_json(msg) -> dict:
 
 
 class HttpApi:
-    def __init__(self, service: InferenceService, max_request_bytes: int) -> None:
+    def __init__(self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
+        self.limits = limits or RequestLimits()
 
     def routes(self) -> list[web.RouteDef]:
         model = "/v2/models/{model}"
@@ -103,6 +107,13 @@ class HttpApi:
     async def model_ready(self, request: web.Request) -> web.Response:
         name = request.match_info["model"]
         ok = self.service.model_ready(name, _version(request))
+        if not ok:
+            try:
+                self.service.loaded(name, _version(request))
+            except ModelNotFoundError as exc:  # no such model or version: 404, not "not ready"
+                return error_response(exc)
+            except GatewayError:
+                pass
         return _json({"name": name, "ready": ok}, 200 if ok else 503)
 
     async def model_config(self, request: web.Request) -> web.Response:
@@ -152,14 +163,15 @@ class HttpApi:
 
     async def load(self, request: web.Request) -> web.Response:
         try:
-            await self.service.models.load(request.match_info["model"])
+            # Shielded: a client hanging up must not cancel a load half way.
+            await asyncio.shield(self.service.models.load(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
         return _json({})
 
     async def unload(self, request: web.Request) -> web.Response:
         try:
-            await self.service.models.unload(request.match_info["model"])
+            await asyncio.shield(self.service.models.unload(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
         return _json({})
@@ -176,6 +188,7 @@ class HttpApi:
             })
         try:
             req, fmt = await self._decode(request, model, version)
+            check_request(req, self.limits)
             request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
             req.route_key = request.headers.get(ROUTE_KEY_HEADER, "")
             resp = await self.service.infer_traced(req, trace)
@@ -206,7 +219,8 @@ class HttpApi:
             except ValueError:
                 raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
         return decode_infer_request(
-            body, content_type=request.content_type, header_length=header_length, model=model, version=version
+            body, content_type=request.content_type, header_length=header_length, model=model, version=version,
+            max_tensor_elements=self.limits.max_tensor_elements,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -225,11 +239,39 @@ async def json_errors(request: web.Request, handler):
         return web.Response(body=encode_error(exc.reason or str(exc)), status=exc.status, content_type=_JSON)
 
 
-def build_app(service: InferenceService, max_request_bytes: int, admin_token: str = "") -> web.Application:
-    app = web.Application(client_max_size=max_request_bytes, middlewares=[json_errors])
-    app.add_routes(HttpApi(service, max_request_bytes).routes())
+# Probes and scrapes must answer even when the request limit is reached.
+_UNGATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+
+
+def concurrency_limit(gate: ConcurrencyGate):
+    @web.middleware
+    async def limit(request: web.Request, handler):
+        if request.path in _UNGATED_PATHS:
+            return await handler(request)
+        try:
+            gate.enter()
+        except GatewayError as exc:
+            return error_response(exc)
+        try:
+            return await handler(request)
+        finally:
+            gate.leave()
+
+    return limit
+
+
+def build_app(
+    service: InferenceService, max_request_bytes: int, admin_token: str = "", limits: RequestLimits | None = None
+) -> web.Application:
+    limits = limits or RequestLimits()
+    gate = ConcurrencyGate(limits.max_concurrent_requests)
+    # No limit, no middleware: nothing to pay per request.
+    middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
+    app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
+    app.add_routes(HttpApi(service, max_request_bytes, limits).routes())
     app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
     app.add_routes(OpenAICompletionsApi(service).routes())
     app.add_routes(OpenAIEmbeddingsApi(service).routes())
     app.add_routes(OpenAIModelsApi(service).routes())
+    app.add_routes(ReliabilityHttp(service, admin_token, error_response, gate).routes())
     return app

@@ -31,6 +31,18 @@ def _json(doc, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(doc).encode(), status=status, content_type="application/json")
 
 
+def authorize_admin(request: web.Request, token: bytes) -> None:
+    """Raises unless the request carries ``Authorization: Bearer <token>``; no token set = admin off."""
+    if not token:
+        raise AdminDisabledError("admin endpoints are off: the server has no admin_token")
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        raise UnauthenticatedError("admin endpoints need 'Authorization: Bearer <admin_token>'")
+    if not hmac.compare_digest(given.strip().encode(), token):
+        _log.warning("admin: refused a request with a wrong token from %s", request.remote)
+        raise PermissionDeniedError("wrong admin token")
+
+
 class RoutingHttp:
     def __init__(self, service: InferenceService, admin_token: str, error_response) -> None:
         self.service = service
@@ -48,14 +60,7 @@ class RoutingHttp:
         ]
 
     def _authorize(self, request: web.Request) -> None:
-        if not self._token:
-            raise AdminDisabledError("admin endpoints are off: the server has no admin_token")
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            raise UnauthenticatedError("admin endpoints need 'Authorization: Bearer <admin_token>'")
-        if not hmac.compare_digest(token.strip().encode(), self._token):
-            _log.warning("admin: refused a request with a wrong token from %s", request.remote)
-            raise PermissionDeniedError("wrong admin token")
+        authorize_admin(request, self._token)
 
     async def _body(self, request: web.Request):
         raw = await request.read()

@@ -24,6 +24,7 @@ from gateway.cache.redis_store import RedisStore, TierDown, TierError
 from gateway.cache.singleflight import SingleFlight
 from gateway.core.errors import DeadlineExceededError
 from gateway.core.model_config import CacheConfig
+from gateway.core.secrets import redact_url
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, TraceRecord
 
@@ -249,7 +250,7 @@ class ResponseCache:
             memory = doc["models"].setdefault(model, {"tiers": {}})["tiers"].setdefault(MEMORY, {})
             memory.update(entries=len(store), bytes=store.bytes, max_bytes=store.max_bytes, evictions=store.evictions)
         doc["shared"] = None if self.shared is None else {
-            "url": _redacted(self.shared.url),
+            "url": redact_url(self.shared.url),
             "up": self.shared.up,
             "failures": self.shared.failures,
             "recoveries": self.shared.recoveries,
@@ -273,11 +274,3 @@ def _seconds_left(deadline_ns: int) -> float | None:
 def _being_cancelled() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
-
-
-def _redacted(url: str) -> str:
-    """The URL without a password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"

@@ -22,6 +22,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from gateway.core.secrets import redact_url
+
 _log = logging.getLogger("gateway.cache.redis")
 
 T = TypeVar("T")
@@ -47,6 +49,7 @@ class RedisStore:
         failure_threshold: int = 3,
     ) -> None:
         self.url = url
+        self.display_url = redact_url(url)  # what logs and errors show: never the password
         self.timeout_s = timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
@@ -75,7 +78,7 @@ class RedisStore:
         probe = False
         if not self.up:
             if self._probing or time.monotonic() < self._down_until:
-                raise TierDown(self.url)
+                raise TierDown(self.display_url)
             self._probing = probe = True
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -91,7 +94,7 @@ class RedisStore:
             self.up = True
             self._backoff_s = self.retry_min_s
             self.recoveries += 1
-            _log.warning("shared cache %s is reachable again", self.url)
+            _log.warning("shared cache %s is reachable again", self.display_url)
         return result
 
     def _failed(self, exc: BaseException, probe: bool) -> None:
@@ -103,7 +106,7 @@ class RedisStore:
             self.up = False
             self._backoff_s = self.retry_min_s
             _log.warning("shared cache %s failed (%s: %s); answering without it, retrying in %.1fs",
-                         self.url, type(exc).__name__, exc, self._backoff_s)
+                         self.display_url, type(exc).__name__, exc, self._backoff_s)
         elif probe:
             self._backoff_s = min(self._backoff_s * 2, self.retry_max_s)
         self._down_until = time.monotonic() + self._backoff_s

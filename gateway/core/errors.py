@@ -58,8 +58,24 @@ class DeadlineExceededError(GatewayError):
     code = ErrorCode.DEADLINE_EXCEEDED
 
 
+class ExecuteTimeoutError(GatewayError):
+    """A batch ran longer than the model's ``execute_timeout_s``; its instance was told to abort."""
+
+    code = ErrorCode.DEADLINE_EXCEEDED
+
+
+class TooManyRequestsError(GatewayError):
+    """More requests in progress than ``max_concurrent_requests``; the client may retry later."""
+
+    code = ErrorCode.RESOURCE_EXHAUSTED
+
+
 class ModelNotReadyError(GatewayError):
     code = ErrorCode.UNAVAILABLE
+
+
+class VersionRetiredError(ModelNotReadyError):
+    """The version a request resolved to was replaced (hot reload) before the request could queue."""
 
 
 class ShuttingDownError(GatewayError):

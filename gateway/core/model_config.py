@@ -221,6 +221,9 @@ class ModelConfig(_Strict):
     drift: DriftConfig | None = None
     # Which registered model this is and what its aliases mean (used only with registry_url set).
     registry: RegistryModelConfig | None = None
+    # A batch still running after this long fails its requests (DEADLINE_EXCEEDED) and its
+    # instance is asked to abort; 0 = no limit. See README "Reliability".
+    execute_timeout_s: float = Field(default=0.0, ge=0, le=86_400)
 
     @field_validator("providers")
     @classmethod

@@ -6,7 +6,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from gateway.core.errors import ConfigError
 
@@ -96,6 +96,28 @@ class ServerSettings(BaseModel):
         description="bearer token for the registry (prefer the environment; MLFLOW_TRACKING_TOKEN is used when unset)",
     )
 
+    # -- limits and transport security (README "Reliability and security") --
+    max_tensor_elements: int = Field(
+        default=1 << 28, ge=1, description="largest element count of one input tensor (HTTP 413 / RESOURCE_EXHAUSTED beyond)"
+    )
+    max_request_rows: int = Field(
+        default=65536, ge=1, description="largest batch dim (rows) of one request's inputs (HTTP 400 / INVALID_ARGUMENT beyond)"
+    )
+    max_concurrent_requests: int = Field(
+        default=0, ge=0,
+        description="requests in progress at once per protocol (HTTP requests, gRPC RPCs; a stream counts once); "
+        "beyond: HTTP 429 / RESOURCE_EXHAUSTED; 0 = no limit",
+    )
+    max_header_bytes: int = Field(
+        default=8190, ge=256, le=1 << 20,
+        description="largest HTTP request line / header field and gRPC metadata (HTTP 400 beyond)",
+    )
+    tls_cert_file: str = Field(default="", description="PEM certificate chain: HTTPS and gRPC over TLS when set with tls_key_file")
+    tls_key_file: str = Field(default="", description="PEM private key of tls_cert_file")
+    tls_ca_file: str = Field(
+        default="", description="PEM CA bundle: when set, clients must present a certificate it signed (mutual TLS)"
+    )
+
     @field_validator("tracing", mode="before")
     @classmethod
     def _yaml_on_off(cls, v: Any) -> Any:
@@ -136,6 +158,22 @@ class ServerSettings(BaseModel):
     @property
     def registry_model_names(self) -> dict[str, str]:
         return parse_registry_models(self.registry_models)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        for name in ("tls_cert_file", "tls_key_file", "tls_ca_file"):
+            path = getattr(self, name)
+            if path and not os.path.isfile(path):
+                raise ValueError(f"{name}: '{path}' is not a readable file")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert_file)
 
     @property
     def module_levels(self) -> dict[str, str]:

@@ -65,6 +65,7 @@ class ModelStats:
     compute_output: Duration = field(default_factory=Duration)
     rejected_queue_full: int = 0
     rejected_deadline: int = 0
+    execute_timeouts: int = 0  # batches past the model's execute_timeout_s
     inference_count: int = 0  # rows executed
     execution_count: int = 0  # batches executed
     last_inference_ms: int = 0  # wall clock, for display only

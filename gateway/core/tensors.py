@@ -18,20 +18,32 @@ from gateway.core.errors import InvalidInputError
 _LEN = struct.Struct("<I")
 
 
+MAX_RANK = 32  # numpy's own limit on the number of dimensions is 32 (numpy 1) or 64 (numpy 2)
+
+
 def element_count(shape, what: str, max_elements: int = 1 << 31) -> int:
+    if len(shape) > MAX_RANK:
+        raise InvalidInputError(f"{what} has {len(shape)} dimensions, more than the limit of {MAX_RANK}")
     count = 1
+    extent = 1  # product of the non-zero dims: numpy refuses a shape whose extent overflows even when empty
     for d in shape:
         if d < 0:
             raise InvalidInputError(f"{what} has a negative dimension in shape {list(shape)}")
         count *= d
-    if count > max_elements:
-        raise InvalidInputError(f"{what} has {count} elements, more than the limit of {max_elements}")
+        extent *= d or 1
+    if extent > max_elements:
+        raise InvalidInputError(f"{what} has shape {list(shape)}, more than the limit of {max_elements} elements")
     return count
 
 
 def bytes_from_raw(buf, count: int, what: str) -> np.ndarray:
     """Parse ``count`` length-prefixed BYTES elements that must fill ``buf`` exactly."""
     view = memoryview(buf)
+    if count > len(view) // 4:
+        # Checked before allocating: a small body must not make us allocate for a huge shape.
+        raise InvalidInputError(
+            f"{what}: BYTES shape needs {count} elements (4-byte length prefix each) but the data has {len(view)} bytes"
+        )
     out = np.empty(count, dtype=object)
     pos, end = 0, len(view)
     for i in range(count):

@@ -24,6 +24,9 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
+    # Optional: ``abort()`` stops the run in progress from another thread (the run then
+    # raises). Executors without it keep their thread until the run returns by itself.
+
 
 class ExecutorUnavailableError(RuntimeError):
     """The runtime or device the config asks for is not present on this host."""

@@ -59,16 +59,23 @@ class OnnxRuntimeExecutor:
         self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
         self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
+        # One RunOptions per run, so an abort meant for a stuck run never hits the next one.
+        self._run_options = ort.RunOptions()
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         for name in self._string_inputs & feeds.keys():
             # ORT string tensors hold str; the wire carries bytes.
             feeds[name] = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(feeds[name])
-        results = self._session.run(output_names, feeds)
+        self._run_options = options = ort.RunOptions()
+        results = self._session.run(output_names, feeds, options)
         for i, name in enumerate(output_names):
             if name in self._string_outputs:
                 results[i] = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(results[i])
         return results
+
+    def abort(self) -> None:
+        """Thread-safe: onnxruntime checks the flag between kernels (Loop iterations too)."""
+        self._run_options.terminate = True
 
     def close(self) -> None:
         self._session = None

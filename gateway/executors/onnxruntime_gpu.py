@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import onnxruntime as ort
 
 from gateway.core.model_config import TensorRTConfig
 from gateway.executors.onnxruntime import PROVIDER_NAMES, OnnxRuntimeExecutor
@@ -79,5 +80,6 @@ class OnnxRuntimeGpuExecutor(OnnxRuntimeExecutor):
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in output_names:
             binding.bind_output(name, "cuda", self._device_id)
-        self._session.run_with_iobinding(binding)
+        self._run_options = options = ort.RunOptions()  # abort() (execute_timeout_s) sets its terminate flag
+        self._session.run_with_iobinding(binding, options)
         return binding.copy_outputs_to_cpu()

@@ -20,10 +20,12 @@ import numpy as np
 from gateway import native
 from gateway.core.errors import (
     DeadlineExceededError,
+    ExecuteTimeoutError,
     ExecutorError,
     GatewayError,
     ModelNotReadyError,
     QueueFullError,
+    VersionRetiredError,
 )
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest
@@ -43,6 +45,18 @@ class Pending:
     rows: int
     enqueue_ns: int
     dispatch_ns: int = 0
+
+
+@dataclass(slots=True)
+class _Dispatch:
+    """One batch on one instance; ``timed_out`` is set on the loop, read by the worker thread."""
+
+    executor: Executor
+    pending: list[Pending]
+    timed_out: bool = False
+    # Every caller went away (cancelled) while the batch ran: the run was aborted.
+    abandoned: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 @dataclass(slots=True)
@@ -67,6 +81,8 @@ class SchedulerSpec:
     ragged_inputs: dict[str, float] = field(default_factory=dict)
     # Size the queue delay from observed load (max_queue_delay stays the cap).
     adaptive_delay: bool = False
+    # A batch running longer fails its requests and its instance is told to abort (0 = none).
+    execute_timeout_s: float = 0.0
 
 
 class ModelScheduler:
@@ -90,6 +106,8 @@ class ModelScheduler:
         # Called on the loop with (feeds, outputs) of each batch that ran whole, after its
         # futures are resolved: must only hand the arrays over (drift monitoring's queue).
         self.observer: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
+        # Instances whose batch passed execute_timeout_s and whose thread has not returned yet.
+        self._stuck: set[int] = set()
 
     # -- intake ---------------------------------------------------------------
 
@@ -103,7 +121,9 @@ class ModelScheduler:
         transport's deadline, after which nobody waits for the answer.
         """
         if not self._accepting:
-            raise ModelNotReadyError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
+            raise VersionRetiredError(f"model '{self.spec.name}' version {self.spec.version} is unloading")
+        if self.wedged:
+            raise ModelNotReadyError(self._wedged_reason())
         loop = self._loop or self._bind_loop()
         now = time.monotonic_ns()
         fut = loop.create_future()
@@ -183,10 +203,71 @@ class ModelScheduler:
         for p in pending:
             p.dispatch_ns = now
             self.stats.record_queue(now - p.enqueue_ns)
-        work = self._loop.run_in_executor(self._pool, self._execute, executor, pending)
-        work.add_done_callback(lambda f, e=executor, b=pending: self._complete(e, b, f))
+        dispatch = _Dispatch(executor, pending)
+        if self.spec.execute_timeout_s > 0:
+            dispatch.timer = self._loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
+        if hasattr(executor, "abort"):
+            for p in pending:
+                p.future.add_done_callback(lambda f, d=dispatch: self._on_caller_gone(d, f))
+        work = self._loop.run_in_executor(self._pool, self._execute, dispatch)
+        work.add_done_callback(lambda f, d=dispatch: self._complete(d, f))
 
-    def _complete(self, executor: Executor, pending: list[Pending], work: asyncio.Future) -> None:
+    def _on_caller_gone(self, dispatch: _Dispatch, fut: asyncio.Future) -> None:
+        """Once every caller of a running batch has cancelled, nobody wants its answer: abort the run."""
+        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out:
+            return
+        if all(p.future.cancelled() for p in dispatch.pending):
+            dispatch.abandoned = True
+            _log.debug("model %s:%s: every caller of a running batch cancelled; aborting it",
+                       self.spec.name, self.spec.version)
+            dispatch.executor.abort()
+
+    def _on_execute_timeout(self, dispatch: _Dispatch) -> None:
+        """The batch's callers get their answer now; the instance stays out until its thread returns.
+
+        A Python thread cannot be killed: the executor is asked to abort (onnxruntime's
+        terminate flag); one that cannot stays out of the pool, and with every instance
+        out the version reports not ready and refuses work instead of queueing it forever.
+        """
+        dispatch.timed_out = True
+        self._stuck.add(id(dispatch.executor))
+        self.stats.execute_timeouts += 1
+        _log.error("model %s:%s: a batch of %d requests passed execute_timeout_s=%gs; aborting its instance",
+                   self.spec.name, self.spec.version, len(dispatch.pending), self.spec.execute_timeout_s)
+        error = ExecuteTimeoutError(
+            f"model '{self.spec.name}' version {self.spec.version} did not finish within "
+            f"execute_timeout_s={self.spec.execute_timeout_s:g}s"
+        )
+        for p in dispatch.pending:
+            if not p.future.done():
+                p.future.set_exception(error)
+        abort = getattr(dispatch.executor, "abort", None)
+        if abort is not None:
+            abort()
+        if self.wedged:
+            reason = self._wedged_reason()
+            _log.error("%s", reason)
+            for item in self._batcher.drain_all():
+                if not item.payload.future.done():
+                    item.payload.future.set_exception(ModelNotReadyError(reason))
+
+    @property
+    def wedged(self) -> bool:
+        """Every instance is stuck in a batch past its execute timeout."""
+        return len(self._stuck) >= len(self._executors)
+
+    def _wedged_reason(self) -> str:
+        return (f"model '{self.spec.name}' version {self.spec.version} is not ready: all {len(self._executors)} "
+                f"instances are stuck past execute_timeout_s={self.spec.execute_timeout_s:g}s")
+
+    def _complete(self, dispatch: _Dispatch, work: asyncio.Future) -> None:
+        executor, pending = dispatch.executor, dispatch.pending
+        if dispatch.timer is not None:
+            dispatch.timer.cancel()
+        if dispatch.timed_out:
+            self._stuck.discard(id(executor))
+            _log.warning("model %s:%s: the instance past execute_timeout_s returned and serves again",
+                         self.spec.name, self.spec.version)
         self._free.append(executor)
         self._in_flight -= 1
         end = time.monotonic_ns()
@@ -218,13 +299,15 @@ class ModelScheduler:
 
     # -- worker thread ----------------------------------------------------------
 
-    def _execute(self, executor: Executor, pending: list[Pending]) -> _BatchResult:
+    def _execute(self, dispatch: _Dispatch) -> _BatchResult:
+        executor, pending = dispatch.executor, dispatch.pending
         names = self._output_names(pending)
         try:
             return self._run_batch(executor, pending, names)
         except Exception as exc:  # noqa: BLE001 - any runtime failure is the batch's, not the daemon's
-            if len(pending) == 1:
-                return _BatchResult([_executor_error(self.spec, exc)])
+            # An aborted batch is not retried: its requests were already answered.
+            if len(pending) == 1 or dispatch.timed_out or dispatch.abandoned:
+                return _BatchResult([_executor_error(self.spec, exc)] * len(pending))
         # One request may be poisoning the batch: run each alone so only it fails.
         outputs: list[dict[str, np.ndarray] | BaseException] = []
         for p in pending:
@@ -290,6 +373,10 @@ class ModelScheduler:
     @property
     def busy_instances(self) -> int:
         return self._in_flight
+
+    @property
+    def stuck_instances(self) -> int:
+        return len(self._stuck)
 
     async def drain(self, timeout_s: float) -> None:
         """Stop taking requests, let accepted ones finish (bounded), then fail the rest."""

@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable
 
 from gateway.cache import ResponseCache
-from gateway.core.errors import GatewayError, InvalidInputError, ShuttingDownError
+from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
 from gateway.core.generation import GenerationRequest, GenerationStream, NotAGenerationModelError
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
@@ -53,6 +53,8 @@ class InferenceService:
         self.cache = cache if cache is not None else ResponseCache()
         self.prompt_cache = PromptCache(self.cache)
         self.accepting = True
+        # Requests between decode and answer, both protocols (debug state: leak checks).
+        self.in_flight = 0
         # Set when running as one of several worker processes.
         self.worker_stats: WorkerStats | None = None
         self.telemetry = telemetry or Telemetry()
@@ -106,7 +108,14 @@ class InferenceService:
     async def _execute(
         self, loaded: LoadedVersion, req: InferRequest, rows: int, key: tuple, priority: int, timeout_deadline: int
     ) -> InferResponse:
-        outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
+        try:
+            outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
+        except VersionRetiredError:
+            # A hot reload swapped the version while this request awaited (e.g. a cache lookup):
+            # the request goes to what serves now, never fails for the swap.
+            loaded = self._replacement(loaded, req)
+            rows, key = validate_request(loaded, req)
+            outputs = await loaded.scheduler.submit(req, rows, key, priority, timeout_deadline)
         index = loaded.output_index
         return InferResponse(
             model=loaded.name,
@@ -116,14 +125,27 @@ class InferenceService:
             id=req.id,
         )
 
+    def _replacement(self, retired: LoadedVersion, req: InferRequest) -> LoadedVersion:
+        """The same version reloaded; or, when it is gone and the request named none, the latest."""
+        try:
+            return self.models.get(retired.name, retired.version)
+        except ModelNotFoundError:
+            if req.version:
+                raise
+            return self.models.get(retired.name)
+
     async def infer_traced(self, req: InferRequest, trace: RequestTrace | None) -> InferResponse:
         """``infer`` for the api layer, stamping the request's hops when it is traced."""
-        if trace is None:
-            return await self.infer(req)
-        trace.attach(req)
-        resp = await self.infer(req)
-        trace.served_ns = time.monotonic_ns()
-        return resp
+        self.in_flight += 1
+        try:
+            if trace is None:
+                return await self.infer(req)
+            trace.attach(req)
+            resp = await self.infer(req)
+            trace.served_ns = time.monotonic_ns()
+            return resp
+        finally:
+            self.in_flight -= 1
 
     async def generate(self, req: GenerationRequest) -> GenerationStream:
         """Admit a text-generation request on the model's engine; the stream yields its tokens."""

@@ -133,6 +133,7 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
         output_names=tuple(s.name for s in graph_out),
         ragged_inputs={t.name: t.pad_value for t in cfg.inputs if t.ragged},
         adaptive_delay=db.adaptive_delay,
+        execute_timeout_s=cfg.execute_timeout_s,
     )
     loaded = LoadedVersion(
         name=entry.name,
@@ -204,10 +205,10 @@ class ModelManager:
 
     def is_ready(self, name: str, version: str = "") -> bool:
         try:
-            self.get(name, version)
+            loaded = self.get(name, version)
         except (ModelNotFoundError, ModelNotReadyError):
             return False
-        return True
+        return not loaded.scheduler.wedged
 
     @property
     def all_ready(self) -> bool:

@@ -123,7 +123,18 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "registry_report_s": (0.0, 5.0, 6.0),
         "registry_experiment": ("file-exp", "env-exp", "flag-exp"),
         "registry_token": ("file-token", "env-token", "flag-token"),
+        "max_tensor_elements": (1000, 2000, 3000),
+        "max_request_rows": (10, 20, 30),
+        "max_concurrent_requests": (0, 5, 6),
+        "max_header_bytes": (1024, 2048, 4096),
     }
+    pem = {}
+    for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):  # must exist; contents are read by the daemon
+        files = tuple(tmp_path / f"{field}-{source}.pem" for source in ("file", "env", "flag"))
+        for f in files:
+            f.write_text("-")
+        pem[field] = tuple(str(f) for f in files)
+    values.update(pem)
     assert set(values) == set(FIELDS), "a new settings field needs a row here"
     path = write(tmp_path, "".join(f"{k}: {v[0]}\n" for k, v in values.items()))
     assert load_settings(path).model_dump() == {k: v[0] for k, v in values.items()}
