@@ -18,8 +18,10 @@ from gateway.core.generation import GenerationRequest
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
+# Text as json.loads returns it: \\ud800 escapes give lone surrogates (hypothesis' default leaves them out).
+texts = st.text(max_size=20) | st.text(st.characters(codec=None, categories=["Cs", "Ll"]), min_size=1, max_size=4)
 # Any JSON value (what json.loads can return), nesting bounded.
-scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | texts
 json_values = st.recursive(
     scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
@@ -28,10 +30,10 @@ json_values = st.recursive(
 # Values chosen to sit near the edges of each known field's type and range.
 edgy = (st.none() | st.booleans() | st.sampled_from([0, -1, 1, 2, 3, 5, 16, 17, 20, 21, 128, 129, 2**63, -(2**63), 2**64])
         | st.sampled_from([0.0, -0.0, 1e-300, 0.5, 1.0, 2.0, 2.5, -2.0, 1e308, float("inf"), float("-inf")])
-        | st.text(max_size=6) | st.lists(st.integers(-2, 2**40) | st.text(max_size=3), max_size=3) | json_values)
+        | texts | st.lists(st.integers(-2, 2**40) | texts, max_size=3) | json_values)
 messages = st.lists(
     st.fixed_dictionaries({"role": st.sampled_from(["user", "system", "assistant", "tool", "bot", 1])},
-                          optional={"content": st.text(max_size=10) | st.none() | st.lists(
+                          optional={"content": texts | st.none() | st.lists(
                               st.fixed_dictionaries({"type": st.sampled_from(["text", "image_url"]), "text": edgy}),
                               max_size=2) | edgy, "name": edgy}),
     max_size=3,
@@ -65,8 +67,26 @@ def check(parse, doc) -> None:
     except GatewayError as exc:
         assert 400 <= HTTP_STATUS[classify(exc)[0]] < 500, exc
     else:
+        _assert_encodable(result)
         return result
     return None
+
+
+def _assert_encodable(value) -> None:
+    """Every text an accepted request carries has UTF-8 bytes (what a tokenizer needs)."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _assert_encodable(item)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _assert_encodable(item)
+    elif hasattr(value, "__dataclass_fields__"):
+        for name in value.__dataclass_fields__:
+            _assert_encodable(getattr(value, name))
+    elif hasattr(value, "model_dump"):
+        _assert_encodable(value.model_dump())
 
 
 @SETTINGS
@@ -96,6 +116,27 @@ def test_parse_embedding_request_accepts_or_names_the_field(doc):
     req = check(parse_request, doc)
     if req is not None:
         assert req.input and req.encoding_format in ("float", "base64")
+
+
+def test_lone_surrogates_are_refused_naming_the_field():
+    """Regression: each reached the tokenizer and was a 500 (TypeError: TextInputSequence must be str)."""
+    cases = [
+        (parse_completion, {"model": "m", "prompt": "a\ud800"}, "prompt"),
+        (parse_completion, {"model": "m", "prompt": ["\udfff"]}, "prompt"),
+        (parse_completion, {"model": "m", "prompt": "a", "stop": ["x", "\ud800"]}, "stop"),
+        (parse_chat, {"model": "m", "messages": [{"role": "user", "content": "ok"},
+                                                 {"role": "user", "content": "\ud800"}]}, "messages[1].content"),
+        (parse_chat, {"model": "m", "messages": [{"role": "user", "content": "ok", "name": "\udc00"}]}, "messages[0].name"),
+        (parse_chat, {"model": "m", "messages": [{"role": "user", "content": "ok"}], "user": "\udc00"}, "user"),
+        (parse_request, {"model": "m", "input": ["ok", "\ud800"]}, "input"),
+    ]
+    for parse, doc, param in cases:
+        try:
+            parse(doc)
+        except InvalidFieldError as exc:
+            assert exc.param == param and "lone surrogate" in str(exc), (doc, exc)
+        else:
+            raise AssertionError(f"accepted {doc!r}")
 
 
 @SETTINGS

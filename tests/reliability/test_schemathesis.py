@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 import make_models
-from conftest import copy_model
+import pytest
+from conftest import Gateway, copy_model
 
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "10"))
 # Short context and answers: a fuzzed request may ask for n=128 choices or stream; each stays cheap.
@@ -78,14 +79,20 @@ def _served_models_only(doc: dict, models: dict[str, list[str]]) -> dict:
     return doc
 
 
-def test_schemathesis_finds_no_server_error(tmp_path, start_gateway, tiny_llm_model, minilm_model):
-    root = tmp_path / "models"
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, tiny_llm_model, minilm_model):
+    root = tmp_path_factory.mktemp("schemathesis") / "models"
     # lookup fails at run time on purpose (a 500 is its point): left out here.
     make_models.write_repository(str(root), ["simple", "mlp", "identity"])
     copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
     (root / tiny_llm_model.name / "model.yaml").write_text(TINY_GPT_YAML)
     copy_model(minilm_model.parent, root, minilm_model.name)
-    gw = start_gateway(root)
+    gateway = Gateway(root)
+    yield gateway
+    gateway.terminate()
+
+
+def test_schemathesis_finds_no_server_error(tmp_path, gw, tiny_llm_model, minilm_model):
     base = f"http://{gw.http_url}/"
     report = _schemathesis(tmp_path, f"{base}v2/openapi.json", base, MAX_EXAMPLES)
     # Then the /v1 routes again, longer, with requests that name served models.
@@ -103,3 +110,33 @@ def test_schemathesis_finds_no_server_error(tmp_path, start_gateway, tiny_llm_mo
         print("\n".join(line for line in gw.http("GET", "/metrics")[2].decode().splitlines()
                         if line.startswith(("gateway_requests_total", "gateway_generation_sequences_total"))))
     print("\n[schemathesis] all routes:", _generated(report), "| /v1 with served models:", _generated(v1_report))
+
+
+# JSON's \\ud800 escape decodes to a lone surrogate, which no tokenizer or UTF-8 encoder takes:
+# each was a 500 ("TypeError: TextInputSequence must be str", a UnicodeEncodeError) before.
+LONE_SURROGATE_REQUESTS = [
+    ("/v1/completions", b'{"model": "tiny-gpt", "prompt": "hi \\ud800", "max_tokens": 2}', "prompt"),
+    ("/v1/completions", b'{"model": "tiny-gpt", "prompt": "hi", "stop": ["\\udfff"], "stream": true}', "stop"),
+    ("/v1/chat/completions", b'{"model": "tiny-gpt", "messages": [{"role": "user", "content": "\\ud800"}]}',
+     "messages[0].content"),
+    ("/v1/chat/completions", b'{"model": "tiny-gpt", "messages": [{"role": "user", "content": '
+                             b'[{"type": "text", "text": "a\\udc00"}]}], "stream": true}', "messages[0].content"),
+    ("/v1/embeddings", b'{"model": "minilm", "input": ["fine", "\\ud800"]}', "input"),
+    ("/v1/embeddings", b'{"model": "minilm", "input": "fine", "user": "\\udbff"}', "user"),
+]
+
+
+@pytest.mark.parametrize(("path", "body", "param"), LONE_SURROGATE_REQUESTS)
+def test_lone_surrogates_are_a_400_naming_the_field(gw, path, body, param):
+    status, _, raw = gw.http("POST", path, body, {"Content-Type": "application/json"})
+    assert status == 400, raw
+    error = json.loads(raw)["error"]
+    assert error["param"] == param and "lone surrogate" in error["message"]
+    assert error["type"] == "invalid_request_error"
+
+
+def test_lone_surrogate_in_a_bytes_tensor_is_a_400(gw):
+    body = b'{"inputs": [{"name": "IN_BYTES", "datatype": "BYTES", "shape": [1, 2], "data": ["ok", "\\ud800"]}]}'
+    status, _, raw = gw.http("POST", "/v2/models/identity/infer", body, {"Content-Type": "application/json"})
+    assert status == 400 and b"BYTES element 1 is not valid Unicode" in raw, raw
+    assert gw.proc.poll() is None and "unexpected error" not in gw.log()
