@@ -62,7 +62,7 @@ def _schemathesis(cwd: Path, schema: str, base_url: str, max_examples: int, *ext
 
 
 def _generated(report: str) -> str:
-    return " ".join(line.strip() for line in report.splitlines() if "generated" in line)
+    return " ".join(line.strip() for line in report.splitlines() if "generated," in line)
 
 
 def _served_models_only(doc: dict, models: dict[str, list[str]]) -> dict:
