@@ -531,7 +531,22 @@ def _bytes_from_json(name: str, flat: list) -> np.ndarray:
         raise InvalidInputError(
             f"input '{name}': BYTES data takes strings, got {_kind(bad)} {_preview(bad)}"
         )
-    return _object_array([s.encode("utf-8") for s in flat])
+    try:
+        return _object_array([s.encode("utf-8") for s in flat])
+    except UnicodeEncodeError:
+        # JSON's \ud800 escapes decode to lone surrogates, which have no UTF-8 bytes.
+        index = next(i for i, s in enumerate(flat) if not _encodes(s))
+        raise InvalidInputError(
+            f"input '{name}': BYTES element {index} is not valid Unicode (it holds a lone surrogate)"
+        ) from None
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _array_from_buffer(

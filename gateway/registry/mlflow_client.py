@@ -16,6 +16,8 @@ from urllib.parse import quote, urlparse
 
 import aiohttp
 
+from gateway.core.secrets import redact_url
+
 API = "/api/2.0/mlflow"
 ARTIFACTS_ROUTE = "/api/2.0/mlflow-artifacts/artifacts"
 # Error codes MLflow answers for "no such alias / model / version": not a failure of the registry.
@@ -70,12 +72,22 @@ class ArtifactFile:
 class MlflowClient:
     def __init__(self, base_url: str, *, timeout_s: float, token: str = "") -> None:
         self.base_url = base_url.rstrip("/")
+        # What logs, errors and status pages show: the URL without its user:password.
+        self.display_url = redact_url(self.base_url)
+        self._userinfo = urlparse(self.base_url).netloc.rpartition("@")[0]
         self.timeout_s = timeout_s
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session: aiohttp.ClientSession | None = None
 
-    def __repr__(self) -> str:  # never shows the token
-        return f"MlflowClient({self.base_url!r})"
+    def __repr__(self) -> str:  # never shows the token nor the URL's password
+        return f"MlflowClient({self.display_url!r})"
+
+    def _redact(self, text: str) -> str:
+        """An error message with the registry's credentials taken out (artifact routes and some
+        aiohttp errors carry the whole URL)."""
+        if self._userinfo:
+            text = text.replace(self._userinfo + "@", "***@")
+        return text
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -96,7 +108,8 @@ class MlflowClient:
                 raw = await resp.read()
                 status = resp.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise RegistryError(f"{method} {path}: {type(exc).__name__}: {exc or 'timed out'}", outage=True) from None
+            raise RegistryError(self._redact(f"{method} {path}: {type(exc).__name__}: {exc or 'timed out'}"),
+                                outage=True) from None
         try:
             doc = json.loads(raw) if raw else {}
         except ValueError:
@@ -105,11 +118,11 @@ class MlflowClient:
             code = doc.get("error_code", "") if isinstance(doc, dict) else ""
             message = doc.get("message", "") if isinstance(doc, dict) else ""
             if status in (400, 404) and code in _ABSENT:
-                raise RegistryAbsentError(f"{method} {path}: {code}: {message}")
-            raise RegistryError(f"{method} {path}: HTTP {status} {code} {message}".rstrip(),
+                raise RegistryAbsentError(self._redact(f"{method} {path}: {code}: {message}"))
+            raise RegistryError(self._redact(f"{method} {path}: HTTP {status} {code} {message}".rstrip()),
                                 outage=status >= 500 or status == 429)
         if not isinstance(doc, dict):
-            raise RegistryError(f"{method} {path}: expected a JSON object")
+            raise RegistryError(self._redact(f"{method} {path}: expected a JSON object"))
         return doc
 
     # -- registry ------------------------------------------------------------------------
@@ -211,7 +224,8 @@ class MlflowClient:
                         fh.write(chunk)
                         size += len(chunk)
         except (aiohttp.ClientError, TimeoutError) as exc:
-            raise RegistryError(f"GET {where.path}: {type(exc).__name__}: {exc or 'timed out'}", outage=True) from None
+            raise RegistryError(self._redact(f"GET {where.path}: {type(exc).__name__}: {exc or 'timed out'}"),
+                                outage=True) from None
         return size
 
     # -- reporting -------------------------------------------------------------------------

@@ -70,7 +70,7 @@ class RegistrySync:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        _log.info("registry: following %s (poll every %.1fs)", self.client.base_url, self.backoff.interval_s)
+        _log.info("registry: following %s (poll every %.1fs)", self.client.display_url, self.backoff.interval_s)
         self._tasks.append(loop.create_task(self._poll_loop(), name="registry-poll"))
         if self.reporter is not None:
             self._tasks.append(loop.create_task(self._report_loop(), name="registry-report"))

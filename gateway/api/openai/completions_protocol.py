@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.api.openai.errors import InvalidFieldError
+from gateway.api.openai.errors import InvalidFieldError, check_unicode
 from gateway.core.generation import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -133,6 +133,11 @@ def _parse(model_cls, doc: Any, unsupported: dict):
         raise _validation_error(exc) from None
 
 
+def _check_texts(req: _SamplingFields) -> None:
+    check_unicode(req.stop, "stop")
+    check_unicode(req.user, "user")
+
+
 def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     if stop is None:
         return ()
@@ -159,6 +164,8 @@ def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None
 
 def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
     req: CompletionRequest = _parse(CompletionRequest, doc, _UNSUPPORTED_COMPLETION)
+    _check_texts(req)
+    check_unicode(req.prompt, "prompt")
     if req.best_of is not None and req.best_of != req.n:
         raise InvalidFieldError("best_of", "'best_of' other than n is not supported by this server")
     prompt = req.prompt
@@ -185,11 +192,14 @@ def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
     req: ChatCompletionRequest = _parse(ChatCompletionRequest, doc, _UNSUPPORTED_CHAT)
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidFieldError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+    _check_texts(req)
     messages = []
-    for m in req.messages:
+    for i, m in enumerate(req.messages):
         content = m.content
         if isinstance(content, list):
             content = "".join(part.text for part in content)
+        check_unicode(content, f"messages[{i}].content")
+        check_unicode(m.name, f"messages[{i}].name")
         message = {"role": m.role, "content": content or ""}
         if m.name is not None:
             message["name"] = m.name

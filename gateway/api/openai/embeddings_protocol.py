@@ -12,7 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.api.openai.errors import InvalidFieldError
+from gateway.api.openai.errors import InvalidFieldError, check_unicode
 
 # OpenAI accepts at most this many inputs in one request.
 MAX_INPUTS = 2048
@@ -48,6 +48,8 @@ def parse_request(doc: Any) -> EmbeddingRequest:
         if err["type"] == "missing":
             raise InvalidFieldError(param, f"'{param}' is required") from None
         raise InvalidFieldError(param, _FIELD_HELP.get(param, f"'{param}': {err['msg']}")) from None
+    check_unicode(req.input, "input")
+    check_unicode(req.user, "user")
     items = req.input
     if isinstance(items, str):
         items = [items]

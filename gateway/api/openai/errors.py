@@ -44,6 +44,22 @@ class InvalidFieldError(InvalidInputError):
         self.param = param
 
 
+def check_unicode(value, param: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer (and no UTF-8
+    encoder) takes: refused here as the field's error rather than failing deep inside a model."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            bad = value[exc.start]
+            raise InvalidFieldError(
+                param, f"'{param}' is not valid Unicode: it holds a lone surrogate \\u{ord(bad):04x} at character {exc.start}"
+            ) from None
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            check_unicode(item, param)
+
+
 def error_document(exc: BaseException) -> tuple[int, dict]:
     """The HTTP status and OpenAI-shaped body of ``exc``."""
     code, message = classify(exc)
