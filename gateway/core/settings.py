@@ -32,6 +32,12 @@ class ServerSettings(BaseModel):
     workers: int = Field(
         default=1, ge=1, le=64, description="server processes sharing the ports (SO_REUSEPORT), each with its own loop and executors"
     )
+    gil_switch_interval_us: int = Field(
+        default=5000, ge=100, le=100_000,
+        description="how long the busy event loop may hold the GIL before an executor thread whose model run "
+        "finished gets it back (Python's sys.setswitchinterval; 5000 = Python's default). Lower helps "
+        "compute-bound models under load, costs per-request CPU on tiny ones (README: Benchmarks)",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     log_format: Literal["text", "json"] = Field(
         default="text", description="log lines as text, or as JSON objects with request and trace ids"

@@ -107,6 +107,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "grace_period_s": (4.0, 5.0, 6.0),
         "log_level": ("debug", "warning", "error"),
         "workers": (2, 3, 4),
+        "gil_switch_interval_us": (500, 1000, 2000),
         "log_format": ("json", "text", "json"),
         "log_levels": ("gateway.a=debug", "gateway.b=info", "gateway.c=error"),
         "tracing": ("on", "off", "auto"),
@@ -278,3 +279,18 @@ def test_cache_url_must_name_a_redis_scheme(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(overrides={"cache_timeout_ms": 0})
     assert err.value.field == "cache_timeout_ms"
+
+
+def test_gil_switch_interval_is_applied_to_the_interpreter():
+    import sys
+
+    from gateway.daemon import apply_gil_switch_interval
+
+    before = sys.getswitchinterval()
+    try:
+        apply_gil_switch_interval(ServerSettings(gil_switch_interval_us=500))
+        assert sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
+    with pytest.raises(ValueError):
+        ServerSettings(gil_switch_interval_us=10)
