@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-import sys
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -141,9 +140,5 @@ def run(settings: ServerSettings) -> None:
         supervise(settings)
         return
     setup_logging(settings)
-    apply_gil_switch_interval(settings)
+    settings.apply_to_interpreter()
     uvloop.run(serve(settings))
-
-
-def apply_gil_switch_interval(settings: ServerSettings) -> None:
-    sys.setswitchinterval(settings.gil_switch_interval_us / 1e6)

@@ -28,11 +28,11 @@ RESTART_BACKOFF_S = (0.1, 0.5, 1, 2, 5)
 def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
     import uvloop
 
-    from gateway.daemon import WorkerRole, apply_gil_switch_interval, serve, setup_logging
+    from gateway.daemon import WorkerRole, serve, setup_logging
 
     settings = ServerSettings.model_validate(settings_doc)
     setup_logging(settings, role=f"worker {index}")
-    apply_gil_switch_interval(settings)
+    settings.apply_to_interpreter()
     uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready)))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Literal
 
 import yaml
@@ -180,6 +181,10 @@ class ServerSettings(BaseModel):
     @property
     def tls(self) -> bool:
         return bool(self.tls_cert_file)
+
+    def apply_to_interpreter(self) -> None:
+        """Process-wide interpreter settings; called once by each serving process before its loop starts."""
+        sys.setswitchinterval(self.gil_switch_interval_us / 1e6)
 
     @property
     def module_levels(self) -> dict[str, str]:

@@ -284,11 +284,9 @@ def test_cache_url_must_name_a_redis_scheme(tmp_path):
 def test_gil_switch_interval_is_applied_to_the_interpreter():
     import sys
 
-    from gateway.daemon import apply_gil_switch_interval
-
     before = sys.getswitchinterval()
     try:
-        apply_gil_switch_interval(ServerSettings(gil_switch_interval_us=500))
+        ServerSettings(gil_switch_interval_us=500).apply_to_interpreter()
         assert sys.getswitchinterval() == pytest.approx(0.0005)
     finally:
         sys.setswitchinterval(before)
