@@ -202,17 +202,7 @@ def _decode_json(
         inputs[name] = array
         types[name] = datatype
     _check_body_consumed(view, offset, header_end, binary_names)
-    parameters, binary_default = _request_parameters(doc)
-    outputs, binary, plain = _requested_outputs(doc)
-    request = InferRequest(
-        model=model,
-        version=version,
-        inputs=inputs,
-        datatypes=types,
-        outputs=outputs,
-        id=_request_id(doc),
-        parameters=parameters,
-    )
+    request, binary_default, binary, plain = _infer_request(model, version, inputs, types, doc)
     return request, OutputFormat(Encoding.JSON, binary_default, binary, plain)
 
 
@@ -294,17 +284,7 @@ def _decode_msgpack(
             raise InvalidInputError(f"input '{name}': missing 'data'")
         inputs[name] = _array_from_msgpack(name, datatype, shape, count, item["data"])
         types[name] = datatype
-    parameters, _ = _request_parameters(doc)
-    outputs, _, _ = _requested_outputs(doc)
-    request = InferRequest(
-        model=model,
-        version=version,
-        inputs=inputs,
-        datatypes=types,
-        outputs=outputs,
-        id=_request_id(doc),
-        parameters=parameters,
-    )
+    request, _, _, _ = _infer_request(model, version, inputs, types, doc)
     return request, OutputFormat(Encoding.MSGPACK)
 
 
@@ -415,6 +395,23 @@ def _request_parameters(doc: dict) -> tuple[dict[str, ParamValue], bool]:
                 f"the request: parameter '{key}' must be a non-negative integer, got {value!r}"
             )
     return params, binary_default
+
+
+def _infer_request(model: str, version: str, inputs: dict, types: dict, doc: dict):
+    """The request from decoded inputs and the document's id, parameters and requested outputs;
+    also the output format the JSON encoding reads: (request, binary_default, binary, plain)."""
+    parameters, binary_default = _request_parameters(doc)
+    outputs, binary, plain = _requested_outputs(doc)
+    request = InferRequest(
+        model=model,
+        version=version,
+        inputs=inputs,
+        datatypes=types,
+        outputs=outputs,
+        id=_request_id(doc),
+        parameters=parameters,
+    )
+    return request, binary_default, binary, plain
 
 
 def _request_id(doc: dict) -> str:
