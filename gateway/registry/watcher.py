@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+from gateway.core.tasks import cancel_and_wait
 from gateway.service.models import ModelManager
 
 _log = logging.getLogger("gateway.watcher")
@@ -26,12 +27,7 @@ class RepositoryWatcher:
         return self
 
     async def __aexit__(self, *exc) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         while True:

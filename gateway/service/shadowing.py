@@ -17,6 +17,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 from gateway.core.errors import GatewayError
+from gateway.core.tasks import cancel_and_wait
 from gateway.core.types import InferRequest, InferResponse
 from gateway.routing.router import Router, ShadowTarget
 from gateway.service.models import ModelManager
@@ -54,12 +55,7 @@ class ShadowDispatcher:
 
     async def __aexit__(self, *exc) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task)
         queue, self._queue = self._queue, None
         while queue is not None and not queue.empty():
             job = queue.get_nowait()

@@ -14,6 +14,7 @@ import logging
 import os
 
 from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
+from gateway.core.tasks import cancel_and_wait
 
 _log = logging.getLogger("gateway.workers")
 PUBLISH_INTERVAL_S = 0.5
@@ -73,9 +74,4 @@ class WorkerStats:
         self._task = asyncio.get_running_loop().create_task(loop(), name="worker-stats")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
