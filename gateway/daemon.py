@@ -71,15 +71,20 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         service.worker_stats.start(lambda: manager.serving)
 
     limits = RequestLimits.from_settings(settings)
-    grpc_creds = ssl_context = None
+    grpc_creds = grpc_ssl = ssl_context = None
     if settings.tls:
-        grpc_creds = grpc_credentials(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
-        ssl_context = http_ssl_context(settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
+        ssl_context = http_ssl_context(*tls_files)
+        if settings.grpc_transport == "native":
+            grpc_ssl = http_ssl_context(*tls_files)  # its own: ALPN says h2 on this one
+        else:
+            grpc_creds = grpc_credentials(*tls_files)
         _log.info("TLS on both ports (certificate %s, key %s, client certificates %s)", settings.tls_cert_file,
                   settings.tls_key_file, f"required, CA {settings.tls_ca_file}" if settings.tls_ca_file else "not required")
     grpc_server, mirror, grpc_port = build_server(
         service, settings.host, settings.grpc_port, settings.max_request_bytes,
         limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
+        transport=settings.grpc_transport, ssl_context=grpc_ssl,
     )
     await grpc_server.start()
     runner = web.AppRunner(

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gateway._proto import grpc_service_pb2 as pb
 from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
+from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.api.limits import RequestLimits, check_request
 from gateway.core import context as request_context
@@ -26,6 +28,10 @@ from gateway.service.models import LoadedVersion
 _log = logging.getLogger("gateway.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
 ROUTE_KEY_METADATA = "x-route-key"  # sticky routing key, as the HTTP header of the same name
+# Requests of one stream in progress at once. Beyond it the stream is not read further, so a
+# client sending faster than the model serves is held back by flow control instead of
+# filling the model's queue (and being refused) with one stream.
+STREAM_IN_FLIGHT = 256
 
 
 def _deadline_ns(context: grpc.aio.ServicerContext) -> int:
@@ -216,6 +222,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         """Requests are served concurrently; each response (or error) carries its request's id."""
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
+        room = asyncio.Semaphore(STREAM_IN_FLIGHT)
         route_key = _route_key(context)  # the stream's metadata applies to each of its requests
 
         telemetry = self.service.telemetry
@@ -240,11 +247,16 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     infer_response=pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version, id=req.id),
                 ))
 
+        def finished(task: asyncio.Task) -> None:
+            tasks.discard(task)
+            room.release()
+
         async def read_all() -> None:
             async for req in request_iterator:
+                await room.acquire()
                 task = asyncio.get_running_loop().create_task(serve_one(req))
                 tasks.add(task)
-                task.add_done_callback(tasks.discard)
+                task.add_done_callback(finished)
             out.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(read_all())
@@ -305,11 +317,33 @@ async def _maybe_await(value) -> None:
         await value
 
 
+def _register(server, service: InferenceService, limits: RequestLimits) -> HealthMirror:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+    mirror = HealthMirror(service)
+    health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
+    names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+    return mirror
+
+
 def build_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
-) -> tuple[grpc.aio.Server, HealthMirror, int]:
+    transport: str = "native", ssl_context: ssl.SSLContext | None = None,
+) -> tuple[grpc.aio.Server | NativeGrpcServer, HealthMirror, int]:
+    """The gRPC server on ``transport``: TLS from ``ssl_context`` (native) or ``credentials`` (grpcio)."""
     limits = limits or RequestLimits()
+    if transport == "native":
+        options = TransportOptions(
+            max_message_bytes=max_message_bytes,
+            max_header_bytes=max_metadata_bytes or TransportOptions.max_header_bytes,
+            max_concurrent_calls=limits.max_concurrent_requests,
+        )
+        try:
+            native = NativeGrpcServer(host, port, options, ssl_context)
+        except OSError as exc:
+            raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
+        return native, _register(native, service, limits), native.port
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -323,12 +357,7 @@ def build_server(
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
         maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
-    mirror = HealthMirror(service)
-    health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
-    )
+    mirror = _register(server, service, limits)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if bound == 0:

@@ -20,6 +20,11 @@ class ServerSettings(BaseModel):
     host: str = Field(default="0.0.0.0", description="address both servers listen on")
     http_port: int = Field(default=8000, ge=0, le=65535, description="KServe v2 REST port (0 = pick a free port, logged)")
     grpc_port: int = Field(default=8001, ge=0, le=65535, description="KServe v2 gRPC port (0 = pick a free port, logged)")
+    grpc_transport: Literal["native", "grpcio"] = Field(
+        default="native",
+        description="gRPC front end: 'native' (HTTP/2 on the event loop, several times less CPU per call) "
+        "or 'grpcio' (grpc.aio); same services, statuses and limits",
+    )
     model_repository: str = Field(default="examples/models", description="model repository directory")
     repository_poll_s: float = Field(
         default=2.0, ge=0, description="seconds between repository scans for hot reload (0 = no polling)"

@@ -1,0 +1,127 @@
+"""A gRPC server on the event loop: grpcio-style servicers, served over our own HTTP/2 transport.
+
+Servicers register as they would on grpc.aio (`add_XServicer_to_server(servicer, server)`),
+so the same handlers run on either transport. The socket is bound when the server is built
+(the port is known at once, 0 picks one) and served from `start()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from dataclasses import dataclass
+
+from gateway.api.grpc_native.connection import Connection
+
+
+@dataclass(frozen=True)
+class TransportOptions:
+    max_message_bytes: int = 64 << 20
+    max_header_bytes: int = 8190
+    max_concurrent_calls: int = 0  # 0: no limit; beyond it RESOURCE_EXHAUSTED at once
+    max_concurrent_streams: int = 4096  # per connection, advertised in SETTINGS
+
+
+@dataclass(frozen=True)
+class _CallDetails:
+    method: str
+    invocation_metadata: tuple = ()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    host = host.strip("[]") or None
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Every worker of `gateway serve --workers N` listens on the same port.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class NativeGrpcServer:
+    def __init__(self, host: str, port: int, options: TransportOptions, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.options = options
+        self._ssl = ssl_context
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(["h2"])  # gRPC clients insist on h2 by ALPN
+        self._sock = _listening_socket(host, port)
+        self.port = self._sock.getsockname()[1]
+        self._by_path: dict[bytes, object] = {}
+        self._generic: list = []
+        self.connections: set[Connection] = set()
+        self.active_calls = 0
+        self._idle: asyncio.Event | None = None
+        self._server: asyncio.base_events.Server | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # -- the grpcio registration interface used by generated add_*_to_server functions --
+    def add_generic_rpc_handlers(self, handlers) -> None:
+        self._generic.extend(handlers)
+
+    def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None:
+        for method, handler in method_handlers.items():
+            self._by_path[f"/{service}/{method}".encode()] = handler
+
+    def handler(self, path: bytes):
+        found = self._by_path.get(path)
+        if found is None and self._generic:
+            details = _CallDetails(path.decode("latin-1"))
+            for generic in self._generic:
+                found = generic.service(details)
+                if found is not None:
+                    self._by_path[path] = found
+                    break
+        return found
+
+    # -- calls in progress, for max_concurrent_calls and the graceful stop --
+    def call_started(self) -> bool:
+        limit = self.options.max_concurrent_calls
+        if limit and self.active_calls >= limit:
+            return False
+        self.active_calls += 1
+        return True
+
+    def call_ended(self) -> None:
+        self.active_calls -= 1
+        if self.active_calls == 0 and self._idle is not None:
+            self._idle.set()
+
+    # -- lifecycle, as grpc.aio.Server --
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._server = await self.loop.create_server(lambda: Connection(self), sock=self._sock, ssl=self._ssl)
+
+    async def stop(self, grace: float | None) -> None:
+        if self._server is None:
+            return
+        self._server.close()
+        self._idle = asyncio.Event()
+        if self.active_calls == 0:
+            self._idle.set()
+        for connection in list(self.connections):
+            connection.go_away()
+        if grace:
+            try:
+                await asyncio.wait_for(self._idle.wait(), grace)
+            except asyncio.TimeoutError:
+                pass  # what is still running is cancelled below
+        for connection in list(self.connections):
+            connection.abort()
+        await self._server.wait_closed()
+
+    async def wait_for_termination(self, timeout: float | None = None) -> bool:
+        if self._server is None:
+            return True
+        try:
+            await asyncio.wait_for(self._server.wait_closed(), timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
