@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from dataclasses import dataclass
@@ -111,6 +112,9 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         await manager.reconcile()
     await health_changed()
     _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
+    # What exists now (modules, sessions, config) lives as long as the process: keep it out of
+    # the collector's full passes.
+    gc.freeze()
     if worker is not None:
         worker.ready.send(("ready", grpc_port, http_port))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from typing import Any, Literal
@@ -43,6 +44,12 @@ class ServerSettings(BaseModel):
         description="how long the busy event loop may hold the GIL before an executor thread whose model run "
         "finished gets it back (Python's sys.setswitchinterval; 5000 = Python's default). Lower helps "
         "compute-bound models under load, costs per-request CPU on tiny ones (README: Benchmarks)",
+    )
+    gc_threshold: int = Field(
+        default=20_000, ge=0, le=10_000_000,
+        description="allocations between young-generation garbage collections (Python's default is 700; "
+        "each collection walks the objects of the requests in flight, so a serving process collects less "
+        "often); 0 keeps Python's setting",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     log_format: Literal["text", "json"] = Field(
@@ -190,6 +197,9 @@ class ServerSettings(BaseModel):
     def apply_to_interpreter(self) -> None:
         """Process-wide interpreter settings; called once by each serving process before its loop starts."""
         sys.setswitchinterval(self.gil_switch_interval_us / 1e6)
+        if self.gc_threshold:
+            _, older, oldest = gc.get_threshold()
+            gc.set_threshold(self.gc_threshold, older, oldest)
 
     @property
     def module_levels(self) -> dict[str, str]:

@@ -141,6 +141,7 @@ class Connection(asyncio.Protocol):
         self.blocked: set[Call] = set()  # calls with DATA waiting for window
         self.going_away = False
         self.closed = False
+        self._out: list[bytes] = []  # frames written at the end of this loop pass, in one syscall
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.Transport) -> None:
@@ -157,7 +158,7 @@ class Connection(asyncio.Protocol):
             f.SETTINGS_MAX_FRAME_SIZE: _MAX_FRAME,
             f.SETTINGS_MAX_HEADER_LIST_SIZE: opts.max_header_bytes,
         }
-        transport.write(f.settings(values) + f.window_update(0, _CONNECTION_WINDOW - f.DEFAULT_WINDOW))
+        self._send(f.settings(values) + f.window_update(0, _CONNECTION_WINDOW - f.DEFAULT_WINDOW))
 
     def connection_lost(self, exc) -> None:
         self.closed = True
@@ -231,7 +232,7 @@ class Connection(asyncio.Protocol):
                 self._on_settings(flags, payload)
             elif ftype == f.PING:
                 if not flags & f.ACK:
-                    self.transport.write(f.frame(f.PING, f.ACK, 0, payload[:8]))
+                    self._send(f.frame(f.PING, f.ACK, 0, payload[:8]))
             elif ftype == f.RST_STREAM:
                 call = self.calls.pop(sid, None)
                 if call is not None:
@@ -261,7 +262,7 @@ class Connection(asyncio.Protocol):
                     call.send_window += delta
             elif key == f.SETTINGS_MAX_FRAME_SIZE and f.DEFAULT_MAX_FRAME <= value < (1 << 24):
                 self.peer_max_frame = value
-        self.transport.write(f.frame(f.SETTINGS, f.ACK, 0))
+        self._send(f.frame(f.SETTINGS, f.ACK, 0))
         self._flush_blocked()
 
     def _on_window_update(self, sid: int, payload: bytes) -> None:
@@ -314,7 +315,7 @@ class Connection(asyncio.Protocol):
             return  # a stream we already closed
         self.last_stream_id = sid
         if self.going_away:
-            self.transport.write(f.rst_stream(sid, f.REFUSED_STREAM))
+            self._send(f.rst_stream(sid, f.REFUSED_STREAM))
             return
         call = Call(self, sid, head, self.peer_initial_window)
         call.remote_closed = bool(end_stream)
@@ -352,7 +353,7 @@ class Connection(asyncio.Protocol):
         length = len(payload)
         self.recv_unacked += length
         if self.recv_unacked >= _CONNECTION_WINDOW // 2:
-            self.transport.write(f.window_update(0, self.recv_unacked))
+            self._send(f.window_update(0, self.recv_unacked))
             self.recv_unacked = 0
         call = self.calls.get(sid)
         if call is None or call.remote_closed:
@@ -376,7 +377,7 @@ class Connection(asyncio.Protocol):
     def consumed(self, call: Call, size: int) -> None:
         call.recv_unacked += size
         if call.recv_unacked >= _STREAM_WINDOW // 4 and not call.remote_closed and not call.finished:
-            self.transport.write(f.window_update(call.stream_id, call.recv_unacked))
+            self._send(f.window_update(call.stream_id, call.recv_unacked))
             call.recv_unacked = 0
 
     def _gather(self, call: Call, payload: bytes) -> None:
@@ -507,7 +508,7 @@ class Connection(asyncio.Protocol):
             return
         call.head_sent = True
         block = RESPONSE_HEAD + metadata_fields(metadata) if metadata else RESPONSE_HEAD
-        self.transport.write(f.header_frames(call.stream_id, block, False, self.peer_max_frame))
+        self._send(f.header_frames(call.stream_id, block, False, self.peer_max_frame))
 
     def answer(self, call: Call, body: bytes, trailing_metadata=()) -> None:
         """The whole answer of a unary call: in one write when the windows allow."""
@@ -519,7 +520,7 @@ class Connection(asyncio.Protocol):
             call.send_window -= size
             self.send_window -= size
             sid = call.stream_id
-            self.transport.write(b"".join((
+            self._send(b"".join((
                 f.head(f.HEADERS, f.END_HEADERS, sid, len(RESPONSE_HEAD)), RESPONSE_HEAD,
                 f.head(f.DATA, 0, sid, size), b"\x00", len(body).to_bytes(4, "big"), body,
                 f.head(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, len(OK_TRAILERS)), OK_TRAILERS,
@@ -548,7 +549,7 @@ class Connection(asyncio.Protocol):
         fields = status_fields(code, message, trailing_metadata)
         if not call.head_sent:
             call.head_sent = True
-            self.transport.write(f.header_frames(call.stream_id, RESPONSE_HEAD + fields, True, self.peer_max_frame))
+            self._send(f.header_frames(call.stream_id, RESPONSE_HEAD + fields, True, self.peer_max_frame))
             self._closed(call)
             return
         call.trailers = fields
@@ -562,7 +563,7 @@ class Connection(asyncio.Protocol):
             if size <= 0:
                 self.blocked.add(call)
                 return
-            self.transport.write(f.head(f.DATA, 0, sid, size) + pending[:size])
+            self._send(f.head(f.DATA, 0, sid, size) + pending[:size])
             del pending[:size]
             call.send_window -= size
             self.send_window -= size
@@ -570,7 +571,7 @@ class Connection(asyncio.Protocol):
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)
         if call.trailers is not None:
-            self.transport.write(f.header_frames(sid, call.trailers, True, self.peer_max_frame))
+            self._send(f.header_frames(sid, call.trailers, True, self.peer_max_frame))
             self._closed(call)
 
     def _flush_blocked(self) -> None:
@@ -589,10 +590,23 @@ class Connection(asyncio.Protocol):
             call.timer = None
         if not call.remote_closed:
             call.remote_closed = True
-            self.transport.write(f.rst_stream(call.stream_id, f.NO_ERROR))
+            self._send(f.rst_stream(call.stream_id, f.NO_ERROR))
         if call.task is None:
             call.release()
         self._close_if_idle()
+
+    def _send(self, data: bytes) -> None:
+        # Answers completed by one batch go out in one write per connection, not one each.
+        if not self._out:
+            self.loop.call_soon(self._write_out)
+        self._out.append(data)
+
+    def _write_out(self) -> None:
+        if self._out:
+            data = b"".join(self._out) if len(self._out) > 1 else self._out[0]
+            self._out.clear()
+            if not self.transport.is_closing():
+                self.transport.write(data)
 
     # -- connection state --
     def go_away(self) -> None:
@@ -600,25 +614,28 @@ class Connection(asyncio.Protocol):
         if self.closed or self.going_away:
             return
         self.going_away = True
-        self.transport.write(f.goaway(self.last_stream_id, f.NO_ERROR))
+        self._send(f.goaway(self.last_stream_id, f.NO_ERROR))
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
         if self.going_away and not self.calls and not self.closed:
             self.closed = True
+            self._write_out()
             self.transport.close()
 
     def abort(self) -> None:
         if not self.closed:
             self.closed = True
+            self._write_out()
             self.transport.close()
         self.connection_lost(None)
 
     def _fatal(self, error: int, reason: str) -> None:
         _log.info("gRPC connection from %s closed: %s", self.peer or "?", reason)
         if not self.closed:
-            self.transport.write(f.goaway(self.last_stream_id, error, reason.encode()[:256]))
+            self._send(f.goaway(self.last_stream_id, error, reason.encode()[:256]))
             self.closed = True
+            self._write_out()
             self.transport.close()
 
 

@@ -1,9 +1,9 @@
 """gRPC request heads from HPACK header blocks, and the few header blocks the server sends.
 
 Decoding uses the `hpack` library. A steady client re-sends the same request head as
-references into the HPACK tables, so a block made only of such references is remembered
-and decoded again by one dictionary lookup; any other block may change the dynamic table
-and forgets what was remembered.
+references into the HPACK tables and literals it does not index, so a block that leaves the
+dynamic table as it is is remembered and decoded again by one dictionary lookup; any other
+block may change the table and forgets what was remembered.
 """
 
 from __future__ import annotations
@@ -93,19 +93,46 @@ def request_head(fields: list[tuple[bytes, bytes]]) -> RequestHead:
     return RequestHead(path, timeout, encoding, tuple(metadata), size, error)
 
 
-def _only_table_references(block: bytes) -> bool:
-    """True when every field of the block is an indexed reference (which leaves the tables as they are)."""
-    i, n = 0, len(block)
-    while i < n:
-        b = block[i]
-        if not b & 0x80:
-            return False
-        i += 1
-        if b & 0x7F == 0x7F:  # the index continues in the next bytes
-            while i < n and block[i] & 0x80:
-                i += 1
+def _integer_end(block: bytes, i: int, prefix: int) -> tuple[int, int]:
+    """(value, index after it) of the HPACK integer at ``i`` with a ``prefix``-bit mask."""
+    value = block[i] & prefix
+    i += 1
+    if value == prefix:
+        shift = 0
+        while True:
+            b = block[i]
             i += 1
-    return True
+            value += (b & 0x7F) << shift
+            shift += 7
+            if not b & 0x80:
+                break
+    return value, i
+
+
+def _leaves_tables_alone(block: bytes) -> bool:
+    """True when no field of the block adds to the dynamic table or resizes it.
+
+    Such a block (indexed fields, literals without indexing or never indexed) decodes the
+    same way for as long as the table is unchanged, so it can be remembered.
+    """
+    i, n = 0, len(block)
+    try:
+        while i < n:
+            b = block[i]
+            if b & 0x80:  # indexed field
+                _, i = _integer_end(block, i, 0x7F)
+                continue
+            if b & 0x40 or b & 0x20:  # literal with incremental indexing, or a table size update
+                return False
+            name_index, i = _integer_end(block, i, 0x0F)
+            if name_index == 0:  # the name is a string too
+                length, i = _integer_end(block, i, 0x7F)
+                i += length
+            length, i = _integer_end(block, i, 0x7F)
+            i += length
+    except IndexError:
+        return False
+    return i == n
 
 
 class HeadDecoder:
@@ -124,7 +151,7 @@ class HeadDecoder:
             return head
         fields = self._decoder.decode(block, raw=True)  # hpack.HPACKError on a malformed block
         head = request_head(fields)
-        if _only_table_references(block):
+        if _leaves_tables_alone(block):
             if len(self._remembered) >= _REMEMBERED_BLOCKS:
                 self._remembered.clear()
             self._remembered[block] = head
