@@ -83,6 +83,8 @@ class SchedulerSpec:
     adaptive_delay: bool = False
     # A batch running longer fails its requests and its instance is told to abort (0 = none).
     execute_timeout_s: float = 0.0
+    # A lone request on an idle model runs on the loop when one request measures below this (0 = never).
+    inline_execute_ns: int = 0
 
 
 class ModelScheduler:
@@ -108,6 +110,8 @@ class ModelScheduler:
         self.observer: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
         # Instances whose batch passed execute_timeout_s and whose thread has not returned yet.
         self._stuck: set[int] = set()
+        # Smoothed execute time of one-request batches, for inline_execute_ns (None: not measured yet).
+        self._lone_ns: float | None = None
 
     # -- intake ---------------------------------------------------------------
 
@@ -197,13 +201,25 @@ class ModelScheduler:
                 DeadlineExceededError(f"request to model '{self.spec.name}' timed out in the queue before execution")
             )
 
+    def _runs_inline(self, pending: list[Pending]) -> bool:
+        """A lone request, nothing else queued or running, and a model measured faster than the hand-offs."""
+        return (len(pending) == 1 and not self._in_flight and not len(self._batcher)
+                and self._lone_ns is not None and self._lone_ns < self.spec.inline_execute_ns
+                and not self.spec.execute_timeout_s)
+
     def _dispatch(self, pending: list[Pending], now: int) -> None:
+        inline = self.spec.inline_execute_ns and self._runs_inline(pending)
         executor = self._free.pop()
         self._in_flight += 1
         for p in pending:
             p.dispatch_ns = now
             self.stats.record_queue(now - p.enqueue_ns)
         dispatch = _Dispatch(executor, pending)
+        if inline:
+            # Run at the end of this loop pass: requests arriving in the same pass queue behind
+            # it (the instance counts as busy) and go to the executor thread as one batch.
+            self._loop.call_soon(self._execute_inline, dispatch)
+            return
         if self.spec.execute_timeout_s > 0:
             dispatch.timer = self._loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
         if hasattr(executor, "abort"):
@@ -211,6 +227,13 @@ class ModelScheduler:
                 p.future.add_done_callback(lambda f, d=dispatch: self._on_caller_gone(d, f))
         work = self._loop.run_in_executor(self._pool, self._execute, dispatch)
         work.add_done_callback(lambda f, d=dispatch: self._complete(d, f))
+
+    def _execute_inline(self, dispatch: _Dispatch) -> None:
+        # Blocks the loop for about inline_execute_ns: less than the loop would spend on the
+        # hand-off to an executor thread and back.
+        work = self._loop.create_future()
+        work.set_result(self._execute(dispatch))
+        self._complete(dispatch, work)
 
     def _on_caller_gone(self, dispatch: _Dispatch, fut: asyncio.Future) -> None:
         """Once every caller of a running batch has cancelled, nobody wants its answer: abort the run."""
@@ -279,8 +302,11 @@ class ModelScheduler:
         rows = sum(p.rows for p in pending)
         if any(not isinstance(o, BaseException) for o in result.outputs):
             self.stats.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns)
+            took = result.input_ns + result.infer_ns + result.output_ns
             if self._adaptive is not None:
-                self._adaptive.observe_execution(result.input_ns + result.infer_ns + result.output_ns)
+                self._adaptive.observe_execution(took)
+            if len(pending) == 1:
+                self._lone_ns = took if self._lone_ns is None else 0.8 * self._lone_ns + 0.2 * took
         for p, out in zip(pending, result.outputs):
             if p.request.trace is not None:
                 p.request.trace.batched(p.enqueue_ns, p.dispatch_ns, end, rows, len(pending))

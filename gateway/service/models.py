@@ -134,6 +134,7 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
         ragged_inputs={t.name: t.pad_value for t in cfg.inputs if t.ragged},
         adaptive_delay=db.adaptive_delay,
         execute_timeout_s=cfg.execute_timeout_s,
+        inline_execute_ns=cfg.inline_execute_us * 1000,
     )
     loaded = LoadedVersion(
         name=entry.name,

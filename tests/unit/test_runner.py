@@ -280,3 +280,60 @@ def test_ragged_inputs_are_padded_into_one_batch():
         await sched.drain(1)
 
     asyncio.run(main())
+
+
+class ThreadRecordingExecutor(GatedExecutor):
+    """Records which thread ran each batch, and takes ``sleep_s`` doing it."""
+
+    def __init__(self, sleep_s: float = 0.0) -> None:
+        super().__init__(gated=False)
+        self.threads: list[str] = []
+        self.sleep_s = sleep_s
+
+    def run(self, feeds, output_names):
+        self.threads.append(threading.current_thread().name)
+        if self.sleep_s:
+            threading.Event().wait(self.sleep_s)
+        return super().run(feeds, output_names)
+
+
+def _inline_scheduler(ex: GatedExecutor, inline_us: int) -> ModelScheduler:
+    spec = SchedulerSpec(name="m", version="1", batching=True, output_names=("y",), inline_execute_ns=inline_us * 1000)
+    return ModelScheduler(spec, BatchingPolicy(max_batch_size=8), [ex], ModelStats())
+
+
+@pytest.mark.parametrize("inline_us, sleep_s, inline_expected", [
+    (1000, 0.0, True),  # measured fast: lone requests run on the loop after the first
+    (0, 0.0, False),  # switched off
+    (50, 0.002, False),  # measured slower than the bound: always the executor thread
+])
+def test_lone_request_runs_inline_only_when_measured_fast(inline_us, sleep_s, inline_expected):
+    async def main():
+        ex = ThreadRecordingExecutor(sleep_s)
+        sched = _inline_scheduler(ex, inline_us)
+        for v in range(4):
+            out = await asyncio.wait_for(sched.submit(req(v), 1, (), 0), WAIT_S)
+            assert out["y"][0, 0] == 2 * v
+        loop_thread = threading.current_thread().name
+        assert ex.threads[0] != loop_thread  # nothing measured yet: the executor thread
+        assert all((t == loop_thread) == inline_expected for t in ex.threads[1:]), ex.threads
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_queued_requests_are_not_run_inline():
+    async def main():
+        ex = ThreadRecordingExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        await asyncio.wait_for(sched.submit(req(1), 1, (), 0), WAIT_S)  # measured fast from now on
+        ex.threads.clear()
+        results = await asyncio.wait_for(asyncio.gather(*(sched.submit(req(v), 1, (), 0) for v in range(5))), WAIT_S)
+        assert [r["y"][0, 0] for r in results] == [0, 2, 4, 6, 8]
+        # The first arrival found the model idle and ran inline; the others queued behind it
+        # and ran as one batch in the executor thread, not one by one on the loop.
+        assert ex.threads[0] == threading.current_thread().name
+        assert len(ex.threads) == 2 and ex.threads[1] != threading.current_thread().name, ex.threads
+        await sched.drain(1)
+
+    asyncio.run(main())
