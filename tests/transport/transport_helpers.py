@@ -25,7 +25,7 @@ from hyperframe.frame import (
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
 
 import make_models  # noqa: E402
-from reliability_helpers import write_slow_model  # noqa: E402
+from reliability_helpers import metric_value, slow_grpc_request, write_slow_model  # noqa: E402,F401
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SERVICE = "/inference.GRPCInferenceService/"
@@ -95,6 +95,7 @@ class RawH2:
         self.encoder = hpack.Encoder()
         self.decoder = hpack.Decoder()
         self.auto_window = auto_window
+        self.ack_settings = preface  # a client that sent no preface says nothing more on its own
         self.streams: dict[int, StreamState] = {}
         self.server_settings: dict[int, int] = {}
         self.settings_acked = False
@@ -202,7 +203,8 @@ class RawH2:
                 self.settings_acked = True
             else:
                 self.server_settings.update(frame.settings)
-                self.send_frame(SettingsFrame(0, flags={"ACK"}))
+                if self.ack_settings:
+                    self.send_frame(SettingsFrame(0, flags={"ACK"}))
         elif isinstance(frame, PingFrame):
             if "ACK" in frame.flags:
                 self.pings.append(bytes(frame.opaque_data))
@@ -292,23 +294,39 @@ def check_simple(response_bytes: bytes, a: np.ndarray, b: np.ndarray) -> None:
     np.testing.assert_array_equal(outs["OUTPUT1"], a - b)
 
 
-def identity_request(payload: np.ndarray, request_id: str = ""):
-    """identity model: IN_UINT8 [1, n] echoed as OUT_UINT8."""
+def write_echo_model(root: Path) -> None:
+    """echo: IN UINT8 [-1, -1] -> OUT = IN (Identity), for payloads of any size."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["IN"], ["OUT"])], "echo",
+        [helper.make_tensor_value_info("IN", TensorProto.UINT8, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUT", TensorProto.UINT8, ["batch", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="transport-tests")
+    model.ir_version = 8
+    (root / "echo" / "1").mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(root / "echo" / "1" / "model.onnx"))
+    (root / "echo" / "model.yaml").write_text("max_batch_size: 8\n")
+
+
+def echo_request(payload: bytes, request_id: str = ""):
+    """echo model: IN UINT8 [1, n] answered as OUT."""
     from tritonclient.grpc import service_pb2 as pb
 
-    req = pb.ModelInferRequest(model_name="identity", id=request_id)
-    req.inputs.add(name="IN_UINT8", datatype="UINT8", shape=[1, payload.size])
-    req.outputs.add(name="OUT_UINT8")
-    req.raw_input_contents.append(payload.tobytes())
+    req = pb.ModelInferRequest(model_name="echo", id=request_id)
+    req.inputs.add(name="IN", datatype="UINT8", shape=[1, len(payload)])
+    req.raw_input_contents.append(payload)
     return req
 
 
-def identity_output(response_bytes: bytes) -> bytes:
+def echo_output(response_bytes: bytes) -> bytes:
     from tritonclient.grpc import service_pb2 as pb
 
     resp = pb.ModelInferResponse.FromString(response_bytes)
-    names = [o.name for o in resp.outputs]
-    return resp.raw_output_contents[names.index("OUT_UINT8")]
+    assert [o.name for o in resp.outputs] == ["OUT"]
+    return resp.raw_output_contents[0]
 
 
 # -- daemons --
@@ -318,7 +336,8 @@ SLOW_CONFIG = "max_batch_size: 1\ninstances: 2\n"
 
 
 def write_transport_repository(root: Path) -> Path:
-    make_models.write_repository(str(root), ["simple", "identity"])
+    make_models.write_repository(str(root), ["simple"])
+    write_echo_model(root)
     write_slow_model(root, SLOW_CONFIG)
     return root
 

@@ -188,8 +188,8 @@ class Connection(asyncio.Protocol):
             self.buf = bytearray(data[used:])
 
     def _holds_a_frame(self, buf: bytearray) -> bool:
-        if not self.preface_seen:
-            return len(buf) >= len(f.PREFACE)
+        if not self.preface_seen:  # a wrong start is refused without waiting for the preface's length
+            return len(buf) >= len(f.PREFACE) or buf != f.PREFACE[:len(buf)]
         if len(buf) < 9:
             return False
         hi, lo, _, _, _ = _HEAD_FRAME.unpack_from(buf)
@@ -198,11 +198,11 @@ class Connection(asyncio.Protocol):
     def _frames(self, data: bytes) -> int:
         pos = 0
         if not self.preface_seen:
-            if len(data) < len(f.PREFACE):
-                return 0
-            if not data.startswith(f.PREFACE):
+            if data[:len(f.PREFACE)] != f.PREFACE[:len(data)]:
                 self._fatal(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface (gRPC needs HTTP/2)")
                 return len(data)
+            if len(data) < len(f.PREFACE):
+                return 0
             self.preface_seen = True
             pos = len(f.PREFACE)
         n = len(data)
