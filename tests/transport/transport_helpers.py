@@ -124,6 +124,13 @@ class RawH2:
     def send_frame(self, frame: Frame) -> None:
         self.send(frame.serialize())
 
+    def _reply(self, frame: Frame) -> None:
+        """What the client sends on its own (ACKs, window updates): the daemon may have closed already."""
+        try:
+            self.send(frame.serialize())
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def request_block(self, path: str, method: str = "POST", content_type: str = "application/grpc",
                       extra: list[tuple[str, str]] = ()) -> bytes:
         return self.encoder.encode([
@@ -204,7 +211,7 @@ class RawH2:
             else:
                 self.server_settings.update(frame.settings)
                 if self.ack_settings:
-                    self.send_frame(SettingsFrame(0, flags={"ACK"}))
+                    self._reply(SettingsFrame(0, flags={"ACK"}))
         elif isinstance(frame, PingFrame):
             if "ACK" in frame.flags:
                 self.pings.append(bytes(frame.opaque_data))
@@ -221,9 +228,9 @@ class RawH2:
             if "END_STREAM" in frame.flags:
                 state.ended = True
             if self.auto_window and frame.flow_controlled_length:
-                self.window_update(0, frame.flow_controlled_length)
+                self._reply(WindowUpdateFrame(0, window_increment=frame.flow_controlled_length))
                 if not state.ended:
-                    self.window_update(frame.stream_id, frame.flow_controlled_length)
+                    self._reply(WindowUpdateFrame(frame.stream_id, window_increment=frame.flow_controlled_length))
         elif isinstance(frame, (HeadersFrame, ContinuationFrame)):
             if isinstance(frame, HeadersFrame):
                 self._header_sid = frame.stream_id
