@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import time
 
 import pytest
 from hyperframe.frame import (
@@ -17,7 +18,7 @@ from transport_helpers import (
 
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, CANCEL, COMPRESSION_ERROR = 0x1, 0x3, 0x6, 0x8, 0x9
 SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
-OK, INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 3, 8, 12, 13
+OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 3, 4, 8, 12, 13
 
 __all__ = ["native_gw"]  # the module-scoped daemon fixture
 
@@ -396,3 +397,54 @@ def test_half_closed_socket_is_cleaned_up(native_gw):
     sock.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + struct.pack(">BHBBL", 0, 100, 1, 4, 1) + b"\x83")
     sock.close()
     _serves(native_gw)
+
+
+def test_a_stream_not_read_by_its_handler_holds_the_client_back(native_gw):
+    """ModelStreamInfer stops reading while 256 of its requests are in progress; the transport
+    then gives no more window back, so the client's next messages wait in the client."""
+    stream_window = 4 << 20
+    request_id = "x" * 16_000  # ~16 KiB messages: the window is spent after a few hundred
+    req = slow_grpc_request(20_000_000)
+    req.id = request_id
+    message = grpc_frame(req.SerializeToString())
+    with RawH2(native_gw.grpc_url) as client:
+        client.wait(lambda: client.settings_acked)
+        assert client.server_settings[SETTINGS_INITIAL_WINDOW_SIZE] == stream_window
+        client.headers(1, client.request_block(STREAM_INFER))
+        sent = 0
+        while sent < 2000:
+            if (sent + 1) * len(message) <= stream_window + client.window_updates.get(1, 0):
+                client.data(1, message)
+                sent += 1
+                continue
+            # Out of window: wait (bounded) for the daemon to give some back.
+            before = client.window_updates.get(1, 0)
+            client.quiet_for(0.5)
+            if client.window_updates.get(1, 0) == before:
+                break
+        assert sent < 2000, "the daemon kept giving window back to a stream its handler does not read"
+        # 256 taken by the handler and a window's worth waiting in the transport, give or take the
+        # 1 MiB batches in which window is given back.
+        assert 256 + (stream_window - (1 << 20)) // len(message) - 1 <= sent <= 256 + (stream_window + (1 << 20)) // len(message) + 1
+        # Other streams of the connection are not held back.
+        client.unary(3, LIVE, b"")
+        assert client.response(3).status == OK
+        client.send_frame(RstStreamFrame(1, error_code=CANCEL))
+        native_gw.wait_until(lambda: _slow_busy(native_gw) == 0 and metric_value(native_gw, "gateway_queue_depth", model="slow") == 0,
+                             timeout=30, what="the reset stream's requests abandoned")
+
+
+def test_server_side_deadline_from_grpc_timeout(native_gw):
+    """The daemon ends the call itself when grpc-timeout passes (the raw client keeps no deadline)."""
+    with RawH2(native_gw.grpc_url) as client:
+        started = time.monotonic()
+        client.headers(1, client.request_block(INFER, extra=[("grpc-timeout", "300m")]))
+        client.data(1, grpc_frame(slow_grpc_request(20_000_000).SerializeToString()), end_stream=True)
+        answer = client.response(1, timeout_s=10)
+        assert answer.status == DEADLINE_EXCEEDED
+        assert 0.25 <= time.monotonic() - started < 5
+        native_gw.wait_until(lambda: _slow_busy(native_gw) == 0, timeout=20, what="the run abandoned")
+        # A deadline that has room: answered OK.
+        client.headers(3, client.request_block(INFER, extra=[("grpc-timeout", "20S")]))
+        client.data(3, grpc_frame(slow_grpc_request(10).SerializeToString()), end_stream=True)
+        assert client.response(3).status == OK

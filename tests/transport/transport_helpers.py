@@ -100,6 +100,7 @@ class RawH2:
         self.server_settings: dict[int, int] = {}
         self.settings_acked = False
         self.pings: list[bytes] = []
+        self.window_updates: dict[int, int] = {}  # stream id (0: the connection) -> increments received
         self.goaway: GoAwayFrame | None = None
         self.closed = False
         self._header_sid = 0
@@ -217,6 +218,8 @@ class RawH2:
                 self.pings.append(bytes(frame.opaque_data))
         elif isinstance(frame, GoAwayFrame):
             self.goaway = frame
+        elif isinstance(frame, WindowUpdateFrame):
+            self.window_updates[frame.stream_id] = self.window_updates.get(frame.stream_id, 0) + frame.window_increment
         elif isinstance(frame, RstStreamFrame):
             state = self.streams.setdefault(frame.stream_id, StreamState())
             state.reset = frame.error_code
@@ -340,9 +343,14 @@ def echo_output(response_bytes: bytes) -> bytes:
 
 MAX_REQUEST_BYTES = 16 << 20  # above the 4 MiB stream window the native transport advertises
 SLOW_CONFIG = "max_batch_size: 1\ninstances: 2\n"
+SIMPLE_QUEUE = 300
+SIMPLE_CONFIG = f"max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 100\n  max_queue_size: {SIMPLE_QUEUE}\n"
 
 
 def write_transport_repository(root: Path) -> Path:
+    # A queue shorter than a long stream: a stream that pushed all its requests into it would be refused.
+    (root / "simple").mkdir(parents=True, exist_ok=True)
+    (root / "simple" / "model.yaml").write_text(SIMPLE_CONFIG)
     make_models.write_repository(str(root), ["simple"])
     write_echo_model(root)
     write_slow_model(root, SLOW_CONFIG)
@@ -362,3 +370,13 @@ def native_gw(tmp_path_factory):
     gw = start_transport_gateway(tmp_path_factory, "native")
     yield gw
     gw.terminate()
+
+
+def grpc_options(max_bytes: int = 64 << 20) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_bytes), ("grpc.max_send_message_length", max_bytes)]
+
+
+def stub(channel):
+    from tritonclient.grpc import service_pb2_grpc
+
+    return service_pb2_grpc.GRPCInferenceServiceStub(channel)
