@@ -448,3 +448,44 @@ def test_server_side_deadline_from_grpc_timeout(native_gw):
         client.headers(3, client.request_block(INFER, extra=[("grpc-timeout", "20S")]))
         client.data(3, grpc_frame(slow_grpc_request(10).SerializeToString()), end_stream=True)
         assert client.response(3).status == OK
+
+
+def test_a_larger_initial_window_releases_a_blocked_answer(native_gw):
+    """SETTINGS_INITIAL_WINDOW_SIZE raised mid-call applies to the open stream (RFC 9113 6.9.2)."""
+    payload = bytes(range(256)) * 40
+    with RawH2(native_gw.grpc_url, settings={SETTINGS_INITIAL_WINDOW_SIZE: 100}, auto_window=False) as client:
+        client.wait(lambda: client.settings_acked)
+        client.unary(1, INFER, echo_request(payload).SerializeToString())
+        client.wait(lambda: client.streams.get(1) is not None and len(client.streams[1].data) == 100)
+        client.send_frame(SettingsFrame(0, settings={SETTINGS_INITIAL_WINDOW_SIZE: 1 << 20}))
+        answer = client.response(1)
+        assert answer.status == OK
+        assert echo_output(grpc_messages(bytes(answer.data))[0]) == payload
+
+
+def test_a_streaming_answer_blocked_on_the_client_window_then_reset(native_gw):
+    """The handler waits while its answers cannot be sent; a reset ends it cleanly."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    payload = bytes(range(256)) * 400  # 100 KiB answers
+    body = grpc_frame(echo_request(payload).SerializeToString())
+    with RawH2(native_gw.grpc_url, settings={SETTINGS_INITIAL_WINDOW_SIZE: 0}, auto_window=False) as client:
+        client.wait(lambda: client.settings_acked)
+        client.headers(1, client.request_block(STREAM_INFER))
+        for _ in range(30):  # 3 MiB of answers: above the 1 MiB the transport queues per stream
+            client.data(1, body)
+        client.wait(lambda: client.streams.get(1) is not None and client.streams[1].headers is not None)
+        assert not client.streams[1].data  # a zero window: nothing sent
+        # Open the window for exactly one answer: it arrives, whole.
+        client.window_update(1, len(body) + 200)
+        client.window_update(0, 1 << 24)
+        client.wait(lambda: len(client.streams[1].data) >= 5 and len(client.streams[1].data) >= 5 + int.from_bytes(client.streams[1].data[1:5], "big"))
+        size = int.from_bytes(client.streams[1].data[1:5], "big")
+        first = pb.ModelStreamInferResponse.FromString(bytes(client.streams[1].data[5:5 + size]))
+        assert first.error_message == "" and first.infer_response.raw_output_contents[0] == payload
+        client.send_frame(RstStreamFrame(1, error_code=CANCEL))
+        client.unary(3, LIVE, b"")
+        client.window_update(3, 100)  # every stream of this connection starts with a zero window
+        assert client.response(3).status == OK
+    _serves(native_gw)
+    assert "Traceback" not in native_gw.log()
