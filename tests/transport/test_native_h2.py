@@ -3,8 +3,10 @@ against a real daemon sends well-formed, unusual and malformed frames and checks
 
 from __future__ import annotations
 
+import shutil
 import socket
 import struct
+import subprocess
 import time
 
 import pytest
@@ -17,7 +19,7 @@ from transport_helpers import (
 )
 
 PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR, CANCEL, COMPRESSION_ERROR = 0x1, 0x3, 0x6, 0x8, 0x9
-SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x4, 0x5
+SETTINGS_HEADER_TABLE_SIZE, SETTINGS_INITIAL_WINDOW_SIZE, SETTINGS_MAX_FRAME_SIZE = 0x1, 0x4, 0x5
 OK, INVALID_ARGUMENT, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, UNIMPLEMENTED, INTERNAL = 0, 3, 4, 8, 12, 13
 
 __all__ = ["native_gw"]  # the module-scoped daemon fixture
@@ -489,3 +491,44 @@ def test_a_streaming_answer_blocked_on_the_client_window_then_reset(native_gw):
         assert client.response(3).status == OK
     _serves(native_gw)
     assert "Traceback" not in native_gw.log()
+
+
+@pytest.mark.parametrize("table_size", [0, 1000])
+def test_a_smaller_header_table_is_signalled_in_the_next_header_block(native_gw, table_size):
+    """RFC 7541 4.2: after the client lowers SETTINGS_HEADER_TABLE_SIZE the server's next header block
+    starts with a dynamic table size update (strict decoders such as nghttp2 insist)."""
+    a, b = simple_arrays()
+    with RawH2(native_gw.grpc_url, settings={SETTINGS_HEADER_TABLE_SIZE: table_size}) as client:
+        client.wait(lambda: client.settings_acked)
+        client.unary(1, INFER, simple_request(a, b).SerializeToString())  # the one-write answer path
+        _ok_simple(client, 1, a, b)
+        client.unary(3, "/no.Such/Method", b"")  # a trailers-only answer
+        assert client.response(3).status == UNIMPLEMENTED
+        blocks = [block for _, block in client.header_blocks]
+        assert blocks[0][0] & 0xE0 == 0x20, "no table size update in the first block"
+        assert all(block[0] & 0xE0 != 0x20 for block in blocks[1:]), "signalled once is enough"
+        assert client.decoder.header_table_size == table_size
+        # Lowered again: signalled again (the same size again: nothing to signal).
+        lower = table_size // 2
+        client.send_frame(SettingsFrame(0, settings={SETTINGS_HEADER_TABLE_SIZE: lower}))
+        client.unary(5, INFER, simple_request(a, b).SerializeToString())
+        _ok_simple(client, 5, a, b)
+        first_of_5 = next(block for sid, block in client.header_blocks if sid == 5)
+        assert (first_of_5[0] & 0xE0 == 0x20) == (lower < table_size)
+        assert client.decoder.header_table_size == lower
+
+
+@pytest.mark.skipif(shutil.which("nghttp") is None, reason="nghttp (nghttp2's client) is not installed")
+@pytest.mark.parametrize("table_size", [4096, 0])
+def test_nghttp2_client(native_gw, tmp_path, table_size):
+    """An independent HTTP/2 implementation (nghttp2, strict about HPACK) gets a gRPC answer."""
+    body = tmp_path / "live.bin"
+    body.write_bytes(grpc_frame(b""))
+    out = subprocess.run(
+        ["nghttp", "-v", f"--header-table-size={table_size}", "-H", ":method: POST", "-H", "content-type: application/grpc",
+         "-H", "te: trailers", "-d", str(body), f"http://{native_gw.grpc_url}{LIVE}"],
+        capture_output=True, text=True, timeout=30,
+    )
+    log = out.stdout + out.stderr
+    assert out.returncode == 0, log
+    assert "grpc-status: 0" in log and "COMPRESSION_ERROR" not in log, log

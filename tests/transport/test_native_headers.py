@@ -14,7 +14,7 @@ from hyperframe.frame import ContinuationFrame, Frame, HeadersFrame
 from gateway.api.grpc_native import frames
 from gateway.api.grpc_native.headers import (
     OK_TRAILERS, RESPONSE_HEAD, HeadDecoder, HeaderError, _integer, _only_table_references, literal,
-    metadata_fields, parse_timeout, percent_encode, request_head, status_fields,
+    metadata_fields, parse_timeout, percent_encode, request_head, status_fields, table_size_update,
 )
 
 
@@ -65,6 +65,13 @@ def test_literals_leave_the_peer_table_empty():
     decoder = hpack.Decoder()
     decoder.decode(RESPONSE_HEAD + literal(b"a", b"b") + OK_TRAILERS, raw=True)
     assert len(decoder.header_table.dynamic_entries) == 0  # "without indexing": no state on either side
+
+
+@pytest.mark.parametrize("size", [0, 1, 30, 31, 1000, 4096])
+def test_table_size_update_decodes_with_hpack(size):
+    decoder = hpack.Decoder()
+    assert decoder.decode(table_size_update(size) + RESPONSE_HEAD, raw=True)[0] == (b":status", b"200")
+    assert decoder.header_table_size == size
 
 
 def test_response_head_and_trailers():

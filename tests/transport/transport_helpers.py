@@ -100,6 +100,7 @@ class RawH2:
         self.server_settings: dict[int, int] = {}
         self.settings_acked = False
         self.pings: list[bytes] = []
+        self.header_blocks: list[tuple[int, bytes]] = []  # (stream id, HPACK block) as received
         self.window_updates: dict[int, int] = {}  # stream id (0: the connection) -> increments received
         self.goaway: GoAwayFrame | None = None
         self.closed = False
@@ -243,6 +244,7 @@ class RawH2:
                 assert frame.stream_id == self._header_sid, "CONTINUATION on another stream"
                 self._header_block += frame.data
             if "END_HEADERS" in frame.flags:
+                self.header_blocks.append((self._header_sid, bytes(self._header_block)))
                 fields = [(k, v) for k, v in self.decoder.decode(bytes(self._header_block))]
                 state = self.streams.setdefault(self._header_sid, StreamState())
                 if state.headers is None:

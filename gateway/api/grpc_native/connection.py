@@ -19,7 +19,7 @@ import hpack
 from gateway.api.grpc_native import frames as f
 from gateway.api.grpc_native.context import AbortError, ServicerContext, status_number
 from gateway.api.grpc_native.headers import (
-    OK_TRAILERS, RESPONSE_HEAD, HeadDecoder, RequestHead, metadata_fields, status_fields,
+    OK_TRAILERS, RESPONSE_HEAD, HeadDecoder, RequestHead, metadata_fields, status_fields, table_size_update,
 )
 
 if TYPE_CHECKING:
@@ -134,6 +134,8 @@ class Connection(asyncio.Protocol):
         self.send_window = f.DEFAULT_WINDOW
         self.peer_initial_window = f.DEFAULT_WINDOW
         self.peer_max_frame = f.DEFAULT_MAX_FRAME
+        self.peer_table_size = f.DEFAULT_TABLE_SIZE  # the HPACK table our header blocks may use
+        self.table_update = b""  # a table size update owed at the start of our next header block
         self.recv_unacked = 0
         self.header_stream = 0  # a header block continues in CONTINUATION frames
         self.header_block = bytearray()
@@ -259,6 +261,10 @@ class Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for call in self.calls.values():
                     call.send_window += delta
+            elif key == f.SETTINGS_HEADER_TABLE_SIZE and value < self.peer_table_size:
+                # RFC 7541 4.2: the encoder must signal its smaller table in its next block (nghttp2 checks).
+                self.peer_table_size = value
+                self.table_update = table_size_update(value)
             elif key == f.SETTINGS_MAX_FRAME_SIZE and f.DEFAULT_MAX_FRAME <= value < (1 << 24):
                 self.peer_max_frame = value
         self.transport.write(f.frame(f.SETTINGS, f.ACK, 0))
@@ -507,7 +513,7 @@ class Connection(asyncio.Protocol):
             return
         call.head_sent = True
         block = RESPONSE_HEAD + metadata_fields(metadata) if metadata else RESPONSE_HEAD
-        self.transport.write(f.header_frames(call.stream_id, block, False, self.peer_max_frame))
+        self.transport.write(self._header_frames(call.stream_id, block, False))
 
     def answer(self, call: Call, body: bytes, trailing_metadata=()) -> None:
         """The whole answer of a unary call: in one write when the windows allow."""
@@ -515,7 +521,7 @@ class Connection(asyncio.Protocol):
             return
         size = len(body) + 5
         if (not call.head_sent and not trailing_metadata and size <= call.send_window
-                and size <= self.send_window and size <= self.peer_max_frame):
+                and size <= self.send_window and size <= self.peer_max_frame and not self.table_update):
             call.send_window -= size
             self.send_window -= size
             sid = call.stream_id
@@ -548,7 +554,7 @@ class Connection(asyncio.Protocol):
         fields = status_fields(code, message, trailing_metadata)
         if not call.head_sent:
             call.head_sent = True
-            self.transport.write(f.header_frames(call.stream_id, RESPONSE_HEAD + fields, True, self.peer_max_frame))
+            self.transport.write(self._header_frames(call.stream_id, RESPONSE_HEAD + fields, True))
             self._closed(call)
             return
         call.trailers = fields
@@ -570,8 +576,13 @@ class Connection(asyncio.Protocol):
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)
         if call.trailers is not None:
-            self.transport.write(f.header_frames(sid, call.trailers, True, self.peer_max_frame))
+            self.transport.write(self._header_frames(sid, call.trailers, True))
             self._closed(call)
+
+    def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
+        if self.table_update:
+            block, self.table_update = self.table_update + block, b""
+        return f.header_frames(sid, block, end_stream, self.peer_max_frame)
 
     def _flush_blocked(self) -> None:
         for call in list(self.blocked):
