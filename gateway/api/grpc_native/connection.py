@@ -19,7 +19,7 @@ import hpack
 from gateway.api.grpc_native import frames as f
 from gateway.api.grpc_native.context import AbortError, ServicerContext, status_number
 from gateway.api.grpc_native.headers import (
-    OK_TRAILERS, RESPONSE_HEAD, HeadDecoder, RequestHead, metadata_fields, status_fields,
+    OK_TRAILERS, RESPONSE_HEAD, HeadDecoder, RequestHead, metadata_fields, status_fields, table_size_update,
 )
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class Call:
 
     __slots__ = (
         "connection", "stream_id", "head", "handler", "deadline", "timer", "task", "ctx", "recv", "message",
-        "messages", "remote_closed", "send_window", "recv_unacked", "pending", "trailers", "head_sent",
+        "messages", "remote_closed", "send_window", "recv_window", "recv_unacked", "pending", "trailers", "head_sent",
         "finished", "cancelled", "counted", "drained",
     )
 
@@ -64,6 +64,7 @@ class Call:
         self.messages: asyncio.Queue | None = None  # the requests of a streaming call
         self.remote_closed = False
         self.send_window = send_window
+        self.recv_window = _STREAM_WINDOW
         self.recv_unacked = 0
         self.pending = bytearray()  # DATA waiting for flow-control window
         self.trailers: bytes | None = None  # sent once pending is empty
@@ -134,6 +135,8 @@ class Connection(asyncio.Protocol):
         self.send_window = f.DEFAULT_WINDOW
         self.peer_initial_window = f.DEFAULT_WINDOW
         self.peer_max_frame = f.DEFAULT_MAX_FRAME
+        self.peer_table_size = f.DEFAULT_TABLE_SIZE  # the HPACK table our header blocks may use
+        self.table_update = b""  # a table size update owed at the start of our next header block
         self.recv_unacked = 0
         self.header_stream = 0  # a header block continues in CONTINUATION frames
         self.header_block = bytearray()
@@ -189,8 +192,8 @@ class Connection(asyncio.Protocol):
             self.buf = bytearray(data[used:])
 
     def _holds_a_frame(self, buf: bytearray) -> bool:
-        if not self.preface_seen:
-            return len(buf) >= len(f.PREFACE)
+        if not self.preface_seen:  # a wrong start is refused without waiting for the preface's length
+            return len(buf) >= len(f.PREFACE) or buf != f.PREFACE[:len(buf)]
         if len(buf) < 9:
             return False
         hi, lo, _, _, _ = _HEAD_FRAME.unpack_from(buf)
@@ -199,11 +202,11 @@ class Connection(asyncio.Protocol):
     def _frames(self, data: bytes) -> int:
         pos = 0
         if not self.preface_seen:
-            if len(data) < len(f.PREFACE):
-                return 0
-            if not data.startswith(f.PREFACE):
+            if data[:len(f.PREFACE)] != f.PREFACE[:len(data)]:
                 self._fatal(f.PROTOCOL_ERROR, "not an HTTP/2 connection preface (gRPC needs HTTP/2)")
                 return len(data)
+            if len(data) < len(f.PREFACE):
+                return 0
             self.preface_seen = True
             pos = len(f.PREFACE)
         n = len(data)
@@ -260,6 +263,10 @@ class Connection(asyncio.Protocol):
                 self.peer_initial_window = value
                 for call in self.calls.values():
                     call.send_window += delta
+            elif key == f.SETTINGS_HEADER_TABLE_SIZE and value < self.peer_table_size:
+                # RFC 7541 4.2: the encoder must signal its smaller table in its next block (nghttp2 checks).
+                self.peer_table_size = value
+                self.table_update = table_size_update(value)
             elif key == f.SETTINGS_MAX_FRAME_SIZE and f.DEFAULT_MAX_FRAME <= value < (1 << 24):
                 self.peer_max_frame = value
         self._send(f.frame(f.SETTINGS, f.ACK, 0))
@@ -314,7 +321,7 @@ class Connection(asyncio.Protocol):
         if sid <= self.last_stream_id:
             return  # a stream we already closed
         self.last_stream_id = sid
-        if self.going_away:
+        if self.going_away or len(self.calls) >= self.server.options.max_concurrent_streams:
             self._send(f.rst_stream(sid, f.REFUSED_STREAM))
             return
         call = Call(self, sid, head, self.peer_initial_window)
@@ -358,6 +365,12 @@ class Connection(asyncio.Protocol):
         call = self.calls.get(sid)
         if call is None or call.remote_closed:
             return  # answered already, or reset
+        call.recv_window -= length
+        if call.recv_window < 0:  # past the window we gave: what it sent would pile up here
+            self.calls.pop(sid, None)
+            self._send(f.rst_stream(sid, f.FLOW_CONTROL_ERROR))
+            self._cancel(call)
+            return
         if flags & f.PADDED:
             payload = payload[1:length - payload[0]]
         end_stream = flags & f.END_STREAM
@@ -378,6 +391,7 @@ class Connection(asyncio.Protocol):
         call.recv_unacked += size
         if call.recv_unacked >= _STREAM_WINDOW // 4 and not call.remote_closed and not call.finished:
             self._send(f.window_update(call.stream_id, call.recv_unacked))
+            call.recv_window += call.recv_unacked
             call.recv_unacked = 0
 
     def _gather(self, call: Call, payload: bytes) -> None:
@@ -508,7 +522,7 @@ class Connection(asyncio.Protocol):
             return
         call.head_sent = True
         block = RESPONSE_HEAD + metadata_fields(metadata) if metadata else RESPONSE_HEAD
-        self._send(f.header_frames(call.stream_id, block, False, self.peer_max_frame))
+        self._send(self._header_frames(call.stream_id, block, False))
 
     def answer(self, call: Call, body: bytes, trailing_metadata=()) -> None:
         """The whole answer of a unary call: in one write when the windows allow."""
@@ -516,7 +530,7 @@ class Connection(asyncio.Protocol):
             return
         size = len(body) + 5
         if (not call.head_sent and not trailing_metadata and size <= call.send_window
-                and size <= self.send_window and size <= self.peer_max_frame):
+                and size <= self.send_window and size <= self.peer_max_frame and not self.table_update):
             call.send_window -= size
             self.send_window -= size
             sid = call.stream_id
@@ -549,7 +563,7 @@ class Connection(asyncio.Protocol):
         fields = status_fields(code, message, trailing_metadata)
         if not call.head_sent:
             call.head_sent = True
-            self._send(f.header_frames(call.stream_id, RESPONSE_HEAD + fields, True, self.peer_max_frame))
+            self._send(self._header_frames(call.stream_id, RESPONSE_HEAD + fields, True))
             self._closed(call)
             return
         call.trailers = fields
@@ -571,8 +585,13 @@ class Connection(asyncio.Protocol):
         if call.drained is not None and not call.drained.done():
             call.drained.set_result(None)
         if call.trailers is not None:
-            self._send(f.header_frames(sid, call.trailers, True, self.peer_max_frame))
+            self._send(self._header_frames(sid, call.trailers, True))
             self._closed(call)
+
+    def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
+        if self.table_update:
+            block, self.table_update = self.table_update + block, b""
+        return f.header_frames(sid, block, end_stream, self.peer_max_frame)
 
     def _flush_blocked(self) -> None:
         for call in list(self.blocked):

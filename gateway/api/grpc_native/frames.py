@@ -31,6 +31,7 @@ COMPRESSION_ERROR = 0x9
 
 DEFAULT_WINDOW = 65535
 DEFAULT_MAX_FRAME = 16384
+DEFAULT_TABLE_SIZE = 4096  # SETTINGS_HEADER_TABLE_SIZE until the peer says otherwise
 MAX_WINDOW = (1 << 31) - 1
 
 # 24-bit length as a byte and a short, type, flags, 31-bit stream id.

@@ -179,6 +179,11 @@ def literal(name: bytes, value: bytes) -> bytes:
     return b"\x00" + _integer(len(name), 7) + name + _integer(len(value), 7) + value
 
 
+def table_size_update(size: int) -> bytes:
+    """A dynamic table size update (RFC 7541 6.3): owed after the peer lowers SETTINGS_HEADER_TABLE_SIZE."""
+    return _integer(size, 5, 0x20)
+
+
 def percent_encode(message: str) -> bytes:
     """grpc-message: UTF-8, with bytes outside printable ASCII and '%' percent-encoded."""
     out = bytearray()
