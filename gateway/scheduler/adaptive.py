@@ -8,7 +8,13 @@ the window is sized from what the scheduler observes (exponentially weighted):
 - the time one batch takes to execute.
 
 When the executor is idle and the next arrival is expected later than a batch
-would take to run, waiting only adds latency: the delay is 0. Otherwise the
+would take to run, waiting only adds latency: the delay is 0. The same holds
+when the executor is the bottleneck and batching barely lowers its time per
+row (a compute-bound model): an idle executor is throughput lost, and waiting
+for k more rows pays only if it saves more than it idles, i.e. when the gap
+between arrivals times the rows queued is below the fixed cost of one run.
+That fixed cost and the cost per row come from the time of one-row batches
+and of larger ones. Otherwise the
 wait is the time expected to fill the batch, bounded by one batch's execution
 time (waiting longer than that loses more than batching gains) and by the
 configured ``max_queue_delay_us``.
@@ -20,11 +26,14 @@ _ALPHA = 0.2  # weight of the newest observation
 
 
 class AdaptiveDelay:
-    __slots__ = ("gap_ns", "exec_ns", "_last_arrival_ns")
+    __slots__ = ("gap_ns", "exec_ns", "one_row_ns", "many_ns", "many_rows", "_last_arrival_ns")
 
     def __init__(self) -> None:
         self.gap_ns = 0.0
         self.exec_ns = 0.0
+        self.one_row_ns = 0.0  # execute time of one-row batches
+        self.many_ns = 0.0  # execute time of larger batches ...
+        self.many_rows = 0.0  # ... and their rows
         self._last_arrival_ns = 0
 
     def observe_arrival(self, now_ns: int) -> None:
@@ -33,13 +42,30 @@ class AdaptiveDelay:
             self.gap_ns = gap if not self.gap_ns else self.gap_ns + _ALPHA * (gap - self.gap_ns)
         self._last_arrival_ns = now_ns
 
-    def observe_execution(self, exec_ns: int) -> None:
-        self.exec_ns = exec_ns if not self.exec_ns else self.exec_ns + _ALPHA * (exec_ns - self.exec_ns)
+    def observe_execution(self, exec_ns: int, rows: int = 0) -> None:
+        self.exec_ns = _smooth(self.exec_ns, exec_ns)
+        if rows == 1:
+            self.one_row_ns = _smooth(self.one_row_ns, exec_ns)
+        elif rows > 1:
+            self.many_ns = _smooth(self.many_ns, exec_ns)
+            self.many_rows = _smooth(self.many_rows, rows)
+
+    def _executor_bound(self, queued_rows: int) -> bool:
+        """Waiting with the executor idle loses more run time than batching would save."""
+        if not self.one_row_ns or not self.many_ns or self.many_rows <= 1.5:
+            return False  # cost per row and per run not known apart
+        per_row = max(0.0, (self.many_ns - self.one_row_ns) / (self.many_rows - 1))
+        per_run = max(0.0, self.one_row_ns - per_row)
+        return 2 * per_row >= self.gap_ns and self.gap_ns * max(queued_rows, 1) >= per_run
 
     def delay_ns(self, queued_rows: int, target_rows: int, executor_idle: bool) -> int:
         if queued_rows >= target_rows or not self.gap_ns or not self.exec_ns:
             return 0
-        if executor_idle and self.gap_ns >= self.exec_ns:
+        if executor_idle and (self.gap_ns >= self.exec_ns or self._executor_bound(queued_rows)):
             return 0
         to_fill = self.gap_ns * (target_rows - queued_rows)
         return int(min(to_fill, self.exec_ns))
+
+
+def _smooth(current: float, sample: float) -> float:
+    return sample if not current else current + _ALPHA * (sample - current)

@@ -304,7 +304,7 @@ class ModelScheduler:
             self.stats.record_batch(rows, result.input_ns, result.infer_ns, result.output_ns)
             took = result.input_ns + result.infer_ns + result.output_ns
             if self._adaptive is not None:
-                self._adaptive.observe_execution(took)
+                self._adaptive.observe_execution(took, rows)
             if len(pending) == 1:
                 self._lone_ns = took if self._lone_ns is None else 0.8 * self._lone_ns + 0.2 * took
         for p, out in zip(pending, result.outputs):

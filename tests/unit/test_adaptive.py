@@ -55,3 +55,32 @@ def test_batcher_delay_is_capped_by_policy():
     b.set_queue_delay(0)
     assert b.next_batch(0) is not None
     assert b.target_rows == 8
+
+
+def _profiled(gap_us: float, one_row_us: float, rows: int, batch_us: float) -> AdaptiveDelay:
+    a = AdaptiveDelay()
+    for i in range(50):
+        a.observe_arrival(int(i * gap_us * US))
+        a.observe_execution(int(one_row_us * US), 1)
+        a.observe_execution(int(batch_us * US), rows)
+    return a
+
+
+def test_compute_bound_model_does_not_idle_its_executor_to_fill_a_batch():
+    # cnn-like: 470 us for one row, 6.9 ms for 16 (per row 429 us, per run ~40 us);
+    # rows arrive every 300 us: waiting for a fuller batch only idles the executor.
+    a = _profiled(gap_us=300, one_row_us=470, rows=16, batch_us=6900)
+    assert a.delay_ns(16, 32, executor_idle=True) == 0
+    assert a.delay_ns(16, 32, executor_idle=False) > 0  # busy: collecting costs nothing
+
+
+def test_model_with_a_large_fixed_cost_still_waits():
+    # GPU-like: 450 us per run whatever the rows, 6 us per row; rows every 10 us.
+    a = _profiled(gap_us=10, one_row_us=456, rows=8, batch_us=498)
+    assert a.delay_ns(1, 32, executor_idle=True) > 0
+
+
+def test_cheap_rows_still_wait_to_fill():
+    # mlp-like: 20 us for one row, 40 us for 16; rows every 30 us (the loop is the bottleneck).
+    a = _profiled(gap_us=30, one_row_us=20, rows=16, batch_us=40)
+    assert a.delay_ns(4, 32, executor_idle=True) > 0
