@@ -227,7 +227,7 @@ class ModelConfig(_Strict):
     # A lone request on an idle model runs on the event loop itself when the model's measured
     # time for one request is below this: for tiny models the two thread hand-offs cost more
     # (~0.1-0.2 ms) than the run. 0 = always in an executor thread. See README "Performance".
-    inline_execute_us: int = Field(default=50, ge=0, le=1000)
+    inline_execute_us: int = Field(default=200, ge=0, le=1000)
 
     @field_validator("providers")
     @classmethod
