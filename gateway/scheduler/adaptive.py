@@ -39,16 +39,16 @@ class AdaptiveDelay:
     def observe_arrival(self, now_ns: int) -> None:
         if self._last_arrival_ns:
             gap = now_ns - self._last_arrival_ns
-            self.gap_ns = gap if not self.gap_ns else self.gap_ns + _ALPHA * (gap - self.gap_ns)
+            self.gap_ns = smooth(self.gap_ns, gap)
         self._last_arrival_ns = now_ns
 
     def observe_execution(self, exec_ns: int, rows: int = 0) -> None:
-        self.exec_ns = _smooth(self.exec_ns, exec_ns)
+        self.exec_ns = smooth(self.exec_ns, exec_ns)
         if rows == 1:
-            self.one_row_ns = _smooth(self.one_row_ns, exec_ns)
+            self.one_row_ns = smooth(self.one_row_ns, exec_ns)
         elif rows > 1:
-            self.many_ns = _smooth(self.many_ns, exec_ns)
-            self.many_rows = _smooth(self.many_rows, rows)
+            self.many_ns = smooth(self.many_ns, exec_ns)
+            self.many_rows = smooth(self.many_rows, rows)
 
     def _executor_bound(self, queued_rows: int) -> bool:
         """Waiting with the executor idle loses more run time than batching would save."""
@@ -67,5 +67,6 @@ class AdaptiveDelay:
         return int(min(to_fill, self.exec_ns))
 
 
-def _smooth(current: float, sample: float) -> float:
+def smooth(current: float, sample: float) -> float:
+    """Exponentially weighted average; 0 means nothing observed yet."""
     return sample if not current else current + _ALPHA * (sample - current)

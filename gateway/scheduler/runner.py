@@ -30,7 +30,7 @@ from gateway.core.errors import (
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest
 from gateway.executors.base import Executor
-from gateway.scheduler.adaptive import AdaptiveDelay
+from gateway.scheduler.adaptive import AdaptiveDelay, smooth
 from gateway.scheduler.batcher import DynamicBatcher
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.queue import QueuedRequest
@@ -110,8 +110,8 @@ class ModelScheduler:
         self.observer: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
         # Instances whose batch passed execute_timeout_s and whose thread has not returned yet.
         self._stuck: set[int] = set()
-        # Smoothed execute time of one-request batches, for inline_execute_ns (None: not measured yet).
-        self._lone_ns: float | None = None
+        # Smoothed execute time of one-request batches, for inline_execute_ns (0: not measured yet).
+        self._lone_ns = 0.0
 
     # -- intake ---------------------------------------------------------------
 
@@ -203,12 +203,11 @@ class ModelScheduler:
 
     def _runs_inline(self, pending: list[Pending]) -> bool:
         """A lone request, nothing else queued or running, and a model measured faster than the hand-offs."""
-        return (len(pending) == 1 and not self._in_flight and not len(self._batcher)
-                and self._lone_ns is not None and self._lone_ns < self.spec.inline_execute_ns
-                and not self.spec.execute_timeout_s)
+        return (0 < self._lone_ns < self.spec.inline_execute_ns and len(pending) == 1
+                and not self._in_flight and not len(self._batcher) and not self.spec.execute_timeout_s)
 
     def _dispatch(self, pending: list[Pending], now: int) -> None:
-        inline = self.spec.inline_execute_ns and self._runs_inline(pending)
+        inline = self._runs_inline(pending)
         executor = self._free.pop()
         self._in_flight += 1
         for p in pending:
@@ -306,7 +305,7 @@ class ModelScheduler:
             if self._adaptive is not None:
                 self._adaptive.observe_execution(took, rows)
             if len(pending) == 1:
-                self._lone_ns = took if self._lone_ns is None else 0.8 * self._lone_ns + 0.2 * took
+                self._lone_ns = smooth(self._lone_ns, took)
         for p, out in zip(pending, result.outputs):
             if p.request.trace is not None:
                 p.request.trace.batched(p.enqueue_ns, p.dispatch_ns, end, rows, len(pending))
