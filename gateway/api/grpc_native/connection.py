@@ -85,11 +85,12 @@ class Call:
         await self.connection.send_message(self, serializer(message) if serializer else message)
 
     async def read(self):
+        """The next request of a streaming call, or grpc.aio.EOF once the client half-closed."""
         if self.messages is None:
             raise asyncio.InvalidStateError("read() is for calls that stream requests")
         item = await self.messages.get()
         if item is _END:
-            self.messages.put_nowait(_END)
+            self.messages.put_nowait(_END)  # a second reader sees the end too
             return grpc.aio.EOF
         self.connection.consumed(self, item[1])
         return item[0]
@@ -112,13 +113,10 @@ class _RequestStream:
         return self
 
     async def __anext__(self):
-        call = self._call
-        item = await call.messages.get()
-        if item is _END:
-            call.messages.put_nowait(_END)  # a second reader sees the end too
+        message = await self._call.read()
+        if message is grpc.aio.EOF:
             raise StopAsyncIteration
-        call.connection.consumed(call, item[1])
-        return item[0]
+        return message
 
 
 class Connection(asyncio.Protocol):
@@ -472,16 +470,15 @@ class Connection(asyncio.Protocol):
             else:
                 method = handler.stream_unary if handler.request_streaming else handler.unary_unary
                 response = await method(request, ctx)
-                code = status_number(ctx.code())
-                if code:
-                    self.finish(call, code, ctx.details(), ctx.trailing_metadata())
+                if status_number(ctx.code()):
+                    self._finish_from_context(call, ctx)
                 elif response is None:
                     self.finish(call, INTERNAL, "the handler returned no response")
                 else:
                     serializer = handler.response_serializer
                     self.answer(call, serializer(response) if serializer else response, ctx.trailing_metadata())
         except AbortError:
-            self.finish(call, status_number(ctx.code()), ctx.details(), ctx.trailing_metadata())
+            self._finish_from_context(call, ctx)
         except asyncio.CancelledError:
             pass  # the client left, the deadline passed, or the server stopped: answered (or not) already
         except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN, as grpcio does
@@ -536,19 +533,19 @@ class Connection(asyncio.Protocol):
             sid = call.stream_id
             self._send(b"".join((
                 f.head(f.HEADERS, f.END_HEADERS, sid, len(RESPONSE_HEAD)), RESPONSE_HEAD,
-                f.head(f.DATA, 0, sid, size), b"\x00", len(body).to_bytes(4, "big"), body,
+                f.head(f.DATA, 0, sid, size), _message_prefix(body), body,
                 f.head(f.HEADERS, f.END_HEADERS | f.END_STREAM, sid, len(OK_TRAILERS)), OK_TRAILERS,
             )))
             self._closed(call)
             return
         self.send_head(call)
-        call.pending += b"\x00" + len(body).to_bytes(4, "big") + body
+        call.pending += _message_prefix(body) + body
         call.trailers = status_fields(OK, "", trailing_metadata) if trailing_metadata else OK_TRAILERS
         self._flush(call)
 
     async def send_message(self, call: Call, body: bytes) -> None:
         self.send_head(call)
-        call.pending += b"\x00" + len(body).to_bytes(4, "big") + body
+        call.pending += _message_prefix(body) + body
         self._flush(call)
         if len(call.pending) > _SEND_HIGH_WATER and not call.finished:
             call.drained = self.loop.create_future()
@@ -637,25 +634,30 @@ class Connection(asyncio.Protocol):
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
-        if self.going_away and not self.calls and not self.closed:
-            self.closed = True
-            self._write_out()
-            self.transport.close()
+        if self.going_away and not self.calls:
+            self._close()
 
     def abort(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._write_out()
-            self.transport.close()
+        self._close()
         self.connection_lost(None)
 
     def _fatal(self, error: int, reason: str) -> None:
         _log.info("gRPC connection from %s closed: %s", self.peer or "?", reason)
         if not self.closed:
             self._send(f.goaway(self.last_stream_id, error, reason.encode()[:256]))
+            self._close()
+
+    def _close(self) -> None:
+        """Close the transport once the frames queued so far are written."""
+        if not self.closed:
             self.closed = True
             self._write_out()
             self.transport.close()
+
+
+def _message_prefix(body: bytes) -> bytes:
+    """gRPC's length prefix: not compressed, then the length as 4 bytes big-endian."""
+    return b"\x00" + len(body).to_bytes(4, "big")
 
 
 class _Undecodable(Exception):
