@@ -15,7 +15,7 @@ from aiohttp import web
 from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
-from gateway.api.limits import RequestLimits
+from gateway.api.limits import ConnectionTimeouts, RequestLimits
 from gateway.api.tls import grpc_credentials, http_ssl_context
 from gateway.cache import build_response_cache
 from gateway.core.secrets import redact_url
@@ -85,7 +85,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     grpc_server, mirror, grpc_port = build_server(
         service, settings.host, settings.grpc_port, settings.max_request_bytes,
         limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
-        transport=settings.grpc_transport, ssl_context=grpc_ssl,
+        transport=settings.grpc_transport, ssl_context=grpc_ssl, timeouts=ConnectionTimeouts.from_settings(settings),
     )
     await grpc_server.start()
     runner = web.AppRunner(

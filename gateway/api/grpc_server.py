@@ -17,7 +17,7 @@ from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
-from gateway.api.limits import RequestLimits, check_request
+from gateway.api.limits import ConnectionTimeouts, RequestLimits, check_request
 from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, ModelNotFoundError
 from gateway.core.stats import Duration, ModelStats
@@ -329,15 +329,19 @@ def _register(server, service: InferenceService, limits: RequestLimits) -> Healt
 def build_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
-    transport: str = "native", ssl_context: ssl.SSLContext | None = None,
+    transport: str = "native", ssl_context: ssl.SSLContext | None = None, timeouts: ConnectionTimeouts | None = None,
 ) -> tuple[grpc.aio.Server | NativeGrpcServer, HealthMirror, int]:
     """The gRPC server on ``transport``: TLS from ``ssl_context`` (native) or ``credentials`` (grpcio)."""
     limits = limits or RequestLimits()
+    timeouts = timeouts or ConnectionTimeouts()
     if transport == "native":
         options = TransportOptions(
             max_message_bytes=max_message_bytes,
             max_header_bytes=max_metadata_bytes or TransportOptions.max_header_bytes,
             max_concurrent_calls=limits.max_concurrent_requests,
+            header_timeout_s=timeouts.header_s,
+            idle_timeout_s=timeouts.idle_s,
+            tls_handshake_timeout_s=timeouts.tls_handshake_s,
         )
         try:
             native = NativeGrpcServer(host, port, options, ssl_context)
@@ -348,6 +352,7 @@ def build_server(
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 1),
+        ("grpc.max_connection_idle_ms", int(timeouts.idle_s * 1000)),
     ]
     if max_metadata_bytes:
         # Soft and hard limit alike: between the two grpc refuses only some requests at random.

@@ -27,6 +27,19 @@ class RequestLimits:
         return cls(settings.max_tensor_elements, settings.max_request_rows, settings.max_concurrent_requests)
 
 
+@dataclass(frozen=True, slots=True)
+class ConnectionTimeouts:
+    """How long a connection may take to say something, and to stay silent, on either port."""
+
+    header_s: float = 10.0  # first request head (HTTP/2: preface and first HEADERS), and any one header block
+    idle_s: float = 120.0  # no request in progress
+    tls_handshake_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings) -> ConnectionTimeouts:
+        return cls(settings.header_timeout_s, settings.idle_timeout_s, settings.tls_handshake_timeout_s)
+
+
 def check_request(req: InferRequest, limits: RequestLimits) -> None:
     """Raises PayloadTooLargeError (elements) or InvalidInputError (rows)."""
     for name, array in req.inputs.items():

@@ -131,6 +131,19 @@ class ServerSettings(BaseModel):
         default=8190, ge=256, le=1 << 20,
         description="largest HTTP request line / header field and gRPC metadata (HTTP 400 beyond)",
     )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600,
+        description="a new connection must send its first request head within this (HTTP: request line and "
+        "headers; gRPC: the HTTP/2 preface and a first HEADERS), and one header block may take no longer; "
+        "slow or silent peers are closed",
+    )
+    idle_timeout_s: float = Field(
+        default=120.0, gt=0, le=86_400,
+        description="a keep-alive connection with no request in progress is closed after this (gRPC: GOAWAY, then close)",
+    )
+    tls_handshake_timeout_s: float = Field(
+        default=10.0, gt=0, le=3600, description="a TLS handshake not finished within this is dropped"
+    )
     tls_cert_file: str = Field(default="", description="PEM certificate chain: HTTPS and gRPC over TLS when set with tls_key_file")
     tls_key_file: str = Field(default="", description="PEM private key of tls_cert_file")
     tls_ca_file: str = Field(

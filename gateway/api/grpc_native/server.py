@@ -21,6 +21,9 @@ class TransportOptions:
     max_header_bytes: int = 8190
     max_concurrent_calls: int = 0  # 0: no limit; beyond it RESOURCE_EXHAUSTED at once
     max_concurrent_streams: int = 4096  # per connection, advertised in SETTINGS
+    header_timeout_s: float = 10.0  # preface and first HEADERS of a new connection; any one header block
+    idle_timeout_s: float = 120.0  # no call in progress: GOAWAY, then close
+    tls_handshake_timeout_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -97,7 +100,10 @@ class NativeGrpcServer:
     # -- lifecycle, as grpc.aio.Server --
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        self._server = await self.loop.create_server(lambda: Connection(self), sock=self._sock, ssl=self._ssl)
+        self._server = await self.loop.create_server(
+            lambda: Connection(self), sock=self._sock, ssl=self._ssl,
+            ssl_handshake_timeout=self.options.tls_handshake_timeout_s if self._ssl is not None else None,
+        )
 
     async def stop(self, grace: float | None) -> None:
         if self._server is None:
