@@ -12,19 +12,11 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 if TYPE_CHECKING:
-    from gateway.api.grpc_native.connection import Call
+    from gateway.api.grpc_native.call import Call
 
 
 class AbortError(Exception):
     """Raised by ServicerContext.abort; the transport answers with the recorded status."""
-
-
-def status_number(code: grpc.StatusCode | int | None) -> int:
-    if code is None:
-        return 0
-    if isinstance(code, grpc.StatusCode):
-        return code.value[0]
-    return int(code)
 
 
 class ServicerContext:

@@ -9,9 +9,12 @@ block may change the table and forgets what was remembered.
 from __future__ import annotations
 
 import base64
+import urllib.parse
 from dataclasses import dataclass
 
 import hpack
+
+from gateway.api.grpc_native.status import Status
 
 # Request headers that are the transport's business, not the application's metadata (as grpcio).
 _TRANSPORT_HEADERS = frozenset((
@@ -19,6 +22,9 @@ _TRANSPORT_HEADERS = frozenset((
 ))
 _TIMEOUT_UNIT_S = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
 _REMEMBERED_BLOCKS = 64
+MAX_STATUS_MESSAGE = 1024  # grpc-message bytes once percent-encoded: clients refuse trailers above ~8 KiB
+# Printable ASCII but '%' stays as it is in grpc-message; everything else is percent-encoded.
+_MESSAGE_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if c != 0x25)
 
 
 class HeaderError(Exception):
@@ -45,7 +51,7 @@ def parse_timeout(value: bytes) -> float:
     unit = _TIMEOUT_UNIT_S.get(value[-1:])
     digits = value[:-1]
     if unit is None or not digits.isdigit() or len(digits) > 8:
-        raise HeaderError(13, f"malformed grpc-timeout header {value!r}")
+        raise HeaderError(Status.INTERNAL, f"malformed grpc-timeout header {value!r}")
     return int(digits) * unit
 
 
@@ -83,13 +89,13 @@ def request_head(fields: list[tuple[bytes, bytes]]) -> RequestHead:
             try:
                 metadata.append((name.decode("ascii"), _metadata_value(name, value)))
             except (ValueError, UnicodeDecodeError):
-                error = HeaderError(13, f"metadata {name!r} is not valid")
+                error = HeaderError(Status.INTERNAL, f"metadata {name!r} is not valid")
     if method != b"POST":
-        error = HeaderError(12, f"gRPC needs POST, not {method.decode('latin-1')!r}")
+        error = HeaderError(Status.UNIMPLEMENTED, f"gRPC needs POST, not {method.decode('latin-1')!r}")
     elif not content_type.startswith(b"application/grpc"):
-        error = HeaderError(3, f"content-type {content_type.decode('latin-1')!r} is not application/grpc")
+        error = HeaderError(Status.INVALID_ARGUMENT, f"content-type {content_type.decode('latin-1')!r} is not application/grpc")
     elif encoding not in (b"", b"gzip", b"deflate"):
-        error = HeaderError(12, f"grpc-encoding {encoding.decode('latin-1')!r} is not supported (identity, gzip, deflate)")
+        error = HeaderError(Status.UNIMPLEMENTED, f"grpc-encoding {encoding.decode('latin-1')!r} is not supported (identity, gzip, deflate)")
     return RequestHead(path, timeout, encoding, tuple(metadata), size, error)
 
 
@@ -186,13 +192,21 @@ def table_size_update(size: int) -> bytes:
 
 def percent_encode(message: str) -> bytes:
     """grpc-message: UTF-8, with bytes outside printable ASCII and '%' percent-encoded."""
-    out = bytearray()
-    for b in message.encode("utf-8"):
-        if 0x20 <= b <= 0x7E and b != 0x25:
-            out.append(b)
-        else:
-            out += b"%%%02X" % b
-    return bytes(out)
+    return urllib.parse.quote_from_bytes(message.encode("utf-8"), safe=_MESSAGE_SAFE).encode("ascii")
+
+
+def _bounded_message(message: str) -> bytes:
+    """The encoded message, cut to MAX_STATUS_MESSAGE bytes (never inside a %XX escape)."""
+    # No character encodes to more than 12 bytes: cutting the text first bounds the work.
+    text = message[:MAX_STATUS_MESSAGE]
+    encoded = percent_encode(text)
+    if len(encoded) <= MAX_STATUS_MESSAGE and len(text) == len(message):
+        return encoded
+    cut = encoded[:MAX_STATUS_MESSAGE - 3]
+    escape = cut.rfind(b"%", len(cut) - 2)
+    if escape != -1:
+        cut = cut[:escape]
+    return cut + b"..."
 
 
 def metadata_fields(metadata) -> bytes:
@@ -214,9 +228,9 @@ OK_TRAILERS = literal(b"grpc-status", b"0")
 
 
 def status_fields(code: int, message: str, trailing_metadata=()) -> bytes:
-    block = literal(b"grpc-status", str(code).encode())
+    block = literal(b"grpc-status", b"%d" % code)
     if message:
-        block += literal(b"grpc-message", percent_encode(message))
+        block += literal(b"grpc-message", _bounded_message(message))
     if trailing_metadata:
         block += metadata_fields(trailing_metadata)
     return block

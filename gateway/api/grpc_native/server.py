@@ -12,18 +12,13 @@ import socket
 import ssl
 from dataclasses import dataclass
 
-from gateway.api.grpc_native.connection import Connection
+from gateway.api.grpc_native.budgets import ByteBudget
+from gateway.api.grpc_native.call import Call, open_call
+from gateway.api.grpc_native.engine import Http2Connection
+from gateway.api.grpc_native.headers import RequestHead
+from gateway.api.grpc_native.options import TransportOptions
 
-
-@dataclass(frozen=True)
-class TransportOptions:
-    max_message_bytes: int = 64 << 20
-    max_header_bytes: int = 8190
-    max_concurrent_calls: int = 0  # 0: no limit; beyond it RESOURCE_EXHAUSTED at once
-    max_concurrent_streams: int = 4096  # per connection, advertised in SETTINGS
-    header_timeout_s: float = 10.0  # preface and first HEADERS of a new connection; any one header block
-    idle_timeout_s: float = 120.0  # no call in progress: GOAWAY, then close
-    tls_handshake_timeout_s: float = 10.0
+__all__ = ["NativeGrpcServer", "TransportOptions"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +54,12 @@ class NativeGrpcServer:
         self.port = self._sock.getsockname()[1]
         self._by_path: dict[bytes, object] = {}
         self._generic: list = []
-        self.connections: set[Connection] = set()
+        self.connections: set[Http2Connection] = set()
         self.active_calls = 0
+        # Process-wide byte budgets (one server per process): answers the peers do not take, and
+        # request messages not yet whole or not yet read by their handlers.
+        self.pending = ByteBudget(options.max_pending_bytes_total)
+        self.request_buffer = ByteBudget(options.max_buffered_request_bytes_total)
         self._idle: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -84,6 +83,9 @@ class NativeGrpcServer:
                     break
         return found
 
+    def open_stream(self, connection: Http2Connection, stream_id: int, head: RequestHead, end_stream: bool) -> Call:
+        return open_call(connection, stream_id, head, end_stream)
+
     # -- calls in progress, for max_concurrent_calls and the graceful stop --
     def call_started(self) -> bool:
         limit = self.options.max_concurrent_calls
@@ -101,7 +103,7 @@ class NativeGrpcServer:
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
         self._server = await self.loop.create_server(
-            lambda: Connection(self), sock=self._sock, ssl=self._ssl,
+            lambda: Http2Connection(self), sock=self._sock, ssl=self._ssl,
             ssl_handshake_timeout=self.options.tls_handshake_timeout_s if self._ssl is not None else None,
         )
 
