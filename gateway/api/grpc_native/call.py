@@ -76,7 +76,7 @@ class Call(Stream):
             self.messages.put_nowait(_END)
         elif self.message is None:
             self.finish(Status.INTERNAL, "the call ended without a request message")
-        elif self.task is None:
+        elif self.task is None and _takes_a_slot(self):
             self.task = self.connection.loop.create_task(_serve(self))
 
     def on_reset(self) -> None:
@@ -270,16 +270,13 @@ def open_call(connection: Http2Connection, stream_id: int, head: RequestHead, en
     if handler is None:
         call.finish(Status.UNIMPLEMENTED, f"Method not found: {head.path[:256].decode('latin-1')}")
         return call
-    if not server.call_started():
-        call.finish(Status.RESOURCE_EXHAUSTED,
-                    f"more than max_concurrent_requests {opts.max_concurrent_calls} calls in progress")
-        return call
-    call.counted = True
     call.handler = handler
     if head.timeout_s is not None:
         call.deadline = time.monotonic() + head.timeout_s
         call.timer = connection.loop.call_later(head.timeout_s, call.deadline_passed)
     if handler.request_streaming:
+        if not _takes_a_slot(call):
+            return call
         call.messages = asyncio.Queue()
         call.task = connection.loop.create_task(_serve(call))
         if end_stream:
@@ -287,6 +284,18 @@ def open_call(connection: Http2Connection, stream_id: int, head: RequestHead, en
     elif end_stream:
         call.finish(Status.INTERNAL, "the call ended without a request message")
     return call
+
+
+def _takes_a_slot(call: Call) -> bool:
+    """A slot of max_concurrent_requests: a streaming call holds one from its head, a unary call
+    from its whole request (a head alone, never followed by its message, holds none)."""
+    server = call.connection.server
+    if not server.call_started():
+        call.finish(Status.RESOURCE_EXHAUSTED,
+                    f"more than max_concurrent_requests {server.options.max_concurrent_calls} calls in progress")
+        return False
+    call.counted = True
+    return True
 
 
 async def _serve(call: Call) -> None:

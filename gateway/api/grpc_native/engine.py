@@ -180,7 +180,7 @@ class Http2Connection(asyncio.Protocol):
         self.write_paused = False
         if not self.closed:
             self.transport.resume_reading()
-            self._flush_blocked()
+            self._flush_blocked(charged=False)
 
     def data_received(self, data: bytes) -> None:
         if self.buf:
@@ -599,10 +599,13 @@ class Http2Connection(asyncio.Protocol):
             self._send(self._header_frames(sid, stream.trailers, True))
             self._closed(stream)
 
-    def _flush_blocked(self) -> None:
+    def _flush_blocked(self, charged: bool = True) -> None:
+        """Streams waiting on the connection window or the socket; a peer's frame that makes us look
+        at them again pays for the look (the socket resuming does not)."""
         if not self.blocked:
             return
-        self._work(len(self.blocked) * _RETRY_COST)
+        if charged:
+            self._work(len(self.blocked) * _RETRY_COST)
         for stream in list(self.blocked):
             if self.send_window <= 0 or self.write_paused:
                 return
