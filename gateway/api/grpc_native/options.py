@@ -12,7 +12,7 @@ class TransportOptions:
     max_concurrent_calls: int = 0  # process-wide calls in progress; 0: no limit; beyond it RESOURCE_EXHAUSTED at once
     # Per connection, advertised in SETTINGS (grpc clients queue calls beyond it); beyond it REFUSED_STREAM.
     # It also bounds what one connection can have answered but not read (streams x answer size).
-    max_concurrent_streams: int = 256
+    max_concurrent_streams: int = 128
     header_timeout_s: float = 10.0  # preface and first HEADERS of a new connection; any one header block
     idle_timeout_s: float = 120.0  # no call in progress (or writes stalled this long): GOAWAY, then close
     tls_handshake_timeout_s: float = 10.0
