@@ -130,6 +130,9 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "max_request_rows": (10, 20, 30),
         "max_concurrent_requests": (0, 5, 6),
         "max_header_bytes": (1024, 2048, 4096),
+        "header_timeout_s": (1.0, 2.0, 3.0),
+        "idle_timeout_s": (10.0, 20.0, 30.0),
+        "tls_handshake_timeout_s": (4.0, 5.0, 6.0),
     }
     pem = {}
     for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):  # must exist; contents are read by the daemon
