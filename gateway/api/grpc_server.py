@@ -353,6 +353,8 @@ def build_server(
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 1),
         ("grpc.max_connection_idle_ms", int(timeouts.idle_s * 1000)),
+        # A connection that has not finished its HTTP/2 (and TLS) handshake in time is dropped.
+        ("grpc.server_handshake_timeout_ms", int(min(timeouts.header_s, timeouts.tls_handshake_s) * 1000)),
     ]
     if max_metadata_bytes:
         # Soft and hard limit alike: between the two grpc refuses only some requests at random.
