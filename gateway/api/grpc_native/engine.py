@@ -36,6 +36,29 @@ _WRITE_HIGH_WATER = 1 << 20  # above this in the socket's buffer the peer is not
 _RETRY_COST = 1 / 16  # control-bucket tokens per stream a window change makes us look at again
 
 
+class _RateLimitedLog:
+    """At most `lines` per `window_s`, then one line saying how many were left out: a flood of bad
+    connections must not become a flood of log lines."""
+
+    def __init__(self, lines: int = 20, window_s: float = 10.0) -> None:
+        self._lines, self._window_s = lines, window_s
+        self._start, self._used, self._dropped = 0.0, 0, 0
+
+    def info(self, now: float, message: str, *args) -> None:
+        if now - self._start >= self._window_s:
+            if self._dropped:
+                _log.info("gRPC: %d more connection-close lines left out in the last %.0f s", self._dropped, self._window_s)
+            self._start, self._used, self._dropped = now, 0, 0
+        if self._used < self._lines:
+            self._used += 1
+            _log.info(message, *args)
+        else:
+            self._dropped += 1
+
+
+_close_log = _RateLimitedLog()
+
+
 class H2ConnectionError(Exception):
     """A connection error (RFC 9113 5.4.1): GOAWAY with this code, then close."""
 
@@ -730,7 +753,7 @@ class Http2Connection(asyncio.Protocol):
         self.connection_lost(None)
 
     def _log_close(self, reason: str) -> None:
-        _log.info("gRPC connection from %s closed: %s", self.peer or "?", reason)
+        _close_log.info(self.loop.time(), "gRPC connection from %s closed: %s", self.peer or "?", reason)
 
     def _fatal(self, error: int, reason: str) -> None:
         self._log_close(reason)
