@@ -55,35 +55,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    """Validate every model config of a repository and print every problem found."""
-    from gateway.core.model_config import all_errors
-    from gateway.core.repository import is_valid_model_name
+    """Validate a repository as `serve` would load it and print every problem found."""
+    from gateway.tools.check import check_repository
 
     root = args.repository
     if not os.path.isdir(root):
         print(f"{root}: not a directory", file=sys.stderr)
         return 2
-    problems = 0
-    for name in sorted(os.listdir(root)):
-        directory = os.path.join(root, name)
-        if not os.path.isdir(directory):
-            continue
-        if not is_valid_model_name(name):
-            print(f"{directory}: invalid model name")
-            problems += 1
-            continue
-        errors = all_errors(directory)
-        versions = [v for v in os.listdir(directory) if v.isdigit() and os.path.isdir(os.path.join(directory, v))]
-        if not versions:
-            print(f"{directory}: no version directory (expected {directory}/1/model.onnx)")
-            problems += 1
-        for err in errors:
-            print(str(err))
-        problems += len(errors)
-        if not errors and versions:
-            print(f"{directory}: ok ({len(versions)} version(s))")
-    print(f"{problems} problem(s) found")
-    return 1 if problems else 0
+    return 1 if check_repository(root) else 0
 
 
 def _tune(args: argparse.Namespace) -> int:
@@ -130,7 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_setting_flags(serve)
     serve.set_defaults(func=_serve)
-    check = sub.add_parser("check", help="validate a model repository and print every problem")
+    check = sub.add_parser(
+        "check",
+        help="validate a model repository as `serve` would load it and print every problem",
+        description="Checks every model.yaml and, for each version its policy serves, the config against the "
+        "model file's inputs and outputs (declared tensors, batching, drift streams, text-generation layout and "
+        "tokenizer), without starting a runtime. Prints 'file: field: reason' per problem; exit 1 if any.",
+    )
     check.add_argument("repository", help="model repository directory")
     check.set_defaults(func=_check)
     tune = sub.add_parser(

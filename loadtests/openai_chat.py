@@ -6,7 +6,8 @@
 Half the users' calls stream: for those the report also has "chat stream: first token"
 (time to the first content chunk) next to the whole stream's time, and a stream that
 ends without ``data: [DONE]`` or with an error chunk counts as a failure. Without
---chat-model the first model of GET /v1/models is used.
+--chat-model the first model of GET /v1/models whose ``capabilities`` include
+``chat.completions`` is used (servers that list no capabilities: the first model).
 """
 
 from __future__ import annotations
@@ -27,8 +28,16 @@ PROMPTS = [
 
 @events.init_command_line_parser.add_listener
 def _options(parser):
-    parser.add_argument("--chat-model", default="", help="model id (default: the first of GET /v1/models)")
+    parser.add_argument("--chat-model", default="", help="model id (default: the first chat model of GET /v1/models)")
     parser.add_argument("--max-tokens", type=int, default=32)
+
+
+def chat_model(models: list[dict]) -> str:
+    """The first model that says it answers chat completions; with no model saying what it can
+    do (another OpenAI-compatible server), the first model."""
+    if not any("capabilities" in m for m in models):
+        return models[0]["id"] if models else ""
+    return next((m["id"] for m in models if "chat.completions" in m.get("capabilities", ())), "")
 
 
 class ChatUser(FastHttpUser):
@@ -37,10 +46,11 @@ class ChatUser(FastHttpUser):
         self.model = opts.chat_model
         if not self.model:
             with self.client.get("/v1/models", name="models", catch_response=True) as resp:
-                if resp.status_code != 200 or not resp.json().get("data"):
-                    resp.failure(f"no models: {resp.status_code} {resp.text[:200]}")
-                    raise RuntimeError("GET /v1/models listed no model")
-                self.model = resp.json()["data"][0]["id"]
+                models = resp.json().get("data") if resp.status_code == 200 else None
+                self.model = chat_model(models or [])
+                if not self.model:
+                    resp.failure(f"no chat model: {resp.status_code} {resp.text[:300]}")
+                    raise RuntimeError("GET /v1/models listed no model that answers chat completions")
         self.max_tokens = opts.max_tokens
         self.turn = 0
 

@@ -15,6 +15,7 @@ from gateway.api.limits import ConcurrencyGate, RequestLimits, check_request
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
+from gateway.api.openai.errors import openai_errors
 from gateway.api.openai.models_routes import OpenAIModelsApi
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
 from gateway.core import context as request_context
@@ -267,6 +268,7 @@ def build_app(
     gate = ConcurrencyGate(limits.max_concurrent_requests)
     # No limit, no middleware: nothing to pay per request.
     middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
+    middlewares.insert(0, openai_errors)  # outermost: every /v1 error in OpenAI's envelope
     app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
     app.add_routes(HttpApi(service, max_request_bytes, limits).routes())
     app.add_routes(RoutingHttp(service, admin_token, error_response).routes())

@@ -49,6 +49,27 @@ class SamplingParams:
     logprobs: int | None = None  # None = off; k = alternatives per token besides the chosen one
 
 
+@dataclass(slots=True)
+class GenerationTrace:
+    """Monotonic-clock stamps (ns) of a traced generation request, turned into spans when it ends
+    (as ``TraceRecord`` is for tensor requests). The engine fills it: tokenizing and admission at
+    submit, then per step on the event loop (prefill, decode); ``detokenize_ns`` is the summed
+    worker time spent turning its tokens into text. Only traced requests carry one."""
+
+    tokenize_start_ns: int = 0
+    tokenize_end_ns: int = 0
+    queued_ns: int = 0
+    prefill_start_ns: int = 0
+    prefill_end_ns: int = 0
+    decode_start_ns: int = 0
+    decode_end_ns: int = 0
+    decode_steps: int = 0
+    prompt_tokens: int = 0
+    detokenize_ns: int = 0
+    detokenized_tokens: int = 0
+    last_step: int = 0  # the engine's step number last counted (choices share steps)
+
+
 @dataclass(frozen=True, slots=True)
 class GenerationRequest:
     model: str
@@ -58,6 +79,8 @@ class GenerationRequest:
     messages: tuple[dict, ...] | None = None  # chat: rendered with the model's chat template
     user: str = ""
     cache: bool = True  # False: the request opted out of the semantic cache
+    # Set only when this request is traced; the engine stamps its hops into it.
+    trace: GenerationTrace | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -310,22 +310,32 @@ def _field_path(loc: tuple[Any, ...]) -> str:
     return path or "(file)"
 
 
-def parse_model_config(raw: Any, *, file: str, default_name: str) -> ModelConfig:
-    """Validate a parsed YAML document; errors name the file and the field."""
+def validate_model_config(raw: Any, *, file: str, default_name: str) -> tuple[ModelConfig | None, list[ConfigError]]:
+    """The config of a parsed YAML document and every problem in it (the config is None when a
+    field is invalid; cross-field problems come with the config they were found in)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(file, "(file)", f"expected a mapping at the top level, got {type(raw).__name__}")
+        return None, [ConfigError(file, "(file)", f"expected a mapping at the top level, got {type(raw).__name__}")]
     raw = dict(raw)
     raw.setdefault("name", default_name)
+    errors: list[ConfigError] = []
     if raw["name"] != default_name:
-        raise ConfigError(file, "name", f"'{raw['name']}' must match the model's directory '{default_name}'")
+        errors.append(ConfigError(file, "name", f"'{raw['name']}' must match the model's directory '{default_name}'"))
+        raw["name"] = default_name
     try:
         cfg = ModelConfig.model_validate(raw)
     except ValidationError as exc:
-        raise _to_config_errors(exc, file)[0] from None
-    for field, reason in cross_field_problems(cfg):
-        raise ConfigError(file, field, reason)
+        return None, errors + _to_config_errors(exc, file)
+    return cfg, errors + [ConfigError(file, f, r) for f, r in cross_field_problems(cfg)]
+
+
+def parse_model_config(raw: Any, *, file: str, default_name: str) -> ModelConfig:
+    """Validate a parsed YAML document; the first problem is raised, naming the file and the field."""
+    cfg, errors = validate_model_config(raw, file=file, default_name=default_name)
+    if errors:
+        raise errors[0]
+    assert cfg is not None
     return cfg
 
 
@@ -337,44 +347,33 @@ def _to_config_errors(exc: ValidationError, file: str) -> list[ConfigError]:
     return out
 
 
-def load_model_config(model_dir: str) -> ModelConfig:
+def _read_raw(model_dir: str) -> tuple[str, str, Any]:
+    """(directory name, config path, parsed YAML or None when there is no file)."""
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, CONFIG_FILENAME)
     if not os.path.exists(path):
-        return parse_model_config({}, file=path, default_name=name)
+        return name, path, None
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
+            return name, path, yaml.safe_load(fh)
+    except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(path, "(file)", f"not valid YAML: {exc}") from None
+
+
+def load_model_config(model_dir: str) -> ModelConfig:
+    name, path, raw = _read_raw(model_dir)
     return parse_model_config(raw, file=path, default_name=name)
 
 
 def all_errors(model_dir: str) -> list[ConfigError]:
-    """Every problem in a model directory's config (for ``gateway check``)."""
-    name = os.path.basename(os.path.normpath(model_dir))
-    path = os.path.join(model_dir, CONFIG_FILENAME)
+    """Every problem in a model directory's config (for ``gateway check``): what
+    ``load_model_config`` raises first, and the rest, and routed versions the policy does not serve."""
     try:
-        raw = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as fh:
-                raw = yaml.safe_load(fh)
-    except (OSError, yaml.YAMLError) as exc:
-        return [ConfigError(path, "(file)", f"not valid YAML: {exc}")]
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        return [ConfigError(path, "(file)", "expected a mapping at the top level")]
-    raw = dict(raw)
-    raw.setdefault("name", name)
-    errors: list[ConfigError] = []
-    if raw["name"] != name:
-        errors.append(ConfigError(path, "name", f"'{raw['name']}' must match the model's directory '{name}'"))
-        raw["name"] = name
-    try:
-        cfg = ModelConfig.model_validate(raw)
-    except ValidationError as exc:
-        return errors + _to_config_errors(exc, path)
+        name, path, raw = _read_raw(model_dir)
+    except ConfigError as exc:
+        return [exc]
+    cfg, errors = validate_model_config(raw, file=path, default_name=name)
+    if cfg is None:
+        return errors
     versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and int(v) >= 1 and os.path.isdir(os.path.join(model_dir, v))]
-    problems = cross_field_problems(cfg) + routing_version_problems(cfg, versions)
-    return errors + [ConfigError(path, f, r) for f, r in problems]
+    return errors + [ConfigError(path, f, r) for f, r in routing_version_problems(cfg, versions)]

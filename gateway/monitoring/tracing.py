@@ -27,6 +27,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, format_trace_id, s
 
 from gateway.core import context
 from gateway.core.errors import ConfigError
+from gateway.core.generation import GenerationTrace
 from gateway.core.types import TraceRecord
 
 _log = logging.getLogger("gateway.tracing")
@@ -123,16 +124,23 @@ class Tracing:
 class RequestTrace:
     """A traced request in flight: the api stamps decode/encode, the scheduler fills ``record``."""
 
-    __slots__ = ("_tracer", "span", "record", "start_ns", "decoded_ns", "served_ns", "offset_ns")
+    __slots__ = ("_tracer", "span", "record", "generation", "start_ns", "decoded_ns", "served_ns", "offset_ns")
 
     def __init__(self, tracer, span, start_ns: int, offset_ns: int) -> None:
         self._tracer = tracer
         self.span = span
         self.record = TraceRecord()
+        self.generation: GenerationTrace | None = None
         self.start_ns = start_ns
         self.decoded_ns = 0
         self.served_ns = 0
         self.offset_ns = offset_ns
+
+    def attach_generation(self) -> GenerationTrace:
+        """A text-generation request (/v1): the body is parsed; the engine stamps the returned record."""
+        self.decoded_ns = time.monotonic_ns()
+        self.generation = GenerationTrace()
+        return self.generation
 
     def attach(self, request: Any) -> None:
         """Decoding is done: stamp it and let the stages after it stamp theirs into ``request.trace``."""
@@ -143,7 +151,8 @@ class RequestTrace:
         """Emit the child spans from the stamps and end the request span at ``end_ns``."""
         parent = set_span_in_context(self.span)
         r = self.record
-        self._child(parent, "decode", self.start_ns, self.decoded_ns)
+        # The wire decode; for a generation request "decode" is its token steps, so the body's is "read request".
+        self._child(parent, "decode" if self.generation is None else "read request", self.start_ns, self.decoded_ns)
         if r.cache_start_ns:
             self._child(parent, "cache lookup", r.cache_start_ns, r.cache_end_ns, {"gateway.cache.hit": r.cache_hit})
         if r.dispatch_ns:
@@ -152,6 +161,8 @@ class RequestTrace:
                 "gateway.batch.size": r.batch_rows,
                 "gateway.batch.requests": r.batch_requests,
             })
+        if self.generation is not None:
+            self._generation_children(parent, self.generation)
         if self.served_ns:
             self._child(parent, "encode", self.served_ns, end_ns)
         if attributes:
@@ -159,6 +170,20 @@ class RequestTrace:
         if error is not None:
             self.span.set_status(Status(StatusCode.ERROR, error))
         self.span.end(end_time=end_ns + self.offset_ns)
+
+    def _generation_children(self, parent, g: GenerationTrace) -> None:
+        """tokenize, queue wait, prefill, one decode span for all steps, and detokenize (the summed
+        worker time of turning tokens into text, laid from the first token on)."""
+        self._child(parent, "tokenize", g.tokenize_start_ns, g.tokenize_end_ns, {"gateway.generation.prompt_tokens": g.prompt_tokens})
+        if g.prefill_start_ns:
+            self._child(parent, "queue wait", g.queued_ns, g.prefill_start_ns)
+            self._child(parent, "prefill", g.prefill_start_ns, g.prefill_end_ns, {"gateway.generation.prompt_tokens": g.prompt_tokens})
+        if g.decode_steps:
+            self._child(parent, "decode", g.decode_start_ns, g.decode_end_ns, {"gateway.generation.decode_steps": g.decode_steps})
+        if g.detokenized_tokens:
+            first = g.prefill_start_ns or g.decode_start_ns
+            self._child(parent, "detokenize", first, first + g.detokenize_ns, {
+                "gateway.generation.tokens": g.detokenized_tokens, "gateway.generation.detokenize_summed": True})
 
     def _child(self, parent, name: str, start_ns: int, end_ns: int, attributes: dict[str, Any] | None = None) -> None:
         if start_ns and end_ns >= start_ns:

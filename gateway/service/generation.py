@@ -7,7 +7,7 @@ import os
 
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.base import Executor
-from gateway.executors.decoder import DecoderLayoutError, KvCacheDecoder
+from gateway.executors.decoder import DecoderLayoutError, KvCacheDecoder, read_layout
 from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.tokenizer import TokenizerLoadError, TextTokenizer
@@ -19,17 +19,36 @@ class GenerationLoadError(Exception):
     pass
 
 
+def _load_tokenizer(model_file: str) -> TextTokenizer:
+    try:
+        return TextTokenizer.from_dir(os.path.dirname(model_file))
+    except (TokenizerLoadError, ChatTemplateError) as exc:
+        raise GenerationLoadError(f"generation: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - a template that does not compile
+        raise GenerationLoadError(f"generation: chat_template: {exc}") from None
+
+
+def generation_problems(graph, model_file: str) -> list[str]:
+    """What ``build_generation_engine`` would refuse, from the graph's signature (``.inputs``,
+    ``.outputs``) and the version's files, without a runtime: every problem (``gateway check``)."""
+    problems = []
+    try:
+        read_layout(graph)
+    except DecoderLayoutError as exc:
+        problems.append(f"{model_file}: generation: {exc}")
+    try:
+        _load_tokenizer(model_file)
+    except GenerationLoadError as exc:
+        problems.append(str(exc))
+    return problems
+
+
 def build_generation_engine(name: str, version: str, config: GenerationConfig, executor: Executor, model_file: str) -> GenerationEngine:
     try:
         decoder = KvCacheDecoder(executor)
     except DecoderLayoutError as exc:
         raise GenerationLoadError(f"{model_file}: generation: {exc}") from None
-    try:
-        tokenizer = TextTokenizer.from_dir(os.path.dirname(model_file))
-    except (TokenizerLoadError, ChatTemplateError) as exc:
-        raise GenerationLoadError(f"generation: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - a template that does not compile
-        raise GenerationLoadError(f"generation: chat_template: {exc}") from None
+    tokenizer = _load_tokenizer(model_file)
     if not tokenizer.eos_token_ids and not config.stop_token_ids:
         _log.warning("%s:%s has no eos token: sequences end only at max_tokens or a stop string", name, version)
     layout = decoder.layout

@@ -70,20 +70,63 @@ def _strip_batch(specs: tuple[TensorSpec, ...], batching: bool) -> tuple[TensorS
     return tuple(TensorSpec(s.name, s.datatype, s.shape[1:]) for s in specs)
 
 
-def _check_declared(declared, graph: tuple[TensorSpec, ...], kind: str, file: str) -> tuple[TensorSpec, ...]:
+def _check_declared(declared, graph: tuple[TensorSpec, ...], kind: str, file: str, problems: list[str]) -> tuple[TensorSpec, ...]:
     """Declared tensors must exist in the graph with the same datatype and rank."""
     by_name = {s.name: s for s in graph}
     out = []
     for i, t in enumerate(declared):
         g = by_name.get(t.name)
         if g is None:
-            raise ModelLoadError(f"{file}: {kind}[{i}].name: '{t.name}' is not in the model (it has {sorted(by_name)})")
-        if g.datatype != t.datatype:
-            raise ModelLoadError(f"{file}: {kind}[{i}].datatype: {t.datatype} but the model says {g.datatype}")
-        if len(g.shape) != len(t.shape):
-            raise ModelLoadError(f"{file}: {kind}[{i}].shape: rank {len(t.shape)} but the model has rank {len(g.shape)}")
+            problems.append(f"{file}: {kind}[{i}].name: '{t.name}' is not in the model (it has {sorted(by_name)})")
+        elif g.datatype != t.datatype:
+            problems.append(f"{file}: {kind}[{i}].datatype: {t.datatype} but the model says {g.datatype}")
+        elif len(g.shape) != len(t.shape):
+            problems.append(f"{file}: {kind}[{i}].shape: rank {len(t.shape)} but the model has rank {len(g.shape)}")
         out.append(TensorSpec(t.name, t.datatype, tuple(t.shape)))
     return tuple(out) if declared else graph
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPlan:
+    """What a version's config and its graph's signature decide, before any runtime is involved."""
+
+    max_batch_size: int
+    inputs: tuple[TensorSpec, ...]  # without the batch dim
+    outputs: tuple[TensorSpec, ...]
+    streams: list  # drift streams (empty when drift is not watched)
+
+
+def plan_version(
+    entry: ModelEntry, graph_in: tuple[TensorSpec, ...], graph_out: tuple[TensorSpec, ...], watch_drift: bool
+) -> tuple[VersionPlan, list[str]]:
+    """The cross-checks of config against graph that need no runtime, with every problem found
+    ("file: field: reason"); ``build_version`` refuses a version with any, ``gateway check`` lists them."""
+    cfg = entry.config
+    assert cfg is not None
+    cfg_file = f"{entry.directory}/model.yaml"
+    problems: list[str] = []
+    dynamic_batch = all(s.shape and s.shape[0] == -1 for s in graph_in + graph_out)
+    mbs = cfg.max_batch_size
+    if mbs is None:
+        mbs = DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
+    elif mbs > 0 and not dynamic_batch:
+        problems.append(
+            f"{cfg_file}: max_batch_size: {mbs} needs a dynamic leading dim on every "
+            f"input and output of the model; set max_batch_size: 0"
+        )
+        mbs = -1  # the checks below read the graph as it is
+    if mbs == 0 and cfg.dynamic_batching.preferred_batch_sizes:
+        problems.append(f"{cfg_file}: dynamic_batching.preferred_batch_sizes: set but the model does not batch")
+    mbs = max(mbs, 0)
+    batching = mbs > 0
+    inputs = _check_declared(cfg.inputs, _strip_batch(graph_in, batching), "inputs", cfg_file, problems)
+    outputs = _check_declared(cfg.outputs, _strip_batch(graph_out, batching), "outputs", cfg_file, problems)
+    streams = []
+    if watch_drift and cfg.drift is not None and cfg.drift.enabled:
+        drift_problems: list[ConfigError] = []
+        streams = resolve_streams(cfg.drift, inputs, outputs, cfg_file, drift_problems)
+        problems += [str(e) for e in drift_problems]
+    return VersionPlan(mbs, inputs, outputs, streams), problems
 
 
 def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWorker | None = None) -> LoadedVersion:
@@ -95,24 +138,13 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported file must not stop the daemon
         raise ModelLoadError(f"{files.model_file}: failed to load: {exc}") from exc
     graph_in, graph_out = executors[0].inputs, executors[0].outputs
-    dynamic_batch = all(s.shape and s.shape[0] == -1 for s in graph_in + graph_out)
-    mbs = cfg.max_batch_size
-    if mbs is None:
-        mbs = DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
-    elif mbs > 0 and not dynamic_batch:
-        raise ModelLoadError(
-            f"{entry.directory}/model.yaml: max_batch_size: {mbs} needs a dynamic leading dim on every "
-            f"input and output of the model; set max_batch_size: 0"
-        )
-    batching = mbs > 0
-    cfg_file = f"{entry.directory}/model.yaml"
-    inputs = _check_declared(cfg.inputs, _strip_batch(graph_in, batching), "inputs", cfg_file)
-    outputs = _check_declared(cfg.outputs, _strip_batch(graph_out, batching), "outputs", cfg_file)
     watch = cfg.drift is not None and cfg.drift.enabled and drift_worker is not None
-    streams = resolve_streams(cfg.drift, inputs, outputs, cfg_file) if watch else []
+    plan, problems = plan_version(entry, graph_in, graph_out, watch)
+    if problems:
+        raise ModelLoadError("; ".join(problems))
+    mbs, inputs, outputs, streams = plan.max_batch_size, plan.inputs, plan.outputs, plan.streams
+    batching = mbs > 0
     db = cfg.dynamic_batching
-    if not batching and db.preferred_batch_sizes:
-        raise ModelLoadError(f"{cfg_file}: dynamic_batching.preferred_batch_sizes: set but the model does not batch")
     policy = BatchingPolicy(
         max_batch_size=mbs,
         preferred_batch_sizes=db.preferred_batch_sizes,

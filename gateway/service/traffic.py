@@ -157,9 +157,30 @@ class TrafficRouter:
 
     def reset(self, model: str, versions: list[str] | None) -> dict:
         router = self._existing(model)
+        if versions is not None:
+            self._check_resettable(model, router, versions)
         done = router.reset(versions)
         _log.warning("admin: rollback reset for model %s: %s", model, done or "nothing was rolled back")
         return self.status(model)
+
+    def _check_resettable(self, model: str, router: Router, versions: list[str]) -> None:
+        """Only a served canary can have been rolled back: anything else named is the operator's mistake
+        (a typo'd version would otherwise answer 200 and leave the real one at weight 0)."""
+        served = self.models.serving.get(model, {})
+        weighted = set(router.effective_weights())
+        for i, v in enumerate(versions):
+            if v not in served:
+                raise InvalidInputError(
+                    f"versions[{i}]: version {v} of model '{model}' is not served "
+                    f"(serving: {', '.join(sorted(served, key=int)) or 'none'})"
+                )
+            if v == router.champion:
+                raise InvalidInputError(f"versions[{i}]: version {v} is the champion of model '{model}': it is never rolled back")
+            if v not in weighted:
+                raise InvalidInputError(
+                    f"versions[{i}]: version {v} has no weight in the routing of model '{model}' "
+                    f"(weighted: {', '.join(sorted(weighted, key=int))}): only a canary is rolled back"
+                )
 
     def _existing(self, model: str) -> Router:
         self.models.get(model)  # raises for unknown or unready models

@@ -1,48 +1,115 @@
-"""The locustfiles of loadtests/ run headless against a real gateway and write their reports."""
+"""The locustfiles of loadtests/ run headless against a real gateway and write their reports:
+every locust command of the README, as written there, against the example repository."""
 
 from __future__ import annotations
 
 import csv
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, copy_model
+import make_models
+from conftest import ROOT, Gateway, copy_model
 
 LOCUST = [sys.executable, "-m", "locust"]
 pytestmark = pytest.mark.slow  # each run pays locust's ~4 s start-up
 
 
 @pytest.fixture(scope="module")
-def gw(shared_gateway):
-    return shared_gateway
+def gw(tiny_llm_model, tmp_path_factory):
+    """The README's repository: examples/models' set, where the first model of GET /v1/models
+    (alphabetical) is minilm, an embedding model."""
+    import embedding_model
+
+    root = tmp_path_factory.mktemp("loadtests") / "models"
+    make_models.write_repository(str(root))
+    copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
+    embedding_model.write_minilm(root)
+    g = Gateway(root)
+    yield g
+    g.terminate()
 
 
-def run_locust(locustfile: str, host: str, out: Path, *extra: str) -> dict[str, dict]:
-    cmd = [*LOCUST, "-f", str(ROOT / "loadtests" / locustfile), "--host", host, "--headless",
-           "-u", "2", "-r", "2", "-t", "3s", "--csv", str(out / "report"), "--html", str(out / "report.html"),
-           "--only-summary", *extra]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(out))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (out / "report.html").stat().st_size > 0
-    with open(out / "report_stats.csv", newline="") as fh:
-        return {row["Name"]: row for row in csv.DictReader(fh)}
+def readme_locust_commands() -> list[list[str]]:
+    """The locust commands of the README's load-test block, each optional ``[...]`` part both left
+    out and put in (a placeholder in capitals becomes the example chat model)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = text[text.index("## Load tests"):]
+    block = block[block.index("```sh") + 5 : block.index("```", block.index("```sh") + 5)]
+    commands = []
+    for line in block.replace("\\\n", " ").splitlines():
+        line = line.strip()
+        if not re.match(r"(\S*/)?locust\b", line):
+            continue
+        variants = [line]
+        for optional in re.findall(r"\[[^\]]*\]", line):
+            variants = [v.replace(optional, "") for v in variants] + [
+                v.replace(optional, optional[1:-1].replace("NAME", "tiny-gpt")) for v in variants]
+        commands += [shlex.split(v) for v in variants]
+    return commands
 
 
-@pytest.mark.parametrize("binary", [False, True])
-def test_v2_http_locustfile(gw, tmp_path, binary):
-    stats = run_locust("v2_http.py", f"http://{gw.http_url}", tmp_path, "--model", "mlp", "--rows", "2",
-                       *(["--binary"] if binary else []))
-    row = stats["infer mlp"]
-    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+README_COMMANDS = readme_locust_commands()
 
 
-def test_v2_grpc_locustfile(gw, tmp_path):
-    stats = run_locust("v2_grpc.py", gw.grpc_url, tmp_path, "--model", "simple")
-    row = stats["ModelInfer simple"]
-    assert int(row["Request Count"]) > 0 and int(row["Failure Count"]) == 0
+def short_run(argv: list[str], gw: Gateway, out: Path) -> list[str]:
+    """The README's command, shortened (2 users, 3 s) and pointed at this test's daemon and folder."""
+    swap = {"-u": "2", "-r": "2", "-t": "3s"}
+    cmd, args = [*LOCUST], argv[1:]
+    i = 0
+    while i < len(args):
+        a = args[i]
+        if a in swap:
+            cmd += [a, swap[a]]
+            i += 2
+            continue
+        if a == "--host":
+            cmd += [a, f"http://{gw.http_url}" if args[i + 1].startswith("http") else gw.grpc_url]
+            i += 2
+            continue
+        if a in ("--csv", "--html"):
+            cmd += [a, str(out / Path(args[i + 1]).name)]
+            i += 2
+            continue
+        if a == "-f":
+            cmd += [a, str(ROOT / args[i + 1])]
+            i += 2
+            continue
+        cmd.append(a)
+        i += 1
+    return cmd + ["--only-summary"]
+
+
+def test_the_readme_documents_a_command_per_locustfile():
+    files = {Path(c[c.index("-f") + 1]).name for c in README_COMMANDS}
+    assert files == {p.name for p in (ROOT / "loadtests").glob("*.py") if p.name != "common.py"}
+
+
+def _id(argv: list[str]) -> str:
+    skip = {"--host", "--headless", "--csv", "--html"}
+    return " ".join([Path(argv[argv.index("-f") + 1]).stem] + [a for a in argv if a.startswith("--") and a not in skip])
+
+
+@pytest.mark.parametrize("argv", README_COMMANDS, ids=_id)
+def test_readme_locust_command_runs_without_a_failure(gw, tmp_path, argv):
+    cmd = short_run(argv, gw, tmp_path)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    output = proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, output  # locust exits non-zero when any request failed
+    csv_prefix = tmp_path / Path(argv[argv.index("--csv") + 1]).name
+    with open(f"{csv_prefix}_stats.csv", newline="") as fh:
+        rows = {row["Name"]: row for row in csv.DictReader(fh)}
+    total = rows.pop("Aggregated")
+    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, output
+    assert rows and all(int(r["Failure Count"]) == 0 for r in rows.values()), rows
+    if "openai_chat" in argv[argv.index("-f") + 1]:
+        assert int(rows["chat"]["Request Count"]) > 0 and int(rows["chat stream"]["Request Count"]) > 0
+    html = tmp_path / Path(argv[argv.index("--html") + 1]).name
+    assert html.stat().st_size > 0
 
 
 def test_locust_counts_server_errors_as_failures(gw, tmp_path):
@@ -53,16 +120,3 @@ def test_locust_counts_server_errors_as_failures(gw, tmp_path):
     assert "no_such_model" in proc.stdout + proc.stderr
 
 
-def test_openai_chat_locustfile(start_gateway, tiny_llm_model, tmp_path):
-    # GET /v1/models may exist (embeddings) before chat does: probe the chat route itself. An
-    # absent route is aiohttp's 404 ({"error": "Not Found"}), not an OpenAI-shaped error object.
-    copy_model(tiny_llm_model.parent, tmp_path / "models", tiny_llm_model.name)
-    gw = start_gateway(tmp_path / "models")
-    status, body = gw.http_json("POST", "/v1/chat/completions", {
-        "model": tiny_llm_model.name, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1})
-    if status == 404 and not isinstance((body or {}).get("error"), dict):
-        pytest.skip("this build has no POST /v1/chat/completions route")
-    stats = run_locust("openai_chat.py", f"http://{gw.http_url}", tmp_path, "--max-tokens", "4",
-                       "--chat-model", tiny_llm_model.name)
-    for name in ("chat", "chat stream"):
-        assert int(stats[name]["Request Count"]) > 0 and int(stats[name]["Failure Count"]) == 0

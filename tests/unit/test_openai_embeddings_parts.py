@@ -30,7 +30,7 @@ def test_unknown_fields_are_ignored_and_wrong_types_name_the_field():
         ({"model": "m", "input": [[1, "2"]]}, "input"),
         ({"model": "m", "input": "a", "dimensions": 0}, "dimensions"),
         ({"model": "m", "input": "a", "dimensions": True}, "dimensions"),
-        ({"model": "m", "input": "a", "encoding_format": None}, "encoding_format"),
+        ({"model": "m", "input": "a", "encoding_format": "hex"}, "encoding_format"),  # null is the default
     ]:
         with pytest.raises(InvalidFieldError) as err:
             parse_request(doc)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.api.openai.errors import InvalidFieldError, check_unicode
+from gateway.api.openai.wire import without_nulls
 from gateway.core.generation import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -20,6 +21,8 @@ MAX_STOP_STRINGS = 16
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    _nulls_are_defaults = model_validator(mode="before")(without_nulls)
 
 
 class StreamOptions(_Wire):

@@ -36,6 +36,11 @@ def _cache_headers(stream) -> dict[str, str]:
     return {CACHE_HEADER: "semantic-hit", "X-Gateway-Cache-Similarity": f"{stream.cache_similarity:.4f}"}
 
 
+def _completion_attributes(stream) -> dict:
+    return {"http.response.status_code": 200, "gateway.model.version": stream.version,
+            "gen_ai.usage.input_tokens": stream.prompt_tokens, "gen_ai.usage.output_tokens": stream.completion_tokens}
+
+
 def _event(doc: dict) -> bytes:
     return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
 
@@ -62,6 +67,11 @@ class OpenAICompletionsApi:
         start = time.monotonic_ns()
         model = ""
         telemetry = self.service.telemetry
+        trace = None
+        if telemetry.tracing is not None:
+            route = request.match_info.route.resource.canonical
+            trace = telemetry.tracing.begin("POST " + route, request.headers, start, {
+                "http.request.method": "POST", "http.route": route})
         try:
             doc = await read_json(request)
             if isinstance(doc, dict) and isinstance(doc.get("model"), str):
@@ -69,10 +79,13 @@ class OpenAICompletionsApi:
             parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)
             if request.headers.get(CACHE_HEADER, "").strip().lower() in _CACHE_OFF:
                 gen = dataclasses.replace(gen, cache=False)
+            if trace is not None:
+                trace.span.set_attribute("gateway.model.name", model)
+                gen = dataclasses.replace(gen, trace=trace.attach_generation())
             stream = await self.serving.start(gen)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)
-            telemetry.request_done("http", model, "", code.value, start, time.monotonic_ns(), None, message,
+            telemetry.request_done("http", model, "", code.value, start, time.monotonic_ns(), trace, message,
                                    {"http.response.status_code": HTTP_STATUS[code]})
             return error_response(exc)
         want_logprobs = gen.sampling.logprobs is not None
@@ -82,11 +95,15 @@ class OpenAICompletionsApi:
             except Exception as exc:  # noqa: BLE001
                 code, message = classify(exc)
                 telemetry.request_done("http", stream.model, stream.version, code.value, start, time.monotonic_ns(),
-                                       None, message, {"http.response.status_code": HTTP_STATUS[code]})
+                                       trace, message, {"http.response.status_code": HTTP_STATUS[code]})
                 return error_response(exc)
-            telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), None)
-            return web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
-                                headers=_cache_headers(stream))
+            if trace is not None:
+                trace.served_ns = time.monotonic_ns()
+            response = web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
+                                    headers=_cache_headers(stream))
+            telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), trace, None,
+                                   _completion_attributes(stream))
+            return response
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_cache_headers(stream)})
         outcome = "ok"
@@ -106,5 +123,7 @@ class OpenAICompletionsApi:
             outcome = "cancelled"  # the client went away; its sequences leave at the next step
         finally:
             stream.close()
-        telemetry.request_done("http", stream.model, stream.version, outcome, start, time.monotonic_ns(), None)
+        error = None if outcome == "ok" else outcome
+        telemetry.request_done("http", stream.model, stream.version, outcome, start, time.monotonic_ns(), trace, error,
+                               _completion_attributes(stream))
         return response

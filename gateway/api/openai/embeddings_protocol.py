@@ -10,9 +10,10 @@ import base64
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.api.openai.errors import InvalidFieldError, check_unicode
+from gateway.api.openai.wire import without_nulls
 
 # OpenAI accepts at most this many inputs in one request.
 MAX_INPUTS = 2048
@@ -28,6 +29,8 @@ _FIELD_HELP = {
 
 class EmbeddingRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, frozen=True)
+
+    _nulls_are_defaults = model_validator(mode="before")(without_nulls)
 
     model: str = Field(min_length=1)
     input: str | list[str] | list[int] | list[list[int]]

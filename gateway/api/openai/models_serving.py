@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from gateway.api.openai.models_protocol import ModelCard
+from gateway.api.openai.models_protocol import CHAT, COMPLETIONS, EMBEDDINGS, ModelCard
 from gateway.core.errors import ModelNotFoundError
 from gateway.service import InferenceService
 
@@ -12,6 +12,16 @@ OWNED_BY = "gateway"
 
 def serves_openai(config) -> bool:
     return config.embedding is not None or getattr(config, "generation", None) is not None
+
+
+def capabilities(config) -> tuple[tuple[str, ...], int | None]:
+    """The /v1 endpoints a model answers, and its token limit."""
+    generation = getattr(config, "generation", None)
+    if generation is not None:
+        return (CHAT, COMPLETIONS), generation.context_length
+    if config.embedding is not None:
+        return (EMBEDDINGS,), config.embedding.max_tokens
+    return (), None
 
 
 class ModelsServing:
@@ -39,5 +49,6 @@ class ModelsServing:
         latest = versions[max(versions, key=int)]
         if not serves_openai(latest.config):
             return None
+        can, limit = capabilities(latest.config)
         # The model file's mtime: the same in every worker process and across restarts.
-        return ModelCard(name, latest.fingerprint[1] // 1_000_000_000, OWNED_BY)
+        return ModelCard(name, latest.fingerprint[1] // 1_000_000_000, OWNED_BY, can, limit)

@@ -11,6 +11,14 @@ from gateway.api.openai.errors import InvalidFieldError
 from gateway.core.errors import PayloadTooLargeError
 
 
+def without_nulls(data: Any) -> Any:
+    """OpenAI's schema lets every optional field be ``null`` and several SDKs send it for "not set":
+    a null is the field's default, never a type error."""
+    if isinstance(data, dict) and None in data.values():
+        return {k: v for k, v in data.items() if v is not None}
+    return data
+
+
 async def read_json(request: web.Request) -> Any:
     try:
         body = await request.read()

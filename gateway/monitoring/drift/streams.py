@@ -40,9 +40,18 @@ def _row_width(spec: TensorSpec) -> int | None:
 
 
 def resolve_streams(
-    cfg: DriftConfig, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], file: str
+    cfg: DriftConfig, inputs: tuple[TensorSpec, ...], outputs: tuple[TensorSpec, ...], file: str,
+    problems: list[ConfigError] | None = None,
 ) -> list[Stream]:
-    """Every stream of the drift section, checked against the version's tensors (without the batch dim)."""
+    """Every stream of the drift section, checked against the version's tensors (without the batch dim).
+
+    Raises the first problem, or with ``problems`` given appends every one there and returns the
+    streams that resolved (``gateway check`` lists them all)."""
+    def fail(err: ConfigError) -> None:
+        if problems is None:
+            raise err
+        problems.append(err)
+
     streams: list[Stream] = []
     tables = (
         ("features", "input", "input", cfg.features, {s.name: s for s in inputs}),
@@ -54,9 +63,11 @@ def resolve_streams(
             tensor = getattr(entry, key)
             spec = specs.get(tensor)
             if spec is None:
-                raise ConfigError(file, f"{where}.{key}", f"'{tensor}' is not an {source} of the model (it has {sorted(specs)})")
+                fail(ConfigError(file, f"{where}.{key}", f"'{tensor}' is not an {source} of the model (it has {sorted(specs)})"))
+                continue
             if spec.datatype == "BYTES":
-                raise ConfigError(file, f"{where}.{key}", f"'{tensor}' is BYTES: only numeric tensors can be watched")
+                fail(ConfigError(file, f"{where}.{key}", f"'{tensor}' is BYTES: only numeric tensors can be watched"))
+                continue
             if getattr(entry, "argmax", False):
                 streams.append(Stream(f"{tensor}_argmax", source, tensor, -1, True, argmax=True))
                 continue
@@ -64,25 +75,26 @@ def resolve_streams(
             columns = entry.columns
             if columns is None:
                 if width is None:
-                    raise ConfigError(file, f"{where}.columns", f"'{tensor}' has a dynamic shape {list(spec.shape)}: list the columns")
+                    fail(ConfigError(file, f"{where}.columns", f"'{tensor}' has a dynamic shape {list(spec.shape)}: list the columns"))
+                    continue
                 columns = tuple(range(width))
             elif width is not None and max(columns) >= width:
-                raise ConfigError(file, f"{where}.columns", f"column {max(columns)} is outside the {width} values of a '{tensor}' row")
+                fail(ConfigError(file, f"{where}.columns", f"column {max(columns)} is outside the {width} values of a '{tensor}' row"))
+                continue
             names = entry.names or tuple(f"{tensor}_{c}" for c in columns)
             streams += [Stream(n, source, tensor, c, entry.categorical) for n, c in zip(names, columns)]
     seen: set[str] = set()
     for s in streams:
         if s.name in seen:
-            raise ConfigError(file, "drift", f"stream name '{s.name}' is used twice")
+            fail(ConfigError(file, "drift", f"stream name '{s.name}' is used twice"))
         seen.add(s.name)
     ph = cfg.page_hinkley
     if ph is not None:
         spec = {s.name: s for s in outputs}.get(ph.output)
         if spec is None:
-            raise ConfigError(file, "drift.page_hinkley.output", f"'{ph.output}' is not an output of the model")
-        width = _row_width(spec)
-        if width is not None and ph.column >= width:
-            raise ConfigError(file, "drift.page_hinkley.column", f"column {ph.column} is outside the {width} values of a '{ph.output}' row")
+            fail(ConfigError(file, "drift.page_hinkley.output", f"'{ph.output}' is not an output of the model"))
+        elif (width := _row_width(spec)) is not None and ph.column >= width:
+            fail(ConfigError(file, "drift.page_hinkley.column", f"column {ph.column} is outside the {width} values of a '{ph.output}' row"))
     return streams
 
 

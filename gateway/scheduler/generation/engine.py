@@ -31,6 +31,7 @@ from gateway.core.generation import (
     GenerationRequest,
     GenerationStats,
     GenerationStream,
+    GenerationTrace,
     SamplingParams,
     TokenLogprob,
 )
@@ -66,6 +67,7 @@ class Sequence:
     detokenizer: IncrementalDetokenizer
     stop: StopMatcher
     admitted_ns: int
+    trace: GenerationTrace | None = None
     generated: int = 0
     last_token: int = -1
     first_token_ns: int = 0
@@ -106,13 +108,20 @@ class GenerationEngine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
+        self._steps = 0  # steps run, numbering them for traces
 
     # -- admission (event loop) ---------------------------------------------------------------
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         if self._closing:
             raise ModelNotReadyError(f"model '{self.name}' version {self.version} is being unloaded")
+        trace = request.trace
+        if trace is not None:
+            trace.tokenize_start_ns = self._clock_ns()
         prompt_ids = self._prompt_ids(request)
+        if trace is not None:
+            trace.tokenize_end_ns = self._clock_ns()
+            trace.prompt_tokens = len(prompt_ids)
         sampling = request.sampling
         max_tokens = self._max_tokens(len(prompt_ids), sampling.max_tokens, "messages" if request.messages is not None else "prompt")
         if sampling.logprobs is not None and sampling.logprobs > self.tokenizer.vocab_size:
@@ -126,12 +135,14 @@ class GenerationEngine:
         except QueueFullError:
             self.stats.rejected += 1
             raise
+        if trace is not None:
+            trace.queued_ns = now
         stream = GenerationStream(self.name, self.version, len(prompt_ids), sampling.n, lambda: self._cancel(ids))
         prompt = np.asarray(prompt_ids, dtype=np.int64)
         for index, seq_id in enumerate(ids):
             self._seqs[seq_id] = Sequence(
                 seq_id, index, stream, prompt, max_tokens, sampling, sequence_rng(sampling.seed, index),
-                IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now,
+                IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now, trace,
             )
         self.stats.prompt_tokens += len(prompt_ids) * sampling.n
         self._refresh_gauges()
@@ -233,7 +244,26 @@ class GenerationEngine:
                 _log.exception("generation step failed on %s:%s", self.name, self.version)
                 self._fail_running(ExecutorError(f"the model failed during generation: {type(exc).__name__}: {exc}"))
                 continue
+            self._steps += 1
+            self._stamp_traces(plan, now)
             self._deliver(plan, result)
+
+    def _stamp_traces(self, plan: StepPlan, start_ns: int) -> None:
+        """Traced requests in this step: its time is their prefill (joining) or one decode step."""
+        end_ns = self._clock_ns()
+        for seq_id in plan.joining:
+            seq = self._seqs.get(seq_id)
+            t = seq.trace if seq is not None else None
+            if t is not None and t.prefill_start_ns == 0:
+                t.prefill_start_ns, t.prefill_end_ns = start_ns, end_ns
+        for seq_id in plan.decoding:
+            seq = self._seqs.get(seq_id)
+            t = seq.trace if seq is not None else None
+            if t is not None and t.last_step != self._steps:
+                t.last_step = self._steps
+                t.decode_start_ns = t.decode_start_ns or start_ns
+                t.decode_end_ns = end_ns
+                t.decode_steps += 1
 
     def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
         stats = self.stats
@@ -319,6 +349,16 @@ class GenerationEngine:
             logprobs = (TokenLogprob(tok.token_text(token), tok.token_bytes(token), float(lp[token]), top),)
         seq.generated += 1
         seq.last_token = token
+        if seq.trace is None:
+            return self._text_event(seq, token, logprobs)
+        start = time.monotonic_ns()
+        event = self._text_event(seq, token, logprobs)
+        seq.trace.detokenize_ns += time.monotonic_ns() - start  # this worker is the only writer
+        seq.trace.detokenized_tokens += 1
+        return event
+
+    def _text_event(self, seq: Sequence, token: int, logprobs: tuple) -> GenerationEvent:
+        """The token's text delta (held back while it may be part of a stop string) and finish state."""
         if token in self._stop_ids:
             text = seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
             # Counted in usage (it was generated) but, as OpenAI does, not listed in logprobs.
