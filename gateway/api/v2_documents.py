@@ -116,15 +116,19 @@ def statistics_document(loaded, stats: ModelStats) -> dict:
     """One ``$model_stat`` of Triton's statistics extension: every field, numbers as numbers.
 
     ``response_stats`` (per-response statistics of decoupled models) and ``memory_usage``
-    (device memory measured at load) are empty: we have neither.
+    (device memory measured at load) are empty: we have neither. ``queue`` counts cache hits, as
+    Triton's does (they wait 0 ns): perf_analyzer finds the version it measures by its queue count
+    growing, and with every request a hit it would find none.
     """
+    inference_stats = {k: _duration(getattr(stats, k)) for k in _INFERENCE_STATS}
+    inference_stats["queue"]["count"] += stats.cache_hit.count
     return {
         "name": loaded.name,
         "version": loaded.version,
         "last_inference": stats.last_inference_ms,
         "inference_count": stats.inference_count,
         "execution_count": stats.execution_count,
-        "inference_stats": {k: _duration(getattr(stats, k)) for k in _INFERENCE_STATS},
+        "inference_stats": inference_stats,
         "response_stats": {},
         "batch_stats": [
             {"batch_size": size, **{k: _duration(getattr(stats.batches[size], k)) for k in _BATCH_STATS}}

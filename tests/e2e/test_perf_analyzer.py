@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 
 import numpy as np
@@ -41,6 +42,10 @@ def gw(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("perf") / "models"
     make_models.write_repository(str(root))
+    # The same model behind the exact response cache: after the first pass over the input data
+    # every request is a hit and never reaches the model.
+    shutil.copytree(root / "mlp", root / "mlp_cached")
+    (root / "mlp_cached" / "model.yaml").write_text("max_batch_size: 32\ncache:\n  exact: true\n  ttl_s: 300\n")
     g = Gateway(root)
     yield g
     g.terminate()
@@ -55,10 +60,10 @@ def input_data(tmp_path_factory) -> str:
     return str(path)
 
 
-def run(perf_analyzer: str, gw, protocol: str, input_data: str, batch: int) -> str:
+def run(perf_analyzer: str, gw, protocol: str, input_data: str, batch: int, model: str = "mlp") -> str:
     url = gw.http_url if protocol == "http" else gw.grpc_url
     cmd = [
-        perf_analyzer, "-m", "mlp", "-u", url, "-i", protocol, "-b", str(batch), "--input-data", input_data,
+        perf_analyzer, "-m", model, "-u", url, "-i", protocol, "-b", str(batch), "--input-data", input_data,
         "--concurrency-range", "1:2", "--measurement-interval", "500",
         # Two cores shared with other work: accept any three windows instead of chasing a 10 % band.
         "--stability-percentage", "999", "--max-trials", "10",
@@ -110,3 +115,15 @@ def test_perf_analyzer_measures_and_reads_server_statistics(perf_analyzer, gw, i
     # perf_analyzer's server-side counts are deltas of ours: the daemon saw at least as much.
     after = gw.http_json("GET", "/v2/models/mlp/stats")[1]["model_stats"][0]["inference_count"]
     assert after - before >= server_rows
+
+
+def test_perf_analyzer_sees_server_statistics_when_every_request_hits_the_cache(perf_analyzer, gw, input_data):
+    """perf_analyzer picks the version whose queue count grew; cache hits count there, as in Triton."""
+    out = run(perf_analyzer, gw, "http", input_data, 1, model="mlp_cached")
+    found = blocks(out)
+    assert set(found) == {1, 2}, out[-3000:]
+    # By concurrency 2 all eight inputs are cached: nothing executes, everything is a hit.
+    block = found[2]
+    hits, ok = number(block, "Cache hit count"), number(block, "Successful request count")
+    assert hits > 0 and abs(ok - number(block, "Request count")) <= max(10, 0.05 * ok), block
+    assert number(block, "Inference count") <= 8 and hits >= ok - 8, block
