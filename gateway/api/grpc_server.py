@@ -8,22 +8,23 @@ import ssl
 import time
 
 import grpc
+from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gateway._proto import grpc_service_pb2 as pb
 from gateway._proto import grpc_service_pb2_grpc as pb_grpc
-from gateway._proto import model_config_pb2 as mc
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.api.limits import ConnectionTimeouts, RequestLimits, check_request
+from gateway.api.unsupported_rpcs import UnsupportedRpcs
+from gateway.api.v2_documents import model_config_message, statistics_document
 from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, ModelNotFoundError
-from gateway.core.stats import Duration, ModelStats
+from gateway.core.stats import ModelStats
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
-from gateway.service.models import LoadedVersion
 
 _log = logging.getLogger("gateway.grpc")
 SERVICE_NAME = "inference.GRPCInferenceService"
@@ -53,78 +54,9 @@ async def _abort(context: grpc.aio.ServicerContext, exc: BaseException):
     await context.abort(GRPC_STATUS[code], message)
 
 
-def _duration(d: Duration) -> pb.StatisticDuration:
-    return pb.StatisticDuration(count=d.count, ns=d.ns)
-
-
-def model_config_message(v: LoadedVersion) -> mc.ModelConfig:
-    cfg = v.config
-    db = cfg.dynamic_batching
-
-    def tensors(specs, cls):
-        return [cls(name=s.name, data_type=mc.DataType.Value("TYPE_STRING" if s.datatype == "BYTES" else "TYPE_" + s.datatype), dims=s.shape) for s in specs]
-
-    msg = mc.ModelConfig(
-        name=v.name,
-        platform=v.platform,
-        backend=cfg.backend,
-        max_batch_size=v.max_batch_size,
-        input=tensors(v.inputs, mc.ModelInput),
-        output=tensors(v.outputs, mc.ModelOutput),
-        instance_group=[mc.ModelInstanceGroup(name=f"{v.name}_0", count=cfg.instances, kind=mc.ModelInstanceGroup.KIND_CPU)],
-        default_model_filename=cfg.default_model_filename,
-    )
-    # Runtime settings without a field of their own, as Triton's ORT backend does.
-    msg.parameters["intra_op_threads"].string_value = str(cfg.intra_op_threads)
-    msg.parameters["adaptive_delay"].string_value = str(cfg.dynamic_batching.adaptive_delay).lower()
-    msg.response_cache.enable = cfg.cache.exact
-    policy = cfg.version_policy
-    if policy.all:
-        msg.version_policy.all.SetInParent()
-    elif policy.specific is not None:
-        msg.version_policy.specific.versions.extend(policy.specific)
-    else:
-        msg.version_policy.latest.num_versions = policy.latest or 1
-    if v.max_batch_size > 0:
-        dbm = msg.dynamic_batching
-        dbm.preferred_batch_size.extend(db.preferred_batch_sizes)
-        dbm.max_queue_delay_microseconds = db.max_queue_delay_us
-        dbm.priority_levels = db.priority_levels if db.priority_levels > 1 else 0
-        dbm.default_priority_level = db.default_priority if db.priority_levels > 1 else 0
-        q = dbm.default_queue_policy
-        q.timeout_action = mc.ModelQueuePolicy.REJECT if db.timeout_action == "reject" else mc.ModelQueuePolicy.DELAY
-        q.default_timeout_microseconds = db.default_timeout_us
-        q.allow_timeout_override = db.allow_timeout_override
-        q.max_queue_size = db.max_queue_size
-    return msg
-
-
-def statistics_message(v: LoadedVersion, s: ModelStats) -> pb.ModelStatistics:
-    msg = pb.ModelStatistics(
-        name=v.name,
-        version=v.version,
-        last_inference=s.last_inference_ms,
-        inference_count=s.inference_count,
-        execution_count=s.execution_count,
-    )
-    st = msg.inference_stats
-    st.success.CopyFrom(_duration(s.success))
-    st.fail.CopyFrom(_duration(s.fail))
-    st.queue.CopyFrom(_duration(s.queue))
-    st.compute_input.CopyFrom(_duration(s.compute_input))
-    st.compute_infer.CopyFrom(_duration(s.compute_infer))
-    st.compute_output.CopyFrom(_duration(s.compute_output))
-    st.cache_hit.CopyFrom(_duration(s.cache_hit))
-    st.cache_miss.CopyFrom(_duration(s.cache_miss))
-    for size in sorted(s.batches):
-        b = s.batches[size]
-        msg.batch_stats.add(
-            batch_size=size,
-            compute_input=_duration(b.compute_input),
-            compute_infer=_duration(b.compute_infer),
-            compute_output=_duration(b.compute_output),
-        )
-    return msg
+def statistics_message(loaded, stats: ModelStats) -> pb.ModelStatistics:
+    """The statistics document (``v2_documents``, what HTTP sends) as Triton's protobuf message."""
+    return json_format.ParseDict(statistics_document(loaded, stats), pb.ModelStatistics())
 
 
 _INFER_SPAN = SERVICE_NAME + "/ModelInfer"
@@ -141,7 +73,7 @@ def _span_attributes(request) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "gateway.model.name": request.model_name}
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, service: InferenceService, limits: RequestLimits | None = None) -> None:
         self.service = service
         self.limits = limits or RequestLimits()

@@ -8,16 +8,16 @@ import logging
 import time
 
 from aiohttp import web
-from google.protobuf import json_format
 
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.limits import ConcurrencyGate, RequestLimits, check_request
-from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
 from gateway.api.openai.errors import openai_errors
 from gateway.api.openai.models_routes import OpenAIModelsApi
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
+from gateway.api.unsupported_http import unsupported_routes
+from gateway.api.v2_documents import model_config_document, statistics_document
 from gateway.core import context as request_context
 from gateway.api.reliability_http import ReliabilityHttp
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
@@ -41,10 +41,6 @@ def error_response(exc: BaseException) -> web.Response:
 
 def _version(request: web.Request) -> str:
     return request.match_info.get("version", "")
-
-
-def _proto_json(msg) -> dict:
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True)
 
 
 class HttpApi:
@@ -122,7 +118,7 @@ class HttpApi:
             loaded = self.service.loaded(request.match_info["model"], _version(request))
         except GatewayError as exc:
             return error_response(exc)
-        return _json(_proto_json(model_config_message(loaded)))
+        return _json(model_config_document(loaded))
 
     async def statistics(self, request: web.Request) -> web.Response:
         try:
@@ -132,7 +128,8 @@ class HttpApi:
         # queue_depth is ours (Triton's statistics have no such field); clients ignore unknown keys.
         return _json({
             "model_stats": [
-                {**_proto_json(statistics_message(v, self.service.version_stats(v))), "queue_depth": v.scheduler.queue_depth} for v in versions
+                {**statistics_document(v, self.service.version_stats(v)), "queue_depth": v.scheduler.queue_depth}
+                for v in versions
             ]
         })
 
@@ -276,4 +273,5 @@ def build_app(
     app.add_routes(OpenAIEmbeddingsApi(service).routes())
     app.add_routes(OpenAIModelsApi(service).routes())
     app.add_routes(ReliabilityHttp(service, admin_token, error_response, gate).routes())
+    app.add_routes(unsupported_routes())
     return app
