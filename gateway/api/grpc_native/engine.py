@@ -145,6 +145,7 @@ class Http2Connection(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.paused_since = 0.0
+        self.answered = False  # we sent HEADERS or DATA since the peer's last control frame
         self.first_head_seen = False
         self.made_at = 0.0
         self.idle_since = 0.0
@@ -295,7 +296,17 @@ class Http2Connection(asyncio.Protocol):
                 self._work()
         return pos
 
-    def _work(self, cost: float = 1.0) -> None:
+    def _work(self) -> None:
+        """A cheap frame that asks something of us (PING, SETTINGS, WINDOW_UPDATE, ...). As in grpc's
+        ping policy, one that follows an answer of ours is free: a real client sends a few per
+        answer it reads (window updates, BDP pings); only a run of them with no traffic between
+        draws on the budget."""
+        if self.answered:
+            self.answered = False
+            return
+        self._charge(1.0)
+
+    def _charge(self, cost: float) -> None:
         if not self._control.take(self.loop.time(), cost):
             raise H2ConnectionError(f.ENHANCE_YOUR_CALM, "too many control frames")
 
@@ -337,7 +348,7 @@ class Http2Connection(asyncio.Protocol):
         if window is not None and window != self.peer_initial_window:
             delta = window - self.peer_initial_window
             self.peer_initial_window = window
-            self._work(len(self.streams) * _RETRY_COST)
+            self._charge(len(self.streams) * _RETRY_COST)
             for stream in self.streams.values():
                 stream.send_window += delta
                 if stream.send_window > f.MAX_WINDOW:
@@ -529,6 +540,7 @@ class Http2Connection(asyncio.Protocol):
         if stream.head_sent or stream.finished:
             return
         stream.head_sent = True
+        self.answered = True
         self._send(self._header_frames(stream.stream_id, block, False))
 
     def send_answer(self, stream: Stream, head: bytes, message: bytes, trailers: bytes) -> bool:
@@ -539,6 +551,7 @@ class Http2Connection(asyncio.Protocol):
             return False
         stream.send_window -= size
         self.send_window -= size
+        self.answered = True
         sid = stream.stream_id
         self._send(b"".join((
             f.head(f.HEADERS, f.END_HEADERS, sid, len(head)), head,
@@ -571,6 +584,7 @@ class Http2Connection(asyncio.Protocol):
             self.send_head(stream, head)
         stream.send_window -= size
         self.send_window -= size
+        self.answered = True
         sid, most = stream.stream_id, self.peer_max_frame
         for i in range(0, size, most):  # frames of at most the peer's size
             part = data[i:i + most]
@@ -581,6 +595,7 @@ class Http2Connection(asyncio.Protocol):
         """Ends the stream: trailers after any queued data, or a trailers-only answer."""
         if stream.finished or stream.trailers is not None:
             return
+        self.answered = True
         if not stream.head_sent:
             stream.head_sent = True
             self._send(self._header_frames(stream.stream_id, block, True))
@@ -610,6 +625,7 @@ class Http2Connection(asyncio.Protocol):
                 return
             size = min(len(pending), stream.send_window, self.send_window, self.peer_max_frame)
             self._send(f.head(f.DATA, 0, sid, size) + pending[:size])
+            self.answered = True
             del pending[:size]
             stream.send_window -= size
             self.send_window -= size
@@ -627,13 +643,16 @@ class Http2Connection(asyncio.Protocol):
         at them again pays for the look (the socket resuming does not)."""
         if not self.blocked:
             return
-        if charged:
-            self._work(len(self.blocked) * _RETRY_COST)
+        idle = 0  # streams looked at that could send nothing: what a peer's frame made us waste
         for stream in list(self.blocked):
             if self.send_window <= 0 or self.write_paused:
-                return
+                break
+            before = len(stream.pending)
             self.blocked.discard(stream)
             self.flush(stream)
+            idle += len(stream.pending) == before and stream.trailers is None
+        if charged and idle:
+            self._charge(idle * _RETRY_COST)
 
     def _header_frames(self, sid: int, block: bytes, end_stream: bool) -> bytes:
         if self.table_update:
