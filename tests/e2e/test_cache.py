@@ -219,3 +219,79 @@ def test_redis_killed_and_back(tmp_path, start_gateway, redis_server):
     gw.wait_until(lambda: hit(infer_http(gw, "simple", simple_body(offset=100))), WAIT_S, "hits to resume")
     stats = cache_stats(gw)
     assert stats["shared"]["up"] is True and stats["shared"]["recoveries"] == 1
+
+
+# ------------------------------------------------------------------ single flight: deadlines and accounting
+
+SLOW_WINDOW = "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 400000\ncache:\n  exact: true\n"
+
+
+def test_a_coalesced_request_keeps_its_own_deadline(tmp_path, start_gateway):
+    """The first request waits ~400 ms in the batching window; an identical one with a 50 ms
+    timeout joins its flight and must get its own 504 / DEADLINE_EXCEEDED at ~50 ms, not the
+    leader's answer at ~400 ms. The leader still answers and stores its result."""
+    import time
+
+    root = tmp_path / "models"
+    write(root, "simple", SLOW_WINDOW)
+    gw = start_gateway(root)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        leader = pool.submit(gw.http_json, "POST", "/v2/models/simple/infer", simple_body(7))
+        deadline = time.monotonic() + WAIT_S
+        while cache_stats(gw)["models"].get("simple", {}).get("tiers", {}).get("memory", {}).get("misses", 0) < 1:
+            assert time.monotonic() < deadline, "the leader never reached the cache"
+        started = time.monotonic()
+        status, doc = gw.http_json("POST", "/v2/models/simple/infer", simple_body(7, timeout=50_000))
+        waited = time.monotonic() - started
+        assert status == 504, doc
+        assert "timed out" in doc["error"]
+        assert waited < 0.3, waited  # its own 50 ms, not the leader's 400 ms window
+        status, answer = leader.result(WAIT_S)
+        assert status == 200 and not hit(answer)
+    assert hit(infer_http(gw, "simple", simple_body(7)))  # the leader's answer was stored
+
+    # gRPC: the client's deadline bounds the wait the same way.
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        body = simple_body(8)
+        leader = pool.submit(gw.http_json, "POST", "/v2/models/simple/infer", body)
+        deadline = time.monotonic() + WAIT_S
+        while tier(gw, "simple", "memory").get("misses", 0) < 3:
+            assert time.monotonic() < deadline, "the leader never reached the cache"
+        inputs = []
+        for spec in body["inputs"]:
+            inp = grpcclient.InferInput(spec["name"], spec["shape"], "INT32")
+            inp.set_data_from_numpy(np.array(spec["data"], dtype=np.int32).reshape(spec["shape"]))
+            inputs.append(inp)
+        started = time.monotonic()
+        try:
+            client.infer("simple", inputs, client_timeout=0.05)
+            raise AssertionError("a coalesced gRPC request outlived its deadline")
+        except Exception as exc:  # tritonclient's InferenceServerException
+            assert "Deadline" in str(exc) or "DEADLINE" in str(exc), exc
+        assert time.monotonic() - started < 0.3
+        assert leader.result(WAIT_S)[0] == 200
+    client.close()
+
+
+def test_coalesced_requests_are_counted_and_marked(tmp_path, start_gateway):
+    root = tmp_path / "models"
+    write(root, "simple", SLOW_WINDOW)
+    gw = start_gateway(root)
+    n = 20
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        docs = list(pool.map(lambda _: infer_http(gw, "simple", simple_body(3)), range(n)))
+    coalesced = [d for d in docs if d.get("parameters", {}).get("cache_coalesced")]
+    ran = [d for d in docs if not d.get("parameters")]
+    assert len(ran) == 1 and len(coalesced) == n - 1, [d.get("parameters") for d in docs]
+    assert all(hit(d) for d in coalesced)
+    status, stats = gw.http_json("GET", "/v2/models/simple/stats")
+    inference = stats["model_stats"][0]["inference_stats"]
+    assert inference["cache_miss"]["count"] == 1
+    assert inference["cache_hit"]["count"] == n - 1  # they ran nothing: hits, as Triton counts them
+    assert stats["model_stats"][0]["execution_count"] == 1
+    assert cache_stats(gw)["models"]["simple"]["coalesced"] == n - 1
+    metrics = gw.http("GET", "/metrics")[2].decode()
+    found = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r'gateway_cache_lookups_total\{model="simple",result="(\w+)",version="1"\} (\S+)', metrics)}
+    assert found == {"hit": 0.0, "miss": 1.0, "coalesced": float(n - 1)}, found
