@@ -130,6 +130,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "max_request_rows": (10, 20, 30),
         "max_concurrent_requests": (0, 5, 6),
         "max_header_bytes": (1024, 2048, 4096),
+        "allow_client_shm": (True, False, True),
     }
     pem = {}
     for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):  # must exist; contents are read by the daemon
