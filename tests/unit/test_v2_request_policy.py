@@ -224,3 +224,49 @@ def test_registry_off_refuses_everything(shm_object):
         reg.read(ShmRef("a", 64), "INT32", (16,), "input 'x'")
     assert reg.status() == []
     assert mmap.ALLOCATIONGRANULARITY > 0
+
+
+# --- label files (model.yaml outputs[].label_filename) ----------------------------------------------
+
+
+def _model_dir(tmp_path, outputs: str, labels: bytes | None = b"cat\ndog\n"):
+    from gateway.core.model_config import CONFIG_FILENAME
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / CONFIG_FILENAME).write_text(outputs)
+    if labels is not None:
+        (d / "labels.txt").write_bytes(labels)
+    return d
+
+
+def test_labels_are_read_with_the_config(tmp_path):
+    from gateway.core.model_config import load_model_config
+
+    d = _model_dir(tmp_path, "outputs:\n  - {name: y, datatype: FP32, shape: [2], label_filename: labels.txt}\n",
+                   b"cat\r\ndog\n")
+    cfg = load_model_config(str(d))
+    assert cfg.outputs[0].labels == ("cat", "dog")
+
+
+@pytest.mark.parametrize("yaml_text, labels, field, reason", [
+    ("outputs:\n  - {name: y, datatype: FP32, shape: [2], label_filename: missing.txt}\n", b"x", "outputs[0].label_filename",
+     "cannot read 'missing.txt'"),
+    ("outputs:\n  - {name: y, datatype: FP32, shape: [2], label_filename: ../labels.txt}\n", b"x", "outputs[0].label_filename",
+     "must be a file name in the model's directory"),
+    ("outputs:\n  - {name: y, datatype: FP32, shape: [2], label_filename: labels.txt}\n", b"", "outputs[0].label_filename",
+     "'labels.txt' is empty"),
+    ("outputs:\n  - {name: y, datatype: FP32, shape: [2], label_filename: labels.txt}\n", b"\xff\xfe", "outputs[0].label_filename",
+     "not UTF-8"),
+    ("inputs:\n  - {name: x, datatype: FP32, shape: [2], label_filename: labels.txt}\n", b"x", "inputs[0].label_filename",
+     "labels belong to outputs"),
+])
+def test_bad_label_files_name_the_field(tmp_path, yaml_text, labels, field, reason):
+    from gateway.core.errors import ConfigError
+    from gateway.core.model_config import all_errors, load_model_config
+
+    d = _model_dir(tmp_path, yaml_text, labels)
+    with pytest.raises(ConfigError) as err:
+        load_model_config(str(d))
+    assert err.value.field == field and reason in err.value.reason
+    assert [(e.field, reason in e.reason) for e in all_errors(str(d))] == [(field, True)]
