@@ -7,7 +7,7 @@ shared memory gets an empty ``raw_output_contents`` entry, so entries still line
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection
 
 import numpy as np
 
@@ -148,17 +148,13 @@ def _names_shm(t) -> bool:
     return policy.SHM_REGION in t.parameters
 
 
-def encode_response(
-    resp: InferResponse, in_shared_memory: Mapping[str, dict[str, ParamValue]] | None = None
-) -> pb.ModelInferResponse:
-    """The response message; outputs in ``in_shared_memory`` carry those parameters and no data."""
+def encode_response(resp: InferResponse, in_shared_memory: Collection[str] = ()) -> pb.ModelInferResponse:
+    """The response message; outputs in ``in_shared_memory`` get an empty raw entry, as Triton."""
     msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
     raw = []
     for name, arr in resp.outputs.items():
-        out = msg.outputs.add(name=name, datatype=resp.datatypes[name], shape=arr.shape)
+        msg.outputs.add(name=name, datatype=resp.datatypes[name], shape=arr.shape)
         if in_shared_memory and name in in_shared_memory:
-            for k, v in in_shared_memory[name].items():
-                set_parameter(out.parameters[k], v)
             raw.append(b"")
             continue
         raw.append(to_raw(arr))

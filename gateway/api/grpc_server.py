@@ -217,14 +217,14 @@ class InferenceServicer(SharedMemoryRpcs, pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request, deadline_ns: int, start: int, trace, route_key: str) -> pb.ModelInferResponse:
         """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
         req = decode_request(request, deadline_ns, self.shared_memory)
-        plans = output_plans(req.outputs) if req.outputs else None
+        plans = output_plans(req.outputs, self.shared_memory) if req.outputs else None
         check_request(req, self.limits)
         req.route_key = route_key
         request_context.request_id.set(req.id)
         response = await self.service.infer_traced(req, trace)
-        placed = None
+        placed: frozenset[str] = frozenset()
         if plans:
-            response, placed = apply_output_plans(response, plans, self._output_context, self.shared_memory)
+            response, placed = apply_output_plans(response, plans, self._output_context)
         msg = encode_response(response, placed)
         self.service.telemetry.request_done("grpc", response.model, response.version, "ok", start, time.monotonic_ns(),
                                             trace, None, _GRPC_OK)

@@ -72,7 +72,7 @@ from __future__ import annotations
 import enum
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -608,13 +608,14 @@ def _preview(value: Any) -> str:
 
 
 def encode_infer_response(
-    response: InferResponse, fmt: OutputFormat, in_shared_memory: Mapping[str, dict[str, ParamValue]] | None = None
+    response: InferResponse, fmt: OutputFormat, in_shared_memory: Collection[str] = ()
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and the headers it needs (Content-Type, and the
     header length when binary outputs follow the JSON). Outputs in
-    ``in_shared_memory`` were written to a region: they carry the given
-    parameters and no data."""
-    placed = in_shared_memory or {}
+    ``in_shared_memory`` were written to a region: as Triton, they carry
+    name, datatype and shape only (no data, no parameters: Triton's C++
+    client reads any output ``parameters`` as binary-data ones)."""
+    placed = in_shared_memory
     if fmt.encoding is Encoding.MSGPACK:
         return _encode_msgpack(response, placed), {"Content-Type": MSGPACK_CONTENT_TYPE}
     outputs: list[dict[str, Any]] = []
@@ -623,7 +624,6 @@ def encode_infer_response(
         datatype = _output_datatype(response, name, array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
         if name in placed:
-            entry["parameters"] = placed[name]
             outputs.append(entry)
             continue
         data = None if fmt.is_binary(name) else _json_data(array, datatype)
@@ -692,12 +692,12 @@ def _as_text(item: Any) -> str:
     return str(item)
 
 
-def _encode_msgpack(response: InferResponse, placed: Mapping[str, dict[str, ParamValue]]) -> bytes:
+def _encode_msgpack(response: InferResponse, placed: Collection[str]) -> bytes:
     outputs = []
     for name, array in response.outputs.items():
         datatype = _output_datatype(response, name, array)
         if name in placed:
-            outputs.append({"name": name, "datatype": datatype, "shape": list(array.shape), "parameters": placed[name]})
+            outputs.append({"name": name, "datatype": datatype, "shape": list(array.shape)})
             continue
         if datatypes.to_numpy(datatype) is None:
             data: Any = [tensors.as_bytes(x) for x in array.ravel().tolist()]

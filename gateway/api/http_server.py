@@ -196,14 +196,14 @@ class HttpApi:
             })
         try:
             req, fmt = await self._decode(request, model, version)
-            plans = output_plans(req.outputs) if req.outputs else None
+            plans = output_plans(req.outputs, self.shared_memory) if req.outputs else None
             check_request(req, self.limits)
             request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
             req.route_key = request.headers.get(ROUTE_KEY_HEADER, "")
             resp = await self.service.infer_traced(req, trace)
-            placed = None
+            placed: frozenset[str] = frozenset()
             if plans:
-                resp, placed = apply_output_plans(resp, plans, self._output_context, self.shared_memory)
+                resp, placed = apply_output_plans(resp, plans, self._output_context)
             payload, headers = encode_infer_response(resp, fmt, placed)
             headers[MODEL_VERSION_HEADER] = resp.version
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash

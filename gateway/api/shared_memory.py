@@ -5,11 +5,13 @@ A region is a window ``[offset, offset + byte_size)`` of a POSIX shared-memory o
 name a region are read from it, requested outputs that name one are written into it, so the
 tensor bytes never cross the socket.
 
-Lifetime. Inputs are zero-copy: the request holds a numpy view of the mapping. Unregistering drops
-the registry's reference and closes the mapping; while a request in flight still holds a view,
-Python's mmap refuses to close (``BufferError``) and the pages stay mapped until the last view is
-gone. So unregistering under a running request never leaves it reading unmapped memory, and costs
-no copy on the common path.
+Lifetime. Inputs are zero-copy: the request holds a numpy view of the mapping. An output's window
+is taken when the request is decoded (bounds checked before the model runs) and held until the
+output is written. Unregistering frees the name at once and closes the mapping; while a request in
+flight still holds a view, Python's mmap refuses to close (``BufferError``), so the region is kept
+aside, still mapped, and closed by a later registry call once the views are gone. Unregistering
+under a running request therefore never leaves it touching unmapped memory (its outputs still land
+in the region, as with Triton), and costs no copy on the common path.
 
 Truncation. The object's size is checked at every use: a client that shrank its object after
 registering gets an INVALID_ARGUMENT instead of the SIGBUS that touching the missing pages would
@@ -96,13 +98,35 @@ class Region:
                 f"since it was registered (needs {self.offset + self.byte_size}); register it again"
             )
 
-    def close(self) -> None:
-        os.close(self._fd)
+    def close(self) -> bool:
+        """Unmap and close; False while a request in flight still views the mapping (try again later)."""
         try:
             self._map.close()
         except BufferError:
-            # A request in flight still views it: the pages are unmapped when its last view is freed.
-            pass
+            return False
+        os.close(self._fd)  # only now: a request writing its output still checks the size through it
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class OutputWindow:
+    """Where one requested output goes, taken at decode time; holding it keeps the region mapped."""
+
+    region: Region
+    ref: ShmRef
+    view: memoryview
+
+    def write(self, array: np.ndarray, what: str) -> int:
+        """Copy the output tensor, in the v2 raw layout, into the window; returns the bytes written."""
+        raw = _raw_view(array)
+        size = len(raw)
+        if size > self.ref.byte_size:
+            raise InvalidInputError(
+                f"{what}: shared_memory_byte_size {self.ref.byte_size} is too small for the output, which needs {size} bytes"
+            )
+        self.region._check_size(what)
+        self.view[:size] = raw
+        return size
 
 
 def _object_path(key: str) -> str:
@@ -147,6 +171,8 @@ class SharedMemoryRegistry:
         self.allowed = allowed
         self.max_regions = max_regions
         self._regions: dict[str, Region] = {}
+        # Unregistered while requests still viewed them: closed by a later call once free.
+        self._retired: list[Region] = []
 
     def register(self, name: str, key: str, offset: int, byte_size: int) -> None:
         self._check_allowed()
@@ -157,6 +183,7 @@ class SharedMemoryRegistry:
                 raise InvalidInputError(f"failed to register shared memory region '{name}': '{field}' must be a non-negative integer, got {value!r}")
         if byte_size == 0:
             raise InvalidInputError(f"failed to register shared memory region '{name}': 'byte_size' must be at least 1")
+        self._sweep()
         if name in self._regions:
             raise AlreadyExistsError(f"shared memory region '{name}' already in manager")
         if len(self._regions) >= self.max_regions:
@@ -171,8 +198,9 @@ class SharedMemoryRegistry:
         names = [name] if name else list(self._regions)
         for n in names:
             region = self._regions.pop(n, None)
-            if region is not None:
-                region.close()
+            if region is not None and not region.close():
+                self._retired.append(region)
+        self._sweep()
 
     def status(self, name: str = "") -> list[dict[str, int | str]]:
         if not name:
@@ -183,9 +211,15 @@ class SharedMemoryRegistry:
         return [region.status()]
 
     def close(self) -> None:
-        for region in self._regions.values():
+        """At shutdown; a mapping still viewed is left to the process exit."""
+        for region in [*self._regions.values(), *self._retired]:
             region.close()
         self._regions.clear()
+        self._retired.clear()
+
+    def _sweep(self) -> None:
+        if self._retired:
+            self._retired = [r for r in self._retired if not r.close()]
 
     def _check_allowed(self) -> None:
         if not self.allowed:
@@ -219,17 +253,10 @@ class SharedMemoryRegistry:
             array.flags.writeable = False  # the model must not write into the client's memory
         return array
 
-    def write(self, ref: ShmRef, array: np.ndarray, what: str) -> int:
-        """Copy an output tensor, in the v2 raw layout, to ``ref``; returns the bytes written."""
-        window = self._region(ref, what).window(ref, what)
-        raw = _raw_view(array)
-        size = len(raw)
-        if size > ref.byte_size:
-            raise InvalidInputError(
-                f"{what}: shared_memory_byte_size {ref.byte_size} is too small for the output, which needs {size} bytes"
-            )
-        window[:size] = raw
-        return size
+    def output_window(self, ref: ShmRef, what: str) -> OutputWindow:
+        """The window an output will be written to, bounds-checked now, before the model runs."""
+        region = self._region(ref, what)
+        return OutputWindow(region, ref, region.window(ref, what))
 
 
 def _raw_view(array: np.ndarray) -> bytes | memoryview:

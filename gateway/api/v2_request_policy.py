@@ -14,7 +14,8 @@ input      ``shared_memory_byte_size``     int >= 0        required with a regio
 input      ``shared_memory_offset``        int >= 0        optional, default 0
 input      any other                       scalar          ignored
 output     ``classification``              int >= 1        top-k ``"score:index[:label]"`` BYTES
-output     ``shared_memory_*``             as for inputs   data written into the region, not sent
+output     ``shared_memory_*``             as for inputs   written into the region; the response names the
+                                                           output (datatype, shape) without data
 output     any other                       scalar          kept in ``RequestedOutput.parameters``
 =========  ==============================  ==============  ===========================================
 
@@ -27,12 +28,12 @@ INVALID_ARGUMENT naming the tensor and the parameter.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from gateway.api.classification import top_k
-from gateway.api.shared_memory import SharedMemoryRegistry, ShmRef
+from gateway.api.shared_memory import OutputWindow, SharedMemoryRegistry, ShmRef
 from gateway.core.errors import InvalidInputError, PermissionDeniedError
 from gateway.core.types import InferResponse, ParamValue, RequestedOutput
 
@@ -50,6 +51,8 @@ class OutputPlan:
     name: str
     classes: int = 0  # top-k classification; 0 = the tensor itself
     shm: ShmRef | None = None
+    # The region window ``shm`` names, taken when the request is decoded (``output_plans`` with a registry).
+    target: OutputWindow | None = None
 
 
 def _non_negative_int(value: ParamValue, where: str, key: str) -> int:
@@ -67,7 +70,7 @@ def check_request_parameters(params: Mapping[str, ParamValue]) -> None:
 
 def shm_ref(params: Mapping[str, ParamValue], where: str) -> ShmRef | None:
     """The tensor's shared-memory placement, or None when it names no region."""
-    if not (SHM_REGION in params or SHM_BYTE_SIZE in params or SHM_OFFSET in params):
+    if not any(key in params for key in _SHM_PARAMS):
         return None
     region = params.get(SHM_REGION)
     if region is None or SHM_BYTE_SIZE not in params:
@@ -95,8 +98,7 @@ def read_input(
 
 def output_plan(name: str, params: Mapping[str, ParamValue]) -> OutputPlan | None:
     """The output's plan; None when it is sent as it is (the common case, checked first)."""
-    if not params or (CLASSIFICATION not in params and SHM_REGION not in params
-                      and SHM_BYTE_SIZE not in params and SHM_OFFSET not in params):
+    if not params or not (CLASSIFICATION in params or any(key in params for key in _SHM_PARAMS)):
         return None
     where = f"output '{name}'"
     classes = 0
@@ -107,13 +109,20 @@ def output_plan(name: str, params: Mapping[str, ParamValue]) -> OutputPlan | Non
     return OutputPlan(name, classes, shm_ref(params, where))
 
 
-def output_plans(outputs: list[RequestedOutput] | None) -> dict[str, OutputPlan]:
-    """Plans of the requested outputs that need one; raises InvalidInputError for a bad parameter."""
+def output_plans(
+    outputs: list[RequestedOutput] | None, registry: SharedMemoryRegistry | None = None
+) -> dict[str, OutputPlan]:
+    """Plans of the requested outputs that need one, their shared-memory windows taken from
+    ``registry`` (so a bad region fails the request before the model runs, and unregistering it
+    meanwhile cannot pull the window away); raises InvalidInputError for a bad parameter."""
     plans: dict[str, OutputPlan] = {}
     for out in outputs or ():
         plan = output_plan(out.name, out.parameters)
-        if plan is not None:
-            plans[out.name] = plan
+        if plan is None:
+            continue
+        if plan.shm is not None and registry is not None:
+            plan = replace(plan, target=registry.output_window(plan.shm, f"output '{out.name}'"))
+        plans[out.name] = plan
     return plans
 
 
@@ -129,14 +138,13 @@ def apply_output_plans(
     response: InferResponse,
     plans: Mapping[str, OutputPlan],
     context: Callable[[str, str], OutputContext],
-    registry: SharedMemoryRegistry | None,
-) -> tuple[InferResponse, dict[str, dict[str, ParamValue]]]:
-    """The response with classified outputs replaced, and the outputs written into shared memory
-    with the parameters to echo for each (their data is not sent). ``response`` itself is left
-    unchanged: a cached response is shared by other requests."""
+) -> tuple[InferResponse, frozenset[str]]:
+    """The response with classified outputs replaced, and the names of the outputs written into
+    shared memory (their data is not sent). ``response`` itself is left unchanged: a cached
+    response is shared by other requests."""
     outputs = dict(response.outputs)
     types = dict(response.datatypes)
-    placed: dict[str, dict[str, ParamValue]] = {}
+    placed: set[str] = set()
     ctx = None
     for name, plan in plans.items():
         array = outputs.get(name)
@@ -149,12 +157,12 @@ def apply_output_plans(
             outputs[name] = top_k(array, types[name], plan.classes, ctx.batched, ctx.labels.get(name, ()), what)
             types[name] = "BYTES"
         if plan.shm is not None:
-            if registry is None:
+            if plan.target is None:
                 raise PermissionDeniedError(f"{what}: system shared memory is off on this server")
-            size = registry.write(plan.shm, outputs[name], what)
-            placed[name] = {SHM_REGION: plan.shm.region, SHM_BYTE_SIZE: size, SHM_OFFSET: plan.shm.offset}
+            plan.target.write(outputs[name], what)
+            placed.add(name)
     shaped = InferResponse(response.model, response.version, outputs, types, response.id, response.parameters)
-    return shaped, placed
+    return shaped, frozenset(placed)
 
 
 def output_context_of(service) -> Callable[[str, str], OutputContext]:

@@ -93,13 +93,15 @@ def test_inputs_and_outputs_in_shared_memory_on_simple(proto, client, regions):
 
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.int32, [1, 16]), a + b)
     np.testing.assert_array_equal(shm.get_contents_as_numpy(out_handle, np.int32, [1, 16], offset=64), a - b)
-    # The response carries no data for outputs in shared memory, only the parameters echoed.
+    # As Triton, the response names outputs in shared memory with their datatype and shape, no data
+    # and no parameters (Triton's C++ client, perf_analyzer's, reads output parameters as binary ones).
     out = result.get_output("OUTPUT1")
-    assert output_parameters(proto, out) == {"shared_memory_region": "out", "shared_memory_byte_size": 64, "shared_memory_offset": 64}
+    assert output_parameters(proto, out) == {}
     if proto == "http":
-        assert "data" not in out
+        assert out == {"name": "OUTPUT1", "datatype": "INT32", "shape": [1, 16]}
     else:
-        assert result.get_response().raw_output_contents[1] == b""
+        assert (out.datatype, list(out.shape)) == ("INT32", [1, 16])
+        assert list(result.get_response().raw_output_contents) == [b"", b""]
 
 
 def test_mlp_input_in_shared_memory_output_in_response(gw, proto, client, regions):
@@ -283,3 +285,18 @@ def test_a_shrunk_object_is_refused_not_a_crash(gw, proto, client, regions):
         client.infer("simple", _simple_inputs(module, "in"))
     assert err.value.status() in ("StatusCode.INVALID_ARGUMENT", "400")
     assert gw.proc.poll() is None
+
+
+def test_grpcio_transport_serves_the_same_rpcs(gw, start_gateway, regions):
+    other = start_gateway(gw.repository, "--allow-client-shm", "true", "--grpc-transport", "grpcio")
+    c = grpcclient.InferenceServerClient(other.grpc_url)
+    key, handle = regions(128)
+    shm.set_shared_memory_region(handle, [np.full((1, 16), 5, np.int32), np.ones((1, 16), np.int32)])
+    c.register_system_shared_memory("in", key, 128)
+    assert list(c.get_system_shared_memory_status().regions) == ["in"]
+    assert c.infer("simple", _simple_inputs(grpcclient, "in")).as_numpy("OUTPUT1").tolist() == [[4] * 16]
+    with pytest.raises(InferenceServerException) as err:
+        c.register_system_shared_memory("in", key, 128)
+    assert err.value.status() == "StatusCode.ALREADY_EXISTS"
+    c.unregister_system_shared_memory()
+    assert not c.get_system_shared_memory_status().regions

@@ -128,9 +128,9 @@ def test_apply_leaves_the_cached_response_untouched():
     scores = np.array([[0.1, 0.9]], np.float32)
     cached = InferResponse("m", "1", {"o": scores, "p": scores}, {"o": "FP32", "p": "FP32"})
     shaped, placed = apply_output_plans(
-        cached, {"o": OutputPlan("o", 1)}, lambda m, v: OutputContext(True, {"o": ("cat", "dog")}), None)
+        cached, {"o": OutputPlan("o", 1)}, lambda m, v: OutputContext(True, {"o": ("cat", "dog")}))
     assert shaped.outputs["o"].tolist() == [[b"0.900000:1:dog"]] and shaped.datatypes["o"] == "BYTES"
-    assert shaped.outputs["p"] is scores and placed == {}
+    assert shaped.outputs["p"] is scores and placed == frozenset()
     assert cached.outputs["o"] is scores and cached.datatypes["o"] == "FP32"
 
 
@@ -168,7 +168,7 @@ def test_registry_round_trip_and_zero_copy(shm_object):
         fh.seek(4096)
         fh.write(np.float32(42).tobytes())
     assert array[0] == 42
-    written = reg.write(ShmRef("r", 32, 32), np.array([7, 8], np.int64), "output 'y'")
+    written = reg.output_window(ShmRef("r", 32, 32), "output 'y'").write(np.array([7, 8], np.int64), "output 'y'")
     assert written == 16
     with open(path, "rb") as fh:
         fh.seek(4096 + 32)
@@ -188,6 +188,24 @@ def test_unregister_under_a_request_in_flight_keeps_its_view_valid(shm_object):
         reg.read(ShmRef("r", 64), "INT32", (16,), "input 'x'")
     reg.register("r", key, 0, 64)  # the name is free again
     reg.close()
+
+
+def test_unregister_under_an_output_in_flight_still_delivers_it(shm_object):
+    key, path = shm_object(64)
+    reg = SharedMemoryRegistry(allowed=True)
+    reg.register("out", key, 0, 64)
+    (plan,) = output_plans([RequestedOutput("y", {"shared_memory_region": "out", "shared_memory_byte_size": 64})],
+                           reg).values()
+    reg.unregister("out")  # the request holds its window: the region is set aside, still mapped
+    assert reg.status() == [] and len(reg._retired) == 1
+    response = InferResponse("m", "1", {"y": np.arange(16, dtype=np.int32)}, {"y": "INT32"})
+    _, placed = apply_output_plans(response, {"y": plan}, lambda m, v: OutputContext(True, {}))
+    assert placed == frozenset({"y"})
+    with open(path, "rb") as fh:
+        assert np.frombuffer(fh.read(), np.int32).tolist() == list(range(16))
+    del plan
+    reg.unregister()  # any later call closes what is no longer viewed
+    assert reg._retired == []
 
 
 def test_registry_errors(shm_object):
