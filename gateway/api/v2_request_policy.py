@@ -70,7 +70,7 @@ def check_request_parameters(params: Mapping[str, ParamValue]) -> None:
 
 def shm_ref(params: Mapping[str, ParamValue], where: str) -> ShmRef | None:
     """The tensor's shared-memory placement, or None when it names no region."""
-    if not any(key in params for key in _SHM_PARAMS):
+    if not params or not any(key in params for key in _SHM_PARAMS):
         return None
     region = params.get(SHM_REGION)
     if region is None or SHM_BYTE_SIZE not in params:
@@ -84,6 +84,8 @@ def shm_ref(params: Mapping[str, ParamValue], where: str) -> ShmRef | None:
 
 
 def input_shm_ref(name: str, params: Mapping[str, ParamValue]) -> ShmRef | None:
+    if not params:  # the hot path: an input with no parameters at all
+        return None
     return shm_ref(params, f"input '{name}'")
 
 
