@@ -288,3 +288,34 @@ def test_bad_label_files_name_the_field(tmp_path, yaml_text, labels, field, reas
         load_model_config(str(d))
     assert err.value.field == field and reason in err.value.reason
     assert [(e.field, reason in e.reason) for e in all_errors(str(d))] == [(field, True)]
+
+
+# --- the HTTP codec reads inputs from regions (JSON and msgpack alike) ------------------------------
+
+
+@pytest.mark.parametrize("encoding", ["json", "msgpack"])
+def test_http_codec_reads_inputs_from_a_region(shm_object, encoding):
+    import json
+
+    import msgpack
+
+    from gateway.api.http_codec import decode_infer_request
+
+    data = np.arange(6, dtype=np.float32)
+    key, _ = shm_object(64, b"\0" * 8 + data.tobytes())
+    reg = SharedMemoryRegistry(allowed=True)
+    reg.register("r", key, 0, 64)
+    params = {"shared_memory_region": "r", "shared_memory_byte_size": 24, "shared_memory_offset": 8}
+    doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "parameters": params}]}
+    if encoding == "json":
+        body, content_type = json.dumps(doc).encode(), "application/json"
+    else:
+        body, content_type = msgpack.packb(doc, use_bin_type=True), "application/msgpack"
+    req, _ = decode_infer_request(body, content_type=content_type, header_length=None, model="m", version="",
+                                  shared_memory=reg)
+    np.testing.assert_array_equal(req.inputs["x"], data.reshape(2, 3))
+    with pytest.raises(PermissionDeniedError):
+        decode_infer_request(body, content_type=content_type, header_length=None, model="m", version="",
+                             shared_memory=SharedMemoryRegistry())
+    del req
+    reg.close()
