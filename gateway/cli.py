@@ -19,7 +19,7 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=None if choices else kind,
+            type=None if choices or kind is bool else kind,  # bool("false") is True: pydantic parses the text
             choices=choices,
             default=None,
             help=f"{field.description} (default {field.default!r}; env {ENV_PREFIX}{name.upper()})",

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway import native
 from gateway.api.grpc_server import build_server
 from gateway.api.http_server import build_app
+from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.api.limits import ConnectionTimeouts, RequestLimits
 from gateway.api.tls import grpc_credentials, http_ssl_context
 from gateway.cache import build_response_cache
@@ -72,6 +73,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         service.worker_stats.start(lambda: manager.serving)
 
     limits = RequestLimits.from_settings(settings)
+    shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols
     grpc_creds = grpc_ssl = ssl_context = None
     if settings.tls:
         tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
@@ -86,10 +88,12 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         service, settings.host, settings.grpc_port, settings.max_request_bytes,
         limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
         transport=settings.grpc_transport, ssl_context=grpc_ssl, timeouts=ConnectionTimeouts.from_settings(settings),
+        shared_memory=shared_memory,
     )
     await grpc_server.start()
     runner = web.AppRunner(
-        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token, limits=limits),
+        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token, limits=limits,
+                  shared_memory=shared_memory),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.grace_period_s,
@@ -130,6 +134,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     grace = settings.grace_period_s
     await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
     await manager.close(grace)
+    shared_memory.close()
     await telemetry.close()  # flushes the spans still queued
     if service.worker_stats is not None:
         await service.worker_stats.stop()

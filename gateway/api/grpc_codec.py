@@ -1,10 +1,19 @@
-"""ModelInferRequest / ModelInferResponse (protobuf) <-> domain types."""
+"""ModelInferRequest / ModelInferResponse (protobuf) <-> domain types.
+
+Parameters mean what :mod:`gateway.api.v2_request_policy` says, as over HTTP. ``raw_input_contents``
+holds one entry per input *not* in shared memory, in input order (as Triton); an output written to
+shared memory gets an empty ``raw_output_contents`` entry, so entries still line up with outputs.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import numpy as np
 
 from gateway._proto import grpc_service_pb2 as pb
+from gateway.api import v2_request_policy as policy
+from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.core import datatypes
 from gateway.core.errors import InvalidInputError
 from gateway.core.tensors import element_count, from_raw, to_raw
@@ -76,15 +85,23 @@ def _from_contents(tensor, datatype: str, shape, what: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
-def decode_request(msg: pb.ModelInferRequest, deadline_ns: int = 0) -> InferRequest:
+def _raw_count_error(raw_count: int, msg: pb.ModelInferRequest, in_shm: int) -> InvalidInputError:
+    shm = f" ({in_shm} in shared memory)" if in_shm else ""
+    return InvalidInputError(
+        f"raw_input_contents has {raw_count} entries but the request has {len(msg.inputs) - in_shm} inputs to read from it"
+        f"{shm}"
+    )
+
+
+def decode_request(
+    msg: pb.ModelInferRequest, deadline_ns: int = 0, shared_memory: SharedMemoryRegistry | None = None
+) -> InferRequest:
     raw = msg.raw_input_contents
-    if raw and len(raw) != len(msg.inputs):
-        raise InvalidInputError(
-            f"raw_input_contents has {len(raw)} entries but the request has {len(msg.inputs)} inputs"
-        )
     inputs: dict[str, np.ndarray] = {}
     dts: dict[str, str] = {}
-    for i, t in enumerate(msg.inputs):
+    next_raw = 0
+    in_shm = 0
+    for t in msg.inputs:
         what = f"input '{t.name}'"
         if t.name in inputs:
             raise InvalidInputError(f"{what} appears twice in the request")
@@ -92,13 +109,26 @@ def decode_request(msg: pb.ModelInferRequest, deadline_ns: int = 0) -> InferRequ
         if not datatypes.is_valid(datatype):
             raise InvalidInputError(f"{what}: unsupported datatype '{datatype}'")
         shape = tuple(t.shape)
-        if raw:
+        ref = policy.input_shm_ref(t.name, decode_parameters(t.parameters)) if t.parameters else None
+        if ref is not None:
+            if t.HasField("contents"):
+                raise InvalidInputError(f"{what}: has both 'contents' and parameter 'shared_memory_region'")
+            inputs[t.name] = policy.read_input(shared_memory, ref, t.name, datatype, shape)
+            in_shm += 1
+        elif raw:
             if t.HasField("contents"):
                 raise InvalidInputError(f"{what}: contents must be empty when raw_input_contents is used")
-            inputs[t.name] = from_raw(raw[i], datatype, shape, what)
+            if next_raw >= len(raw):
+                raise _raw_count_error(len(raw), msg, sum(1 for x in msg.inputs if _names_shm(x)))
+            inputs[t.name] = from_raw(raw[next_raw], datatype, shape, what)
+            next_raw += 1
         else:
             inputs[t.name] = _from_contents(t, datatype, shape, what)
         dts[t.name] = datatype
+    if raw and next_raw != len(raw):
+        raise _raw_count_error(len(raw), msg, in_shm)
+    parameters = decode_parameters(msg.parameters)
+    policy.check_request_parameters(parameters)
     outputs = None
     if msg.outputs:
         outputs = [RequestedOutput(o.name, decode_parameters(o.parameters)) for o in msg.outputs]
@@ -109,16 +139,24 @@ def decode_request(msg: pb.ModelInferRequest, deadline_ns: int = 0) -> InferRequ
         datatypes=dts,
         outputs=outputs,
         id=msg.id,
-        parameters=decode_parameters(msg.parameters),
+        parameters=parameters,
         deadline_ns=deadline_ns,
     )
 
 
-def encode_response(resp: InferResponse) -> pb.ModelInferResponse:
+def _names_shm(t) -> bool:
+    return policy.SHM_REGION in t.parameters
+
+
+def encode_response(resp: InferResponse, in_shared_memory: Collection[str] = ()) -> pb.ModelInferResponse:
+    """The response message; outputs in ``in_shared_memory`` get an empty raw entry, as Triton."""
     msg = pb.ModelInferResponse(model_name=resp.model, model_version=resp.version, id=resp.id)
     raw = []
     for name, arr in resp.outputs.items():
         msg.outputs.add(name=name, datatype=resp.datatypes[name], shape=arr.shape)
+        if in_shared_memory and name in in_shared_memory:
+            raw.append(b"")
+            continue
         raw.append(to_raw(arr))
     msg.raw_output_contents.extend(raw)
     for k, v in resp.parameters.items():

@@ -18,8 +18,11 @@ from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.api.limits import ConnectionTimeouts, RequestLimits, check_request
+from gateway.api.shared_memory import SharedMemoryRegistry
+from gateway.api.shared_memory_rpcs import SharedMemoryRpcs
 from gateway.api.unsupported_rpcs import UnsupportedRpcs
 from gateway.api.v2_documents import model_config_message, statistics_document
+from gateway.api.v2_request_policy import apply_output_plans, output_context_of, output_plans
 from gateway.core import context as request_context
 from gateway.core.errors import GatewayError, ModelNotFoundError
 from gateway.core.stats import ModelStats
@@ -73,10 +76,15 @@ def _span_attributes(request) -> dict[str, str]:
     return {"rpc.system": "grpc", "rpc.service": SERVICE_NAME, "gateway.model.name": request.model_name}
 
 
-class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, limits: RequestLimits | None = None) -> None:
+class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(
+        self, service: InferenceService, limits: RequestLimits | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self.service = service
         self.limits = limits or RequestLimits()
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
+        self._output_context = output_context_of(service)
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.service.live)
@@ -140,12 +148,16 @@ class InferenceServicer(UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
 
     async def _infer(self, request, deadline_ns: int, start: int, trace, route_key: str) -> pb.ModelInferResponse:
         """Decode, infer, encode one request and count it; failures propagate to the caller's status."""
-        req = decode_request(request, deadline_ns)
+        req = decode_request(request, deadline_ns, self.shared_memory)
+        plans = output_plans(req.outputs, self.shared_memory) if req.outputs else None
         check_request(req, self.limits)
         req.route_key = route_key
         request_context.request_id.set(req.id)
         response = await self.service.infer_traced(req, trace)
-        msg = encode_response(response)
+        placed: frozenset[str] = frozenset()
+        if plans:
+            response, placed = apply_output_plans(response, plans, self._output_context)
+        msg = encode_response(response, placed)
         self.service.telemetry.request_done("grpc", response.model, response.version, "ok", start, time.monotonic_ns(),
                                             trace, None, _GRPC_OK)
         return msg
@@ -249,8 +261,10 @@ async def _maybe_await(value) -> None:
         await value
 
 
-def _register(server, service: InferenceService, limits: RequestLimits) -> HealthMirror:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+def _register(
+    server, service: InferenceService, limits: RequestLimits, shared_memory: SharedMemoryRegistry | None = None
+) -> HealthMirror:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits, shared_memory), server)
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -262,6 +276,7 @@ def build_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
     transport: str = "native", ssl_context: ssl.SSLContext | None = None, timeouts: ConnectionTimeouts | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> tuple[grpc.aio.Server | NativeGrpcServer, HealthMirror, int]:
     """The gRPC server on ``transport``: TLS from ``ssl_context`` (native) or ``credentials`` (grpcio)."""
     limits = limits or RequestLimits()
@@ -279,7 +294,7 @@ def build_server(
             native = NativeGrpcServer(host, port, options, ssl_context)
         except OSError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
-        return native, _register(native, service, limits), native.port
+        return native, _register(native, service, limits, shared_memory), native.port
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -296,7 +311,7 @@ def build_server(
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
         maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )
-    mirror = _register(server, service, limits)
+    mirror = _register(server, service, limits, shared_memory)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if bound == 0:

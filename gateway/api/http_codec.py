@@ -45,9 +45,11 @@ msgpack (``Content-Type: application/msgpack`` or ``application/x-msgpack``)
     those copies.
 
 Request-level ``parameters`` are copied into ``InferRequest.parameters``
-except ``binary_data_output``, which only steers the encoding. ``priority`` and
-``timeout`` must be non-negative integers. Shared-memory parameters and
-``classification`` are known features we do not serve: they are rejected.
+except ``binary_data_output``, which only steers the encoding. What every other
+parameter means (``priority``, ``timeout``, the shared-memory parameters,
+``classification``) is decided by :mod:`gateway.api.v2_request_policy`, the same
+for gRPC. An input in shared memory carries neither ``data`` nor
+``binary_data_size``; its tensor is a read-only view of the registered region.
 
 Responses in JSON:
 
@@ -70,6 +72,7 @@ from __future__ import annotations
 import enum
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -77,6 +80,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from gateway.api import v2_request_policy as policy
+from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.core import datatypes, tensors
 from gateway.core.errors import InvalidInputError, PayloadTooLargeError
 from gateway.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput
@@ -86,15 +91,6 @@ JSON_CONTENT_TYPE = "application/json"
 BINARY_CONTENT_TYPE = "application/octet-stream"
 MSGPACK_CONTENT_TYPE = "application/msgpack"
 _MSGPACK_TYPES = frozenset({"application/msgpack", "application/x-msgpack"})
-
-# Parameters naming features this gateway does not offer; a 400 is clearer
-# than silently answering in a way the client did not ask for.
-_UNSUPPORTED_PARAMS = (
-    "shared_memory_region",
-    "shared_memory_byte_size",
-    "shared_memory_offset",
-    "classification",
-)
 
 _SCALAR_TYPES = (bool, int, float, str)
 # Python types a JSON element may have, per numpy dtype kind. bool is listed
@@ -146,17 +142,19 @@ def decode_infer_request(
     model: str,
     version: str,
     max_tensor_elements: int = 1 << 28,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> tuple[InferRequest, OutputFormat]:
     """Decode an infer request body; raises InvalidInputError (or
-    PayloadTooLargeError for a tensor over ``max_tensor_elements``)."""
+    PayloadTooLargeError for a tensor over ``max_tensor_elements``). Inputs in
+    shared memory are read from ``shared_memory``'s regions."""
     view = _byte_view(body)
     if _is_msgpack(content_type):
         if header_length is not None:
             raise InvalidInputError(
                 f"{HEADER_LENGTH_HEADER} cannot be used with a msgpack body"
             )
-        return _decode_msgpack(view, model, version, max_tensor_elements)
-    return _decode_json(view, header_length, model, version, max_tensor_elements)
+        return _decode_msgpack(view, model, version, max_tensor_elements, shared_memory)
+    return _decode_json(view, header_length, model, version, max_tensor_elements, shared_memory)
 
 
 def _byte_view(body: bytes | memoryview) -> memoryview:
@@ -173,7 +171,8 @@ def _is_msgpack(content_type: str | None) -> bool:
 
 
 def _decode_json(
-    view: memoryview, header_length: int | None, model: str, version: str, max_elements: int
+    view: memoryview, header_length: int | None, model: str, version: str, max_elements: int,
+    shared_memory: SharedMemoryRegistry | None,
 ) -> tuple[InferRequest, OutputFormat]:
     header_end = _header_end(view, header_length)
     doc = _load_json(view[:header_end])
@@ -186,8 +185,13 @@ def _decode_json(
         name, datatype, shape, count = _tensor_header(item, index, "input", max_elements)
         if name in inputs:
             raise InvalidInputError(f"input '{name}' appears more than once")
-        size = _binary_data_size(item, name, header_length)
-        if size is None:
+        params = _tensor_parameters(item, f"input '{name}'")
+        ref = policy.input_shm_ref(name, params)
+        size = None if ref is not None else _binary_data_size(item, params, name, header_length)
+        if ref is not None:
+            _no_data_beside_shm(item, params, name)
+            array = policy.read_input(shared_memory, ref, name, datatype, shape)
+        elif size is None:
             array = _array_from_json(name, datatype, shape, count, item["data"])
         else:
             if offset + size > len(view):
@@ -245,9 +249,15 @@ def _check_body_consumed(
     )
 
 
-def _binary_data_size(item: dict, name: str, header_length: int | None) -> int | None:
+def _no_data_beside_shm(item: dict, params: dict, name: str) -> None:
+    for key, found in (("data", "data" in item), ("binary_data_size", "binary_data_size" in params)):
+        if found:
+            raise InvalidInputError(f"input '{name}': has both '{key}' and parameter 'shared_memory_region'")
+
+
+def _binary_data_size(item: dict, params: dict, name: str, header_length: int | None) -> int | None:
     """The input's byte count in the binary part; None when it carries JSON `data`."""
-    size = _tensor_parameters(item, f"input '{name}'").get("binary_data_size")
+    size = params.get("binary_data_size")
     if size is None:
         if "data" not in item:
             raise InvalidInputError(
@@ -269,7 +279,7 @@ def _binary_data_size(item: dict, name: str, header_length: int | None) -> int |
 
 
 def _decode_msgpack(
-    view: memoryview, model: str, version: str, max_elements: int
+    view: memoryview, model: str, version: str, max_elements: int, shared_memory: SharedMemoryRegistry | None
 ) -> tuple[InferRequest, OutputFormat]:
     doc = _load_msgpack(view)
     _expect_map(doc, "the request body")
@@ -279,10 +289,14 @@ def _decode_msgpack(
         name, datatype, shape, count = _tensor_header(item, index, "input", max_elements)
         if name in inputs:
             raise InvalidInputError(f"input '{name}' appears more than once")
-        _tensor_parameters(item, f"input '{name}'")
-        if "data" not in item:
+        ref = policy.input_shm_ref(name, _tensor_parameters(item, f"input '{name}'"))
+        if ref is not None:
+            _no_data_beside_shm(item, {}, name)
+            inputs[name] = policy.read_input(shared_memory, ref, name, datatype, shape)
+        elif "data" not in item:
             raise InvalidInputError(f"input '{name}': missing 'data'")
-        inputs[name] = _array_from_msgpack(name, datatype, shape, count, item["data"])
+        else:
+            inputs[name] = _array_from_msgpack(name, datatype, shape, count, item["data"])
         types[name] = datatype
     request, _, _, _ = _infer_request(model, version, inputs, types, doc)
     return request, OutputFormat(Encoding.MSGPACK)
@@ -363,11 +377,7 @@ def _shape(shape: Any, name: str, role: str) -> tuple[int, ...]:
 
 
 def _tensor_parameters(item: dict, where: str) -> dict[str, ParamValue]:
-    params = _parameters(item.get("parameters"), where)
-    for key in _UNSUPPORTED_PARAMS:
-        if key in params:
-            raise InvalidInputError(f"{where}: parameter '{key}' is not supported")
-    return params
+    return _parameters(item.get("parameters"), where)
 
 
 def _parameters(raw: Any, where: str) -> dict[str, ParamValue]:
@@ -388,12 +398,7 @@ def _request_parameters(doc: dict) -> tuple[dict[str, ParamValue], bool]:
     binary_default = params.pop("binary_data_output", False)
     if type(binary_default) is not bool:
         raise InvalidInputError("the request: parameter 'binary_data_output' must be true or false")
-    for key in ("priority", "timeout"):
-        value = params.get(key)
-        if value is not None and (type(value) is not int or value < 0):
-            raise InvalidInputError(
-                f"the request: parameter '{key}' must be a non-negative integer, got {value!r}"
-            )
+    policy.check_request_parameters(params)
     return params, binary_default
 
 
@@ -603,17 +608,24 @@ def _preview(value: Any) -> str:
 
 
 def encode_infer_response(
-    response: InferResponse, fmt: OutputFormat
+    response: InferResponse, fmt: OutputFormat, in_shared_memory: Collection[str] = ()
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and the headers it needs (Content-Type, and the
-    header length when binary outputs follow the JSON)."""
+    header length when binary outputs follow the JSON). Outputs in
+    ``in_shared_memory`` were written to a region: as Triton, they carry
+    name, datatype and shape only (no data, no parameters: Triton's C++
+    client reads any output ``parameters`` as binary-data ones)."""
+    placed = in_shared_memory
     if fmt.encoding is Encoding.MSGPACK:
-        return _encode_msgpack(response), {"Content-Type": MSGPACK_CONTENT_TYPE}
+        return _encode_msgpack(response, placed), {"Content-Type": MSGPACK_CONTENT_TYPE}
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, array in response.outputs.items():
         datatype = _output_datatype(response, name, array)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
+        if name in placed:
+            outputs.append(entry)
+            continue
         data = None if fmt.is_binary(name) else _json_data(array, datatype)
         if data is None:
             blob = _raw_data(array, datatype)
@@ -680,10 +692,13 @@ def _as_text(item: Any) -> str:
     return str(item)
 
 
-def _encode_msgpack(response: InferResponse) -> bytes:
+def _encode_msgpack(response: InferResponse, placed: Collection[str]) -> bytes:
     outputs = []
     for name, array in response.outputs.items():
         datatype = _output_datatype(response, name, array)
+        if name in placed:
+            outputs.append({"name": name, "datatype": datatype, "shape": list(array.shape)})
+            continue
         if datatypes.to_numpy(datatype) is None:
             data: Any = [tensors.as_bytes(x) for x in array.ravel().tolist()]
         else:

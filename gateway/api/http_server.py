@@ -21,6 +21,9 @@ from gateway.api.v2_documents import model_config_document, statistics_document
 from gateway.core import context as request_context
 from gateway.api.reliability_http import ReliabilityHttp
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER, RoutingHttp
+from gateway.api.shared_memory import SharedMemoryRegistry
+from gateway.api.shared_memory_http import SharedMemoryHttp
+from gateway.api.v2_request_policy import apply_output_plans, output_context_of, output_plans
 from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, PayloadTooLargeError
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
@@ -44,10 +47,15 @@ def _version(request: web.Request) -> str:
 
 
 class HttpApi:
-    def __init__(self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None) -> None:
+    def __init__(
+        self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None,
+        shared_memory: SharedMemoryRegistry | None = None,
+    ) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.limits = limits or RequestLimits()
+        self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
+        self._output_context = output_context_of(service)
 
     def routes(self) -> list[web.RouteDef]:
         model = "/v2/models/{model}"
@@ -186,11 +194,15 @@ class HttpApi:
             })
         try:
             req, fmt = await self._decode(request, model, version)
+            plans = output_plans(req.outputs, self.shared_memory) if req.outputs else None
             check_request(req, self.limits)
             request_context.request_id.set(req.id or request.headers.get("X-Request-ID", ""))
             req.route_key = request.headers.get(ROUTE_KEY_HEADER, "")
             resp = await self.service.infer_traced(req, trace)
-            payload, headers = encode_infer_response(resp, fmt)
+            placed: frozenset[str] = frozenset()
+            if plans:
+                resp, placed = apply_output_plans(resp, plans, self._output_context)
+            payload, headers = encode_infer_response(resp, fmt, placed)
             headers[MODEL_VERSION_HEADER] = resp.version
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)
@@ -218,7 +230,7 @@ class HttpApi:
                 raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
         return decode_infer_request(
             body, content_type=request.content_type, header_length=header_length, model=model, version=version,
-            max_tensor_elements=self.limits.max_tensor_elements,
+            max_tensor_elements=self.limits.max_tensor_elements, shared_memory=self.shared_memory,
         )
 
     async def metrics(self, request: web.Request) -> web.Response:
@@ -259,15 +271,18 @@ def concurrency_limit(gate: ConcurrencyGate):
 
 
 def build_app(
-    service: InferenceService, max_request_bytes: int, admin_token: str = "", limits: RequestLimits | None = None
+    service: InferenceService, max_request_bytes: int, admin_token: str = "", limits: RequestLimits | None = None,
+    shared_memory: SharedMemoryRegistry | None = None,
 ) -> web.Application:
     limits = limits or RequestLimits()
+    shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
     gate = ConcurrencyGate(limits.max_concurrent_requests)
     # No limit, no middleware: nothing to pay per request.
     middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
     middlewares.insert(0, openai_errors)  # outermost: every /v1 error in OpenAI's envelope
     app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
-    app.add_routes(HttpApi(service, max_request_bytes, limits).routes())
+    app.add_routes(HttpApi(service, max_request_bytes, limits, shared_memory).routes())
+    app.add_routes(SharedMemoryHttp(shared_memory, error_response).routes())
     app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
     app.add_routes(OpenAICompletionsApi(service).routes())
     app.add_routes(OpenAIEmbeddingsApi(service).routes())

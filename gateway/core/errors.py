@@ -22,6 +22,7 @@ class ErrorCode(enum.Enum):
     INTERNAL = "internal"
     UNAUTHENTICATED = "unauthenticated"
     PERMISSION_DENIED = "permission_denied"
+    ALREADY_EXISTS = "already_exists"
 
 
 class GatewayError(Exception):
@@ -42,6 +43,18 @@ class InvalidInputError(GatewayError):
 
 class ModelNotFoundError(GatewayError):
     code = ErrorCode.NOT_FOUND
+
+
+class SharedMemoryNotFoundError(GatewayError):
+    """A request or status call names a shared memory region that is not registered (Triton: NOT_FOUND)."""
+
+    code = ErrorCode.NOT_FOUND
+
+
+class AlreadyExistsError(GatewayError):
+    """A shared memory region is registered under a name already taken."""
+
+    code = ErrorCode.ALREADY_EXISTS
 
 
 class PayloadTooLargeError(GatewayError):

@@ -10,7 +10,7 @@ import os
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
@@ -19,6 +19,8 @@ from gateway.core.registry_config import RegistryModelConfig
 from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
 
 CONFIG_FILENAME = "model.yaml"
+# Label files are read at every repository scan: big enough for any class list, small enough to re-read.
+MAX_LABEL_FILE_BYTES = 1 << 20
 
 
 class _Strict(BaseModel):
@@ -34,6 +36,22 @@ class TensorConfig(_Strict):
     # with pad_value instead of being batched apart.
     ragged: bool = False
     pad_value: float = 0.0
+    # Outputs only: a file in the model's directory, one class label per line (line i = index i),
+    # used by the classification extension ("score:index:label"), as Triton's label_filename.
+    label_filename: str = ""
+    _labels: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        """The label file's lines, read when the config was loaded from its directory."""
+        return self._labels
+
+    @field_validator("label_filename")
+    @classmethod
+    def _plain_filename(cls, v: str) -> str:
+        if v and (v in (".", "..") or "/" in v or "\\" in v or "\x00" in v):
+            raise ValueError(f"'{v}' must be a file name in the model's directory, without a path")
+        return v
 
     @field_validator("datatype")
     @classmethod
@@ -247,6 +265,9 @@ def cross_field_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
             problems.append(
                 ("dynamic_batching.preferred_batch_sizes", f"sizes {too_big} exceed max_batch_size {mbs}")
             )
+    for i, t in enumerate(cfg.inputs):
+        if t.label_filename:
+            problems.append((f"inputs[{i}].label_filename", "labels belong to outputs (classification), not inputs"))
     for kind, tensors in (("inputs", cfg.inputs), ("outputs", cfg.outputs)):
         names = [t.name for t in tensors]
         for i, n in enumerate(names):
@@ -362,7 +383,42 @@ def _read_raw(model_dir: str) -> tuple[str, str, Any]:
 
 def load_model_config(model_dir: str) -> ModelConfig:
     name, path, raw = _read_raw(model_dir)
-    return parse_model_config(raw, file=path, default_name=name)
+    cfg = parse_model_config(raw, file=path, default_name=name)
+    for field, reason in attach_labels(cfg, model_dir):
+        raise ConfigError(path, field, reason)
+    return cfg
+
+
+def _read_labels(path: str) -> tuple[str, ...]:
+    """The file's lines without their line ends; raises ValueError saying what is wrong."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_LABEL_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ValueError(f"cannot read '{os.path.basename(path)}': {exc.strerror}") from None
+    if len(data) > MAX_LABEL_FILE_BYTES:
+        raise ValueError(f"'{os.path.basename(path)}' is larger than {MAX_LABEL_FILE_BYTES} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"'{os.path.basename(path)}' is not UTF-8 text") from None
+    labels = tuple(text.splitlines())
+    if not labels:
+        raise ValueError(f"'{os.path.basename(path)}' is empty")
+    return labels
+
+
+def attach_labels(cfg: ModelConfig, model_dir: str) -> list[tuple[str, str]]:
+    """Read each output's label_filename into its ``labels``; (field, reason) for those that fail."""
+    problems = []
+    for i, t in enumerate(cfg.outputs):
+        if not t.label_filename:
+            continue
+        try:
+            t._labels = _read_labels(os.path.join(model_dir, t.label_filename))
+        except ValueError as exc:
+            problems.append((f"outputs[{i}].label_filename", str(exc)))
+    return problems
 
 
 def all_errors(model_dir: str) -> list[ConfigError]:
@@ -376,4 +432,6 @@ def all_errors(model_dir: str) -> list[ConfigError]:
     if cfg is None:
         return errors
     versions = [int(v) for v in os.listdir(model_dir) if v.isdigit() and int(v) >= 1 and os.path.isdir(os.path.join(model_dir, v))]
-    return errors + [ConfigError(path, f, r) for f, r in routing_version_problems(cfg, versions)]
+    # Cross-field problems come with validate_model_config already.
+    problems = routing_version_problems(cfg, versions) + attach_labels(cfg, model_dir)
+    return errors + [ConfigError(path, f, r) for f, r in problems]

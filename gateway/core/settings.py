@@ -84,6 +84,13 @@ class ServerSettings(BaseModel):
         description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",
     )
 
+    allow_client_shm: bool = Field(
+        default=False,
+        description="let clients register system shared memory regions (/v2/systemsharedmemory, "
+        "SystemSharedMemoryRegister): a same-host trust feature, since a client names any /dev/shm object "
+        "this process may open; per worker process (README: Shared memory)",
+    )
+
     registry_url: str = Field(
         default="",
         pattern=r"^$|^https?://",

@@ -33,6 +33,7 @@ EXTENSIONS = (
     "statistics",
     "schedule_policy",
     "model_configuration",
+    "system_shared_memory",
 )
 
 

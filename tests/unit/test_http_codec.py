@@ -517,7 +517,10 @@ MALFORMED_JSON = {
     "nested more than shape": (_inp(shape=[2], data=[[1], [2]]), "INT32 data takes integers"),
     "parameters not a map": (_inp(parameters=[1]), "'parameters' must be an object"),
     "parameter value a list": (_inp(parameters={"p": [1]}), "parameter 'p'"),
-    "shared memory": (_inp(parameters={"shared_memory_region": "r"}), "not supported"),
+    "shared memory without size": (_inp(data=..., parameters={"shared_memory_region": "r"}),
+                                   "'shared_memory_byte_size' is required"),
+    "shared memory and data": (_inp(parameters={"shared_memory_region": "r", "shared_memory_byte_size": 8}),
+                               "has both 'data' and parameter 'shared_memory_region'"),
     "binary size and data": (_inp(parameters={"binary_data_size": 8}), "both"),
     "binary size negative": (_inp(data=..., parameters={"binary_data_size": -8}), "non-negative"),
     "binary size string": (_inp(data=..., parameters={"binary_data_size": "8"}), "non-negative"),
@@ -557,9 +560,6 @@ MALFORMED_REQUEST = {
         "output 'o1': 'binary_data' must be true or false"),
     "output duplicated": (b'{"inputs": [], "outputs": [{"name": "o1"}, {"name": "o1"}]}',
                           "output 'o1' is requested more than once"),
-    "output classification": (
-        b'{"inputs": [], "outputs": [{"name": "o1", "parameters": {"classification": 3}}]}',
-        "output 'o1': parameter 'classification' is not supported"),
 }
 
 

@@ -133,6 +133,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "header_timeout_s": (1.0, 2.0, 3.0),
         "idle_timeout_s": (10.0, 20.0, 30.0),
         "tls_handshake_timeout_s": (4.0, 5.0, 6.0),
+        "allow_client_shm": (True, False, True),
     }
     pem = {}
     for field in ("tls_cert_file", "tls_key_file", "tls_ca_file"):  # must exist; contents are read by the daemon

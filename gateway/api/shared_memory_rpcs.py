@@ -1,0 +1,41 @@
+"""gRPC RPCs of Triton's system shared-memory extension, mixed into the v2 servicer.
+
+The servicer that mixes this in sets ``self.shared_memory`` (the process's registry, shared with HTTP).
+"""
+
+from __future__ import annotations
+
+from gateway._proto import grpc_service_pb2 as pb
+from gateway.api.errors import GRPC_STATUS, classify
+from gateway.core.errors import GatewayError
+
+
+async def _abort(context, exc: GatewayError):
+    code, message = classify(exc)
+    await context.abort(GRPC_STATUS[code], message)
+
+
+class SharedMemoryRpcs:
+    async def SystemSharedMemoryStatus(self, request, context):
+        try:
+            regions = self.shared_memory.status(request.name)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        response = pb.SystemSharedMemoryStatusResponse()
+        for region in regions:
+            response.regions[region["name"]].CopyFrom(pb.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+        return response
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        try:
+            self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        return pb.SystemSharedMemoryRegisterResponse()
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        try:
+            self.shared_memory.unregister(request.name)
+        except GatewayError as exc:
+            return await _abort(context, exc)
+        return pb.SystemSharedMemoryUnregisterResponse()
