@@ -18,6 +18,7 @@ from gateway.core.errors import ErrorCode, InvalidInputError
 OPENAI_TYPE: dict[ErrorCode, str] = {
     ErrorCode.INVALID_ARGUMENT: "invalid_request_error",
     ErrorCode.NOT_FOUND: "invalid_request_error",
+    ErrorCode.ALREADY_EXISTS: "invalid_request_error",
     ErrorCode.PAYLOAD_TOO_LARGE: "invalid_request_error",
     ErrorCode.RESOURCE_EXHAUSTED: "rate_limit_error",
     ErrorCode.DEADLINE_EXCEEDED: "timeout_error",
