@@ -31,7 +31,6 @@ from gateway.core.types import InferRequest, InferResponse, TraceRecord
 _log = logging.getLogger("gateway.cache")
 
 HIT_PARAMETER = "cache_hit"
-COALESCED_PARAMETER = "cache_coalesced"  # answered by an identical request's execution (with cache_hit)
 REDIS_PREFIX = "gw:x:"
 
 Run = Callable[[], Awaitable[InferResponse]]
@@ -49,19 +48,14 @@ class _Filled:
         self.response = response
 
 
-def _answer(entry: CachedResponse, req: InferRequest, model: str, version: str, hit: bool,
-            coalesced: bool = False) -> InferResponse:
-    if coalesced:
-        parameters = {HIT_PARAMETER: True, COALESCED_PARAMETER: True}
-    else:
-        parameters = {HIT_PARAMETER: True} if hit else {}
+def _answer(entry: CachedResponse, req: InferRequest, model: str, version: str, hit: bool) -> InferResponse:
     return InferResponse(
         model=model,
         version=version,
         outputs=dict(entry.outputs),
         datatypes=dict(entry.datatypes),
         id=req.id,
-        parameters=parameters,
+        parameters={HIT_PARAMETER: True} if hit else {},
     )
 
 
@@ -149,12 +143,7 @@ class ResponseCache:
         if leader and filled.response is not None:
             return filled.response
         if not leader:
-            # It ran nothing: a hit in the model's statistics, as Triton counts hits, and counted apart.
-            now = time.monotonic_ns()
-            stats.cache_hit.add(now - start)
-            stats.cache_coalesced += 1
-            stats.success.add(now - start)
-            return _answer(filled.entry, req, model, version, hit=True, coalesced=True)
+            stats.success.add(time.monotonic_ns() - start)
         return _answer(filled.entry, req, model, version, hit=filled.from_cache)
 
     async def _fill(

@@ -71,11 +71,8 @@ class ModelStats:
     last_inference_ms: int = 0  # wall clock, for display only
     batches: dict[int, BatchSizeStats] = field(default_factory=dict)
     # Response cache, as Triton reports it: lookups that hit / missed and their time.
-    # A request coalesced onto an identical one's execution (single flight) did not run the model:
-    # it counts as a hit, and apart here too.
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
-    cache_coalesced: int = 0
     # Distributions for dashboards (the sums above are Triton's statistics).
     queue_histogram: Histogram = field(default_factory=Histogram)
     execute_histogram: Histogram = field(default_factory=Histogram)  # one per batch: gather + run + scatter

@@ -103,9 +103,7 @@ class InferenceService:
             def run() -> Awaitable[InferResponse]:
                 return self._execute(loaded, req, rows, key, priority, timeout_deadline)
 
-            # A request answered by an identical one in flight still keeps its own deadline.
-            waiting = loaded.scheduler.waiting_deadline(req, timeout_deadline, time.monotonic_ns())
-            return await self.cache.serve(loaded.name, loaded.version, cache_cfg, req, loaded.stats, run, waiting)
+            return await self.cache.serve(loaded.name, loaded.version, cache_cfg, req, loaded.stats, run, req.deadline_ns)
         return await self._execute(loaded, req, rows, key, priority, timeout_deadline)
 
     async def _execute(

@@ -29,34 +29,22 @@ _TEXT, _TOKEN_IDS, _FINISH = "text", "token_ids", "finish_reason"
 _STORABLE_FINISH = frozenset({"stop", "length"})
 
 
-def _query(name: str, version: str, req: GenerationRequest, cfg: SemanticCacheConfig) -> PromptQuery:
-    """The request's cache query; not cacheable when its prompt is not text (token ids), it asks
-    for logprobs (a cached answer carries none), or it has no user turn to embed."""
+def _query(name: str, version: str, req: GenerationRequest, cfg: SemanticCacheConfig) -> PromptQuery | None:
+    """The request's cache query, or None when its prompt is not text (token ids) or asks for logprobs."""
     if req.messages is not None:
-        # A chat prompt is rendered through the model's chat template, a completion prompt is not:
-        # the same text is a different prompt on each route.
-        route = "chat"
         messages = [(str(m.get("role", "")), str(m.get("content", ""))) for m in req.messages]
     elif req.prompt is not None:
-        route = "completion"
         messages = [("user", req.prompt)]
     else:
-        return _bypass(name, version, "the prompt is token ids")
-    if req.sampling.logprobs is not None:
-        return _bypass(name, version, "logprobs asked")
-    if not any(role == "user" for role, _ in messages):
-        return _bypass(name, version, "no user turn")
+        return None
+    if req.sampling.logprobs is not None or not any(role == "user" for role, _ in messages):
+        return None  # a cached answer carries no logprobs; a prompt needs a user turn to embed
     s = req.sampling
     sampling = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
         "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens,
     }
-    return prompt_query(name, version, messages, sampling, route=route, allow_sampling=cfg.allow_sampling,
-                        opt_out=not req.cache)
-
-
-def _bypass(name: str, version: str, reason: str) -> PromptQuery:
-    return PromptQuery(name, version, b"", "", False, reason)
+    return prompt_query(name, version, messages, sampling, allow_sampling=cfg.allow_sampling, opt_out=not req.cache)
 
 
 class PromptCache:
@@ -82,8 +70,9 @@ class PromptCache:
         self, name: str, version: str, cfg: SemanticCacheConfig, engine: TextGenerator, req: GenerationRequest
     ) -> GenerationStream:
         query = _query(name, version, req, cfg)
-        if not query.cacheable:
-            self._responses.metrics.semantic_for(name).bypassed += 1
+        if query is None or not query.cacheable:
+            if query is not None:
+                self._responses.metrics.semantic_for(name).bypassed += 1
             return engine.submit(req)
         try:
             cache = await self._cache()

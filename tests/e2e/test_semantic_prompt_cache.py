@@ -120,29 +120,6 @@ def test_completions_route_uses_the_cache_too(gateway, client):
     assert raw.parse().choices[0].text == first.choices[0].text
 
 
-def test_a_chat_answer_never_answers_a_completion_of_the_same_text(gateway, client):
-    """The chat route renders its turns through the chat template, the completions route sends the
-    text as it is: the same words are two prompts, and neither may answer the other."""
-    text = "Name three primary colours."
-    raw = client.chat.completions.with_raw_response.create(
-        model=MODEL, messages=[{"role": "user", "content": text}], temperature=0)
-    assert "x-gateway-cache" not in raw.headers
-    own = client.completions.create(model=MODEL, prompt=text, temperature=0, extra_body={"cache": False})
-    raw = client.completions.with_raw_response.create(model=MODEL, prompt=text, temperature=0)
-    assert "x-gateway-cache" not in raw.headers  # was a semantic-hit with similarity 1.0
-    assert raw.parse().choices[0].text == own.choices[0].text
-    # Each route still hits itself.
-    raw = client.completions.with_raw_response.create(model=MODEL, prompt=text, temperature=0)
-    assert raw.headers["x-gateway-cache"] == "semantic-hit"
-
-
-def test_requests_asking_for_logprobs_are_counted_as_bypassed(gateway, client):
-    bypassed = semantic_count(gateway, "bypassed")
-    chat(client, "How tall is Mount Everest?", logprobs=True)
-    client.completions.create(model=MODEL, prompt="How tall is Mount Everest?", temperature=0, logprobs=2)
-    assert semantic_count(gateway, "bypassed") == bypassed + 2
-
-
 def test_an_embedder_that_cannot_load_never_fails_a_request(tiny_llm_model, tmp_path):
     """Without the embedding model the request is generated as on a miss, and the error is counted."""
     root = tmp_path / "models"

@@ -38,9 +38,6 @@ def test_scope_covers_everything_but_the_last_user_turn():
     assert chat("What is the capital of France?", sampling={"temperature": 0.0, "max_tokens": 8}).scope != base.scope
     assert chat("What is the capital of France?", model="other").scope != base.scope
     assert prompt_query("m", "2", [("system", "You are helpful."), ("user", "x")], GREEDY).scope != base.scope
-    # The same text on the completions route is another prompt (no chat template around it).
-    assert prompt_query("m", "1", [("user", "x")], GREEDY, route="completion").scope \
-        != prompt_query("m", "1", [("user", "x")], GREEDY, route="chat").scope
 
 
 def test_sampling_requests_bypass_unless_the_model_opts_in():

@@ -2,7 +2,7 @@
 
 A semantic hit is only safe between requests that differ in nothing but the
 wording of the last user turn. So the scope, matched exactly, is: model,
-resolved version, the route (chat or completion: the prompt format), every message except the last user turn (system prompt and
+resolved version, every message except the last user turn (system prompt and
 the whole conversation, with roles, in order), and the sampling settings. Only
 the last user turn is embedded and compared by similarity.
 
@@ -40,18 +40,15 @@ def prompt_query(
     messages: list[tuple[str, str]],
     sampling: dict[str, ParamValue],
     *,
-    route: str = "chat",
     allow_sampling: bool = False,
     opt_out: bool = False,
 ) -> PromptQuery:
-    """``messages`` are (role, content) in order; a plain completion prompt is [("user", prompt)].
-    ``route`` ("chat" or "completion") is in the scope: a chat turn is rendered through the chat
-    template, a completion prompt is not, so the same text is not the same prompt."""
+    """``messages`` are (role, content) in order; a plain completion prompt is [("user", prompt)]."""
     last_user = max((i for i, (role, _) in enumerate(messages) if role == "user"), default=None)
     if last_user is None:
         raise ValueError("a prompt needs at least one user message")
     context = [list(m) for i, m in enumerate(messages) if i != last_user]
-    header = [model, version, route, context, last_user, sorted(sampling.items())]
+    header = [model, version, context, last_user, sorted(sampling.items())]
     scope = xxhash.xxh3_128_digest(msgpack.packb(header, use_bin_type=True))
     prompt = messages[last_user][1]
     reason = ""
