@@ -31,6 +31,8 @@ from gateway.core.types import InferRequest, InferResponse, TraceRecord
 _log = logging.getLogger("gateway.cache")
 
 HIT_PARAMETER = "cache_hit"
+# Marks an answer shared from an identical request's execution (single flight).
+COALESCED_PARAMETER = "cache_coalesced"
 REDIS_PREFIX = "gw:x:"
 
 Run = Callable[[], Awaitable[InferResponse]]
@@ -48,14 +50,21 @@ class _Filled:
         self.response = response
 
 
-def _answer(entry: CachedResponse, req: InferRequest, model: str, version: str, hit: bool) -> InferResponse:
+def _answer(
+    entry: CachedResponse, req: InferRequest, model: str, version: str, hit: bool, coalesced: bool = False
+) -> InferResponse:
+    parameters: dict = {}
+    if hit:
+        parameters[HIT_PARAMETER] = True
+    if coalesced:
+        parameters[COALESCED_PARAMETER] = True
     return InferResponse(
         model=model,
         version=version,
         outputs=dict(entry.outputs),
         datatypes=dict(entry.datatypes),
         id=req.id,
-        parameters={HIT_PARAMETER: True} if hit else {},
+        parameters=parameters,
     )
 
 
@@ -101,7 +110,12 @@ class ResponseCache:
         run: Run,
         deadline_ns: int = 0,
     ) -> InferResponse:
-        """Answer ``req`` from a tier, from an identical request in flight, or by ``run``."""
+        """Answer ``req`` from a tier, from an identical request in flight, or by ``run``.
+
+        ``deadline_ns`` (0: none) bounds how long the request waits for an identical
+        request's answer: the earliest of its transport deadline and, under the
+        "reject" queue policy, its queue timeout.
+        """
         start = time.monotonic_ns()
         key = exact_key(model, version, req)
         memory = self.memory_for(model, cfg)
@@ -117,16 +131,25 @@ class ResponseCache:
                 if req.trace is not None:
                     req.trace.cache_lookup(start, now, True)
                 return _answer(entry, req, model, version, hit=True)
-            counters.misses += 1
             if req.trace is not None and self.shared is None:
                 req.trace.cache_lookup(start, time.monotonic_ns(), False)
 
         flight, leader = self._flights.join(key, lambda: self._fill(model, version, cfg, key, memory, stats, run, start, req.trace))
-        if not leader:
+        # Every lookup is counted once: a hit, a miss (it starts the one flight of its key) or
+        # coalesced (it waits for that flight); so hits + misses + coalesced = lookups.
+        if leader:
+            if memory is not None:
+                self.metrics.tier(model, MEMORY).misses += 1
+        else:
             self.metrics.coalesced[model] = self.metrics.coalesced.get(model, 0) + 1
         try:
-            filled = await SingleFlight.wait(flight, _seconds_left(deadline_ns))
+            # The leader's own run keeps its deadlines in the queue; past the transport's, it stops waiting.
+            filled = await SingleFlight.wait(flight, _seconds_left(req.deadline_ns if leader else deadline_ns))
         except TimeoutError:
+            if leader:
+                raise DeadlineExceededError(f"request to model '{model}' timed out before its answer") from None
+            # A waiter's own deadline: the flight goes on, and its answer is still cached.
+            stats.fail.add(time.monotonic_ns() - start)
             raise DeadlineExceededError(
                 f"request to model '{model}' timed out waiting for an identical request's answer"
             ) from None
@@ -139,12 +162,20 @@ class ResponseCache:
                 raise
             filled = None  # its failure may be its own (deadline, priority): try ours
         if filled is None:
+            if not leader:
+                stats.cache_miss.add(time.monotonic_ns() - start)
             return await run()
-        if leader and filled.response is not None:
-            return filled.response
-        if not leader:
-            stats.success.add(time.monotonic_ns() - start)
-        return _answer(filled.entry, req, model, version, hit=filled.from_cache)
+        if leader:
+            return filled.response if filled.response is not None else _answer(
+                filled.entry, req, model, version, hit=filled.from_cache
+            )
+        # Answered without running the model: a hit in Triton's statistics, told apart
+        # by cache_coalesced (statistics, lookups metric and the response parameter).
+        waited = time.monotonic_ns() - start
+        stats.cache_hit.add(waited)
+        stats.cache_coalesced.add(waited)
+        stats.success.add(waited)
+        return _answer(filled.entry, req, model, version, hit=filled.from_cache, coalesced=True)
 
     async def _fill(
         self,

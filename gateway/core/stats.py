@@ -73,6 +73,8 @@ class ModelStats:
     # Response cache, as Triton reports it: lookups that hit / missed and their time.
     cache_hit: Duration = field(default_factory=Duration)
     cache_miss: Duration = field(default_factory=Duration)
+    # Of cache_hit: requests answered by an identical request's execution (single flight).
+    cache_coalesced: Duration = field(default_factory=Duration)
     # Distributions for dashboards (the sums above are Triton's statistics).
     queue_histogram: Histogram = field(default_factory=Histogram)
     execute_histogram: Histogram = field(default_factory=Histogram)  # one per batch: gather + run + scatter

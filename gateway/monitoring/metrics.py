@@ -156,8 +156,10 @@ class GatewayCollector:
             instances.add_metric(labels, m.instances)
             busy.add_metric(labels, m.busy_instances)
             busy_s.add_metric(labels, (s.compute_input.ns + s.compute_infer.ns + s.compute_output.ns) / 1e9)
-            cache.add_metric([*labels, "hit"], s.cache_hit.count)
+            # Triton's cache_hit counts coalesced requests too (they did not run the model); split here.
+            cache.add_metric([*labels, "hit"], s.cache_hit.count - s.cache_coalesced.count)
             cache.add_metric([*labels, "miss"], s.cache_miss.count)
+            cache.add_metric([*labels, "coalesced"], s.cache_coalesced.count)
         yield from (queue, execute, batch, depth, rejected, instances, busy, busy_s, cache)
 
     def _generation_families(self) -> Iterator[Metric]:

@@ -13,38 +13,77 @@ gateway whose models do not use the semantic cache never pays for it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
 from gateway.cache.exact import ResponseCache
 from gateway.cache.semantic import PromptQuery, SemanticCache, SemanticResult, prompt_query
 from gateway.cache.semantic.embedder import Embedder
+from gateway.cache.semantic.scope import not_cacheable
 from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream, TextGenerator
-from gateway.core.model_config import SemanticCacheConfig
+from gateway.core.model_config import GenerationConfig, SemanticCacheConfig
+from gateway.text.chat_template import ChatTemplate, ChatTemplateError
 
 _log = logging.getLogger("gateway.cache.semantic")
 
+# Stands in for the last user turn when the chat template is rendered for the scope (private-use
+# characters: no real prompt renders the same).
+_LAST_TURN = "\ue000last user turn\ue000"
 # What a cached answer is kept as: one entry per choice.
 _TEXT, _TOKEN_IDS, _FINISH = "text", "token_ids", "finish_reason"
 _STORABLE_FINISH = frozenset({"stop", "length"})
 
 
-def _query(name: str, version: str, req: GenerationRequest, cfg: SemanticCacheConfig) -> PromptQuery | None:
-    """The request's cache query, or None when its prompt is not text (token ids) or asks for logprobs."""
+def _frame(req: GenerationRequest, chat_template: ChatTemplate | None) -> str | None:
+    """What the model reads around the last user turn: the chat template rendered with that turn
+    replaced by a marker, or for a completion its prompt alone. None: the template cannot render
+    these messages (the engine says why when it admits the request)."""
+    if req.messages is None:
+        return "completion"
+    if chat_template is None:
+        return None
+    messages = [dict(m) for m in req.messages]
+    last_user = max(i for i, m in enumerate(messages) if m.get("role") == "user")
+    messages[last_user]["content"] = _LAST_TURN
+    try:
+        return "chat:" + chat_template.render(messages)
+    except ChatTemplateError:
+        return None
+
+
+def _query(
+    name: str, version: str, req: GenerationRequest, cfg: SemanticCacheConfig,
+    chat_template: ChatTemplate | None, generation: GenerationConfig | None,
+) -> PromptQuery | None:
+    """The request's cache query (not cacheable: token-id prompt, logprobs, no user turn, opted out,
+    sampling); None when the chat template rejects its messages."""
     if req.messages is not None:
         messages = [(str(m.get("role", "")), str(m.get("content", ""))) for m in req.messages]
     elif req.prompt is not None:
         messages = [("user", req.prompt)]
     else:
+        return not_cacheable(name, version, "the prompt is token ids")
+    if req.sampling.logprobs is not None:
+        return not_cacheable(name, version, "the request asks for logprobs")  # a cached answer carries none
+    if not any(role == "user" for role, _ in messages):
+        return not_cacheable(name, version, "no user turn to embed")
+    frame = _frame(req, chat_template)
+    if frame is None:
         return None
-    if req.sampling.logprobs is not None or not any(role == "user" for role, _ in messages):
-        return None  # a cached answer carries no logprobs; a prompt needs a user turn to embed
     s = req.sampling
     sampling = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
         "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens,
     }
-    return prompt_query(name, version, messages, sampling, allow_sampling=cfg.allow_sampling, opt_out=not req.cache)
+    # The model's settings that shape an answer without a new version (model.yaml edits).
+    shaping = "" if generation is None else json.dumps(
+        [generation.context_length, generation.default_max_tokens, list(generation.stop_token_ids)]
+    )
+    return prompt_query(
+        name, version, messages, sampling, allow_sampling=cfg.allow_sampling, opt_out=not req.cache,
+        prompt_format=f"{frame}\n{shaping}",
+    )
 
 
 class PromptCache:
@@ -67,12 +106,24 @@ class PromptCache:
         return self._semantic
 
     async def generate(
-        self, name: str, version: str, cfg: SemanticCacheConfig, engine: TextGenerator, req: GenerationRequest
+        self,
+        name: str,
+        version: str,
+        cfg: SemanticCacheConfig,
+        engine: TextGenerator,
+        req: GenerationRequest,
+        *,
+        chat_template: ChatTemplate | None = None,
+        generation: GenerationConfig | None = None,
     ) -> GenerationStream:
-        query = _query(name, version, req, cfg)
-        if query is None or not query.cacheable:
-            if query is not None:
-                self._responses.metrics.semantic_for(name).bypassed += 1
+        """``chat_template`` and ``generation`` are the model's: they belong to the scope."""
+        query = _query(name, version, req, cfg, chat_template, generation)
+        if query is None:
+            stream = engine.submit(req)  # raises the template's error as a 400, as without the cache
+            self._responses.metrics.semantic_for(name).bypassed += 1
+            return stream
+        if not query.cacheable:
+            self._responses.metrics.semantic_for(name).bypassed += 1
             return engine.submit(req)
         try:
             cache = await self._cache()

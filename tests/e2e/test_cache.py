@@ -6,10 +6,14 @@ from __future__ import annotations
 import concurrent.futures
 import re
 import shutil
+import time
 
 import numpy as np
+import pytest
 import redis as redis_sync
 import tritonclient.grpc as grpcclient
+from prometheus_client.parser import text_string_to_metric_families
+from tritonclient.utils import InferenceServerException
 
 import make_models
 
@@ -150,6 +154,109 @@ def test_concurrent_identical_requests_execute_once(tmp_path, start_gateway):
     # Every request but one was answered by that one execution: coalesced or, if late, a hit.
     assert doc.get("coalesced", 0) + doc["tiers"]["memory"]["hits"] == n - 1
     client.close()
+
+
+# A batching window far longer than any request below: a lone request waits in the queue for it,
+# so identical requests sent meanwhile join its flight.
+HELD = "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 3000000\ncache:\n  exact: true\n"
+
+
+def queue_depth(gw, model: str) -> int:
+    status, doc = gw.http_json("GET", f"/v2/models/{model}/stats")
+    assert status == 200, doc
+    return doc["model_stats"][0]["queue_depth"]
+
+
+def metric(gw, name: str, **labels) -> float:
+    status, _, body = gw.http("GET", "/metrics")
+    assert status == 200
+    for family in text_string_to_metric_families(body.decode()):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def simple_grpc_inputs(offset: int):
+    inputs = [grpcclient.InferInput("INPUT0", [1, 16], "INT32"), grpcclient.InferInput("INPUT1", [1, 16], "INT32")]
+    inputs[0].set_data_from_numpy((np.arange(16, dtype=np.int32) + offset).reshape(1, 16))
+    inputs[1].set_data_from_numpy(np.ones((1, 16), dtype=np.int32))
+    return inputs
+
+
+def test_a_coalesced_request_keeps_its_own_deadline(tmp_path, start_gateway):
+    """A request waiting for an identical one's answer gets DEADLINE_EXCEEDED when its own
+    timeout (parameter or gRPC deadline) passes; the one running goes on and its answer is cached."""
+    root = tmp_path / "models"
+    write(root, "simple", HELD)
+    gw = start_gateway(root)
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        # Three leaders (three keys) wait in the queue together for the batching window.
+        leaders = [pool.submit(gw.http_json, "POST", "/v2/models/simple/infer", simple_body(offset=k)) for k in range(3)]
+        gw.wait_until(lambda: queue_depth(gw, "simple") == 3, WAIT_S, "the three leaders to queue")
+
+        start = time.monotonic()
+        status, doc = gw.http_json("POST", "/v2/models/simple/infer", simple_body(offset=0, timeout=100_000))
+        http_s = time.monotonic() - start
+        assert status == 504, doc
+        assert "identical request" in doc["error"]
+
+        start = time.monotonic()
+        with pytest.raises(InferenceServerException) as by_parameter:
+            client.infer("simple", simple_grpc_inputs(1), timeout=100_000)  # the request's timeout parameter, us
+        parameter_s = time.monotonic() - start
+        assert by_parameter.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+
+        start = time.monotonic()
+        with pytest.raises(InferenceServerException) as by_deadline:
+            client.infer("simple", simple_grpc_inputs(2), client_timeout=0.2)  # grpc-timeout
+        deadline_s = time.monotonic() - start
+        assert by_deadline.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+        # Each answered at its own deadline (0.1 s, 0.1 s, 0.2 s), long before the leaders' 3 s window ended.
+        assert max(http_s, parameter_s, deadline_s) < 1.5, (http_s, parameter_s, deadline_s)
+        assert all(not f.done() for f in leaders)
+
+        for k, f in enumerate(leaders):
+            status, doc = f.result(timeout=WAIT_S)
+            assert status == 200 and not hit(doc), doc
+            assert doc["outputs"][0]["data"] == [i + k + 1 for i in range(16)]
+    # The leaders' answers were cached: the same requests now hit without running the model.
+    for k in range(3):
+        assert hit(infer_http(gw, "simple", simple_body(offset=k)))
+    assert model_stats(gw, "simple")["execution_count"] == 1
+    assert metric(gw, "gateway_requests_total", model="simple", protocol="http", code="deadline_exceeded") == 1
+    client.close()
+
+
+def test_coalesced_requests_are_counted_and_marked(tmp_path, start_gateway):
+    """20 identical requests at once: one runs the model (the one miss), 19 are answered by it,
+    counted as coalesced hits everywhere and marked so."""
+    root = tmp_path / "models"
+    write(root, "simple", HELD)
+    gw = start_gateway(root)
+    n = 20
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        answers = list(pool.map(lambda _: infer_http(gw, "simple", simple_body(offset=7)), range(n)))
+    assert all(a["outputs"] == answers[0]["outputs"] for a in answers)
+    markers = sorted((a.get("parameters", {}).get("cache_coalesced", False), hit(a)) for a in answers)
+    assert markers == [(False, False)] + [(True, False)] * (n - 1)
+
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    stats = client.get_inference_statistics("simple").model_stats[0]
+    assert stats.execution_count == 1
+    assert stats.inference_stats.cache_miss.count == 1
+    assert stats.inference_stats.cache_hit.count == n - 1  # they did not run the model
+    assert stats.inference_stats.success.count == n
+    client.close()
+    assert metric(gw, "gateway_cache_lookups_total", model="simple", result="miss") == 1
+    assert metric(gw, "gateway_cache_lookups_total", model="simple", result="hit") == 0
+    assert metric(gw, "gateway_cache_lookups_total", model="simple", result="coalesced") == n - 1
+    doc = cache_stats(gw)["models"]["simple"]
+    memory = doc["tiers"]["memory"]
+    # The tier and the service agree: hits + misses + coalesced = lookups.
+    assert (memory["hits"], memory["misses"], doc["coalesced"]) == (0, 1, n - 1)
+    assert metric(gw, "gateway_cache_coalesced_requests_total", model="simple") == n - 1
 
 
 # ------------------------------------------------------------------ shared through Redis

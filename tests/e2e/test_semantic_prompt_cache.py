@@ -3,6 +3,7 @@ a real daemon with the official `openai` client, on the tiny random decoder."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import urllib.request
 
@@ -118,6 +119,58 @@ def test_completions_route_uses_the_cache_too(gateway, client):
     )
     assert raw.headers["x-gateway-cache"] == "semantic-hit"
     assert raw.parse().choices[0].text == first.choices[0].text
+
+
+def test_a_chat_answer_never_answers_a_completion_of_the_same_words(gateway, client):
+    """The model reads a chat through its template and a completion as is: two prompts, two answers,
+    though the user's words (and so their embeddings, similarity 1.0) are the same."""
+    text = "Name three primary colors."
+    messages = [{"role": "user", "content": text}]
+    chat_answer = client.chat.completions.create(model=MODEL, messages=messages, temperature=0)
+    raw = client.completions.with_raw_response.create(model=MODEL, prompt=text, temperature=0)
+    assert "x-gateway-cache" not in raw.headers
+    own = client.completions.create(model=MODEL, prompt=text, temperature=0, extra_body={"cache": False})
+    assert raw.parse().choices[0].text == own.choices[0].text
+    assert own.choices[0].text != chat_answer.choices[0].message.content  # what a wrong hit would have served
+    # Each route still hits its own entries.
+    again = client.chat.completions.with_raw_response.create(model=MODEL, messages=messages, temperature=0)
+    assert again.headers["x-gateway-cache"] == "semantic-hit"
+    assert again.parse().choices[0].message.content == chat_answer.choices[0].message.content
+    assert client.completions.with_raw_response.create(
+        model=MODEL, prompt=text, temperature=0).headers["x-gateway-cache"] == "semantic-hit"
+
+
+def test_an_edited_generation_setting_is_another_scope(tiny_llm_model, tmp_path):
+    """default_max_tokens shapes the answer without a new version: an answer kept before the edit
+    is not served after it."""
+    root = tmp_path / "models"
+    shutil.copytree(tiny_llm_model, root / MODEL)
+    (root / MODEL / "model.yaml").write_text(YAML)
+    gw = Gateway(root, env={"GATEWAY_CACHE_DIR": str(ROOT / ".cache" / "embedder")})
+    try:
+        client = openai.OpenAI(base_url=f"http://{gw.http_url}/v1", api_key="unused", max_retries=0, timeout=120)
+        before, _ = chat(client, "Tell me a long story about a dragon.")
+        assert before.usage.completion_tokens > 3  # 12 at most, unless the model stops early
+        seen = len(gw.lines)
+        (root / MODEL / "model.yaml").write_text(YAML.replace("default_max_tokens: 12", "default_max_tokens: 3"))
+        gw.wait_for_log(re.compile(rf"model {MODEL} version 1 loaded"), timeout=60, start=seen)
+        after, headers = chat(client, "Tell me a long story about a dragon.")
+        assert "x-gateway-cache" not in headers
+        assert after.usage.completion_tokens <= 3
+    finally:
+        gw.terminate()
+
+
+def test_logprobs_and_token_ids_are_counted_as_bypassed(gateway, client):
+    bypassed = semantic_count(gateway, "bypassed")
+    _, headers = chat(client, "What colour is the sky?", logprobs=True, top_logprobs=2)
+    assert "x-gateway-cache" not in headers
+    client.completions.create(model=MODEL, prompt="What colour is the sky?", temperature=0, logprobs=1)
+    client.completions.create(model=MODEL, prompt=[5, 6, 7], temperature=0)
+    assert semantic_count(gateway, "bypassed") == bypassed + 3
+    # None of them was stored: the same request without logprobs is a miss.
+    _, headers = chat(client, "What colour is the sky?")
+    assert "x-gateway-cache" not in headers
 
 
 def test_an_embedder_that_cannot_load_never_fails_a_request(tiny_llm_model, tmp_path):

@@ -52,6 +52,7 @@ def test_collector_reads_model_stats_and_request_series():
     stats.record_batch(16, 1_000, 900_000, 1_000)
     stats.rejected_queue_full = 4
     stats.cache_hit.add(1000, 7)
+    stats.cache_coalesced.add(300, 2)  # of the 7 hits, 2 were answered by an identical request's run
     telemetry = Telemetry()
     telemetry.bind(lambda: [ModelSample("m", "2", stats, queue_depth=5, instances=2, busy_instances=1)], lambda m, v: (m, v))
     telemetry.request_done("grpc", "m", "2", "ok", 0, 1_500_000, None)
@@ -74,7 +75,8 @@ def test_collector_reads_model_stats_and_request_series():
     assert get("gateway_executor_busy_seconds_total") == pytest.approx(0.001304)
     assert get("gateway_queue_depth") == 5 and get("gateway_executor_busy_instances") == 1
     assert get("gateway_rejected_requests_total", ("reason", "queue_full")) == 4
-    assert get("gateway_cache_lookups_total", ("result", "hit")) == 7
+    assert get("gateway_cache_lookups_total", ("result", "hit")) == 5
+    assert get("gateway_cache_lookups_total", ("result", "coalesced")) == 2
     assert get("gateway_requests_total", ("protocol", "grpc"), ("code", "ok")) == 1
     assert get("gateway_requests_total", ("protocol", "grpc"), ("code", "resource_exhausted")) == 1
     assert get("gateway_request_duration_seconds_count", ("protocol", "grpc")) == 2

@@ -124,6 +124,12 @@ def test_concurrent_identical_misses_run_the_model_once():
             np.testing.assert_array_equal(r.outputs["Y"], np.full((1, 4), 10))
         assert stats.success.count == n - 1  # the scheduler counts the one that ran
         assert len(cache._flights) == 0
+        # The one that ran is the one miss; the others are hits that say they were coalesced.
+        assert results[0].parameters == {}
+        assert all(r.parameters == {"cache_coalesced": True} for r in results[1:])
+        assert (stats.cache_miss.count, stats.cache_hit.count, stats.cache_coalesced.count) == (1, n - 1, n - 1)
+        memory = cache.metrics.tier("m", MEMORY)
+        assert (memory.hits, memory.misses, cache.metrics.coalesced["m"]) == (0, 1, n - 1)
 
     asyncio.run(main())
 
@@ -138,6 +144,28 @@ def test_a_failed_leader_fails_alone_and_followers_run_their_own():
         assert isinstance(results[0], ExecutorError)
         assert all(isinstance(r, InferResponse) for r in results[1:])
         assert model.calls == 3
+
+    asyncio.run(main())
+
+
+def test_a_leader_waits_on_its_transport_deadline_not_the_waiters_bound():
+    """The deadline passed to serve() bounds waiting for another request's answer; the request
+    that runs the model keeps its queue deadlines in the scheduler and stops at its transport's."""
+    async def main():
+        cache, model = ResponseCache(), Model(gated=True)
+        leader = asyncio.create_task(serve(cache, model, req(8), deadline_ns=time.monotonic_ns() + 20_000_000))
+        await until(lambda: model.calls == 1, "the leader to run")
+        await asyncio.sleep(0.05)  # past the bound it was given: it must still be waiting for its own run
+        assert not leader.done()
+        model.gate.set()
+        assert (await leader).parameters == {}
+
+        hard = req(9)
+        hard.deadline_ns = time.monotonic_ns() + 20_000_000
+        model.gate.clear()
+        with pytest.raises(DeadlineExceededError, match="before its answer"):
+            await serve(cache, model, hard)
+        model.gate.set()
 
     asyncio.run(main())
 
@@ -161,14 +189,20 @@ def test_a_cancelled_leader_does_not_cancel_the_flight():
 
 def test_a_follower_past_its_deadline_stops_waiting():
     async def main():
-        cache, model = ResponseCache(), Model(gated=True)
-        leader = asyncio.create_task(serve(cache, model, req(2)))
+        cache, model, stats = ResponseCache(), Model(gated=True), ModelStats()
+        leader = asyncio.create_task(serve(cache, model, req(2), stats))
         await until(lambda: model.calls == 1, "the leader to run")
+        start = time.monotonic()
         with pytest.raises(DeadlineExceededError, match="identical request"):
-            await serve(cache, model, req(2), deadline_ns=time.monotonic_ns() + 20_000_000)
+            await serve(cache, model, req(2), stats, deadline_ns=time.monotonic_ns() + 20_000_000)
+        assert time.monotonic() - start < 5
+        assert stats.fail.count == 1 and stats.cache_hit.count == 0
         model.gate.set()
         await leader
         assert model.calls == 1
+        # The leader went on: its answer is cached for the next one.
+        again = await serve(cache, model, req(2), stats)
+        assert again.parameters == {"cache_hit": True} and model.calls == 1
 
     asyncio.run(main())
 

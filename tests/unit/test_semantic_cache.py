@@ -40,6 +40,14 @@ def test_scope_covers_everything_but_the_last_user_turn():
     assert prompt_query("m", "2", [("system", "You are helpful."), ("user", "x")], GREEDY).scope != base.scope
 
 
+def test_scope_covers_the_prompt_format():
+    """The same words as a chat turn and as a plain completion are different prompts to the model."""
+    chat_format = prompt_query("m", "1", [("user", "x")], GREEDY, prompt_format="chat:<|user|>\ue000<|assistant|>")
+    completion = prompt_query("m", "1", [("user", "x")], GREEDY, prompt_format="completion")
+    assert chat_format.scope != completion.scope
+    assert prompt_query("m", "1", [("user", "y")], GREEDY, prompt_format="completion").scope == completion.scope
+
+
 def test_sampling_requests_bypass_unless_the_model_opts_in():
     assert not chat("q", sampling={"temperature": 0.7}).cacheable
     assert not chat("q", sampling={}).cacheable  # absent temperature is OpenAI's default, 1
