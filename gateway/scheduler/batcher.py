@@ -90,13 +90,9 @@ class DynamicBatcher:
         if len(self._queue) >= p.max_queue_size:
             raise QueueFullError(f"request rejected: exceeds maximum queue size {p.max_queue_size}")
 
-        deadline = now_ns + p.default_timeout_ns if p.default_timeout_ns > 0 else 0
-        own = item.deadline_ns
-        if own and p.allow_timeout_override and (not deadline or own < deadline):
-            deadline = own
         item.priority = priority
         item.enqueue_ns = now_ns
-        item.deadline_ns = deadline
+        item.deadline_ns = p.queue_deadline(now_ns, item.deadline_ns)
         item.delayed = False
         self._queue.push(item)
 

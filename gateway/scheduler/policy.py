@@ -29,6 +29,14 @@ class BatchingPolicy:
     timeout_action: str = "reject"
     allow_timeout_override: bool = True
 
+    def queue_deadline(self, now_ns: int, own_ns: int = 0) -> int:
+        """The queue timeout of a request arriving at ``now_ns`` (0: none): the default timeout,
+        shortened (never lengthened) by the request's own deadline when the policy allows it."""
+        deadline = now_ns + self.default_timeout_ns if self.default_timeout_ns > 0 else 0
+        if own_ns and self.allow_timeout_override and (not deadline or own_ns < deadline):
+            deadline = own_ns
+        return deadline
+
     def __post_init__(self) -> None:
         _int_at_least("max_batch_size", self.max_batch_size, 0)
         _int_at_least("max_queue_delay_ns", self.max_queue_delay_ns, 0)

@@ -115,6 +115,15 @@ class ModelScheduler:
 
     # -- intake ---------------------------------------------------------------
 
+    def waiting_deadline(self, request: InferRequest, timeout_deadline_ns: int, now_ns: int) -> int:
+        """How long a request may wait for an identical request's answer (0: no bound): as long as
+        the queue would have kept it (under "reject"; under "delay" a timed-out request is still
+        served), and never past its transport deadline."""
+        policy = self._batcher.policy
+        queue = policy.queue_deadline(now_ns, timeout_deadline_ns) if policy.timeout_action == "reject" else 0
+        hard = request.deadline_ns
+        return min(queue, hard) if queue and hard else queue or hard
+
     def submit(
         self, request: InferRequest, rows: int, shape_key: object, priority: int, timeout_deadline_ns: int = 0
     ) -> asyncio.Future:

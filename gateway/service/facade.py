@@ -46,22 +46,6 @@ def _int_param(req: InferRequest, name: str) -> int:
     return value
 
 
-def _wait_deadline(loaded: LoadedVersion, hard_ns: int, timeout_deadline_ns: int) -> int:
-    """How long a request may wait for an identical request's answer: as long as the queue would
-    have kept it (the scheduler's rule: the model's default timeout, shortened by the request's
-    ``timeout`` when overrides are allowed; only under "reject"), and never past its transport
-    deadline. 0: no limit."""
-    db = loaded.config.dynamic_batching
-    soft = 0
-    if db.timeout_action == "reject":
-        soft = time.monotonic_ns() + db.default_timeout_us * 1000 if db.default_timeout_us else 0
-        if timeout_deadline_ns and db.allow_timeout_override and (not soft or timeout_deadline_ns < soft):
-            soft = timeout_deadline_ns
-    if soft and hard_ns:
-        return min(soft, hard_ns)
-    return soft or hard_ns
-
-
 class InferenceService:
     def __init__(
         self, manager: ModelManager, telemetry: Telemetry | None = None, cache: ResponseCache | None = None
@@ -119,7 +103,7 @@ class InferenceService:
             def run() -> Awaitable[InferResponse]:
                 return self._execute(loaded, req, rows, key, priority, timeout_deadline)
 
-            wait_deadline = _wait_deadline(loaded, req.deadline_ns, timeout_deadline)
+            wait_deadline = loaded.scheduler.waiting_deadline(req, timeout_deadline, time.monotonic_ns())
             return await self.cache.serve(loaded.name, loaded.version, cache_cfg, req, loaded.stats, run, wait_deadline)
         return await self._execute(loaded, req, rows, key, priority, timeout_deadline)
 
