@@ -14,12 +14,13 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from gateway._proto import grpc_service_pb2 as pb
 from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway._proto import model_config_pb2 as mc
+from gateway.api.auth import AccessControl, metadata_value
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.api.limits import ConnectionTimeouts, RequestLimits, check_request
 from gateway.core import context as request_context
-from gateway.core.errors import GatewayError, ModelNotFoundError
+from gateway.core.errors import GatewayError, ModelNotFoundError, PermissionDeniedError, UnauthenticatedError
 from gateway.core.stats import Duration, ModelStats
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
@@ -142,9 +143,19 @@ def _span_attributes(request) -> dict[str, str]:
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, service: InferenceService, limits: RequestLimits | None = None) -> None:
+    def __init__(self, service: InferenceService, limits: RequestLimits | None = None,
+                 access: AccessControl | None = None) -> None:
         self.service = service
         self.limits = limits or RequestLimits()
+        self.access = access or AccessControl.open()
+
+    def _check_api_key(self, context: grpc.aio.ServicerContext) -> None:
+        if self.access.api_keys.enabled:
+            self.access.api_keys.check(metadata_value(context.invocation_metadata()))
+
+    def _check_model_control(self, context: grpc.aio.ServicerContext) -> None:
+        """Repository index, load and unload need the admin token (metadata 'authorization') when one is set."""
+        self.access.admin.check_model_control(metadata_value(context.invocation_metadata()), context.peer())
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.service.live)
@@ -189,6 +200,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request, context):
+        try:
+            self._check_api_key(context)
+        except GatewayError as exc:
+            return await _abort(context, exc)
         start = time.monotonic_ns()
         telemetry = self.service.telemetry
         trace = None
@@ -220,6 +235,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are served concurrently; each response (or error) carries its request's id."""
+        try:
+            self._check_api_key(context)
+        except GatewayError as exc:
+            await _abort(context, exc)
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
         room = asyncio.Semaphore(STREAM_IN_FLIGHT)
@@ -276,6 +295,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 t.cancel()
 
     async def RepositoryIndex(self, request, context):
+        try:
+            self._check_model_control(context)
+        except GatewayError as exc:
+            return await _abort(context, exc)
         rows = self.service.models.index()
         models = [
             pb.RepositoryIndexResponse.ModelIndex(name=n, version=v, state=s, reason=r)
@@ -286,6 +309,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            self._check_model_control(context)
             await self.service.models.load(request.model_name)
         except GatewayError as exc:
             return await _abort(context, exc)
@@ -293,8 +317,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def RepositoryModelUnload(self, request, context):
         try:
+            self._check_model_control(context)
             await self.service.models.unload(request.model_name)
-        except ModelNotFoundError as exc:
+        except (ModelNotFoundError, UnauthenticatedError, PermissionDeniedError) as exc:
             return await _abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
@@ -317,8 +342,8 @@ async def _maybe_await(value) -> None:
         await value
 
 
-def _register(server, service: InferenceService, limits: RequestLimits) -> HealthMirror:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits), server)
+def _register(server, service: InferenceService, limits: RequestLimits, access: AccessControl | None) -> HealthMirror:
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits, access), server)
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -330,6 +355,7 @@ def build_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
     transport: str = "native", ssl_context: ssl.SSLContext | None = None, timeouts: ConnectionTimeouts | None = None,
+    access: AccessControl | None = None,
 ) -> tuple[grpc.aio.Server | NativeGrpcServer, HealthMirror, int]:
     """The gRPC server on ``transport``: TLS from ``ssl_context`` (native) or ``credentials`` (grpcio)."""
     limits = limits or RequestLimits()
@@ -347,7 +373,7 @@ def build_server(
             native = NativeGrpcServer(host, port, options, ssl_context)
         except OSError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
-        return native, _register(native, service, limits), native.port
+        return native, _register(native, service, limits, access), native.port
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -362,7 +388,7 @@ def build_server(
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
         maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )
-    mirror = _register(server, service, limits)
+    mirror = _register(server, service, limits, access)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if bound == 0:

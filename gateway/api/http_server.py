@@ -10,10 +10,12 @@ import time
 from aiohttp import web
 from google.protobuf import json_format
 
+from gateway.api.auth import AccessControl, AdminToken, ApiKeys
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.limits import ConcurrencyGate, RequestLimits, check_request
 from gateway.api.grpc_server import model_config_message, statistics_message
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
+from gateway.api.openai.errors import error_response as openai_error_response
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
 from gateway.api.openai.models_routes import OpenAIModelsApi
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
@@ -47,10 +49,16 @@ def _proto_json(msg) -> dict:
 
 
 class HttpApi:
-    def __init__(self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None) -> None:
+    def __init__(self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None,
+                 admin: AdminToken | None = None) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.limits = limits or RequestLimits()
+        self.admin = admin or AdminToken("")
+
+    def _model_control(self, request: web.Request) -> None:
+        """Repository index, load and unload need the admin token when one is set."""
+        self.admin.check_model_control(request.headers.get("Authorization"), request.remote)
 
     def routes(self) -> list[web.RouteDef]:
         model = "/v2/models/{model}"
@@ -147,6 +155,10 @@ class HttpApi:
         return _json(reports[0] if version else {"model": name, "versions": reports})
 
     async def repository_index(self, request: web.Request) -> web.Response:
+        try:
+            self._model_control(request)
+        except GatewayError as exc:
+            return error_response(exc)
         ready_only = False
         if request.can_read_body:
             try:
@@ -163,6 +175,7 @@ class HttpApi:
 
     async def load(self, request: web.Request) -> web.Response:
         try:
+            self._model_control(request)
             # Shielded: a client hanging up must not cancel a load half way.
             await asyncio.shield(self.service.models.load(request.match_info["model"]))
         except GatewayError as exc:
@@ -171,6 +184,7 @@ class HttpApi:
 
     async def unload(self, request: web.Request) -> web.Response:
         try:
+            self._model_control(request)
             await asyncio.shield(self.service.models.unload(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
@@ -239,6 +253,35 @@ async def json_errors(request: web.Request, handler):
         return web.Response(body=encode_error(exc.reason or str(exc)), status=exc.status, content_type=_JSON)
 
 
+# Inference routes of the v2 API; every /v1 route also needs an API key (as vLLM's --api-key).
+_INFER_ROUTES = frozenset({"/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"})
+
+
+def _needs_api_key(request: web.Request) -> bool:
+    if request.path == "/v1" or request.path.startswith("/v1/"):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in _INFER_ROUTES
+
+
+def api_key_check(keys: ApiKeys):
+    """Inference needs ``Authorization: Bearer <api key>``; health, metadata and /metrics stay open."""
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        if _needs_api_key(request):
+            try:
+                keys.check(request.headers.get("Authorization"))
+            except GatewayError as exc:
+                openai = request.path.startswith("/v1")
+                response = openai_error_response(exc) if openai else error_response(exc)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
+    return check
+
+
 # Probes and scrapes must answer even when the request limit is reached.
 _UNGATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
@@ -261,17 +304,24 @@ def concurrency_limit(gate: ConcurrencyGate):
 
 
 def build_app(
-    service: InferenceService, max_request_bytes: int, admin_token: str = "", limits: RequestLimits | None = None
+    service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None,
+    access: AccessControl | None = None,
 ) -> web.Application:
     limits = limits or RequestLimits()
+    access = access or AccessControl.open()
     gate = ConcurrencyGate(limits.max_concurrent_requests)
-    # No limit, no middleware: nothing to pay per request.
-    middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
+    # No limit (no keys), no middleware: nothing to pay per request. Keys are checked before a
+    # request takes a slot of the limit.
+    middlewares = [json_errors]
+    if access.api_keys.enabled:
+        middlewares.append(api_key_check(access.api_keys))
+    if gate.limit:
+        middlewares.append(concurrency_limit(gate))
     app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
-    app.add_routes(HttpApi(service, max_request_bytes, limits).routes())
-    app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
+    app.add_routes(HttpApi(service, max_request_bytes, limits, access.admin).routes())
+    app.add_routes(RoutingHttp(service, access.admin, error_response).routes())
     app.add_routes(OpenAICompletionsApi(service).routes())
     app.add_routes(OpenAIEmbeddingsApi(service).routes())
     app.add_routes(OpenAIModelsApi(service).routes())
-    app.add_routes(ReliabilityHttp(service, admin_token, error_response, gate).routes())
+    app.add_routes(ReliabilityHttp(service, access.admin, error_response, gate).routes())
     return app
