@@ -77,6 +77,9 @@ def configure_logging(level: str, fmt: str, module_levels: dict[str, str], role:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    for name in WIRE_LOGGERS:
+        if name not in module_levels:
+            logging.getLogger(name).setLevel(max(logging.getLevelName(level.upper()), logging.INFO))
     for name, lvl in module_levels.items():
         logging.getLogger(name).setLevel(lvl.upper())
     for name in RATE_LIMITED_LOGGERS:
@@ -86,6 +89,10 @@ def configure_logging(level: str, fmt: str, module_levels: dict[str, str], role:
         logger.addFilter(RateLimitFilter())
 
 
+
+# Protocol libraries whose debug lines print every header they decode, credentials included
+# ('authorization' metadata): kept at info unless named in log_levels.
+WIRE_LOGGERS = ("hpack", "h2")
 
 # Loggers of events a peer can cause at will (malformed requests, wrong tokens): each record is
 # one line, and configure_logging rate-limits them so that a flood of bad input cannot flood the log.
