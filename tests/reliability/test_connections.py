@@ -88,7 +88,7 @@ class GoodClient(threading.Thread):
         import http.client
 
         conn = http.client.HTTPConnection(self.url, timeout=10)
-        while not self.stop.wait(0.2):
+        while True:
             try:
                 conn.request("GET", self.path)
                 resp = conn.getresponse()
@@ -100,6 +100,8 @@ class GoodClient(threading.Thread):
             except (OSError, http.client.HTTPException) as exc:
                 self.failures.append(repr(exc))
                 conn.close()
+            if self.stop.wait(0.2):
+                break
         conn.close()
 
 
@@ -142,6 +144,7 @@ def test_silent_slow_and_idle_connections_are_closed_while_a_good_client_is_serv
         assert idle.recv(4096).startswith(b"HTTP/1.1 200")
         waited = seconds_until_closed(idle, IDLE_S + SLACK_S + 5)
         assert IDLE_S - 0.3 <= waited <= IDLE_S + SLACK_S, waited
+        print("closed after (s):", {k: round(v, 2) for k, v in results.items()}, "idle:", round(waited, 2))
     finally:
         good.stop.set()
         good.join(30)
@@ -243,7 +246,10 @@ def test_silent_connections_beyond_the_file_limit_do_not_wedge_the_server(repo, 
         start = time.monotonic()
         # Health answers again once the header timeout has closed the silent connections.
         status = gw.wait_until(lambda: _ready(gw) == 200, timeout=HEADER_S + SLACK_S + 10, what="/v2/health/ready 200")
-        assert status and time.monotonic() - start <= HEADER_S + SLACK_S + 10
+        recovered = time.monotonic() - start
+        assert status and recovered <= HEADER_S + SLACK_S + 10
+        print(f"{len(floods)} silent connections, {opened} descriptors open in the daemon (limit 256); "
+              f"ready again after {recovered:.2f} s")
         assert opened <= 256
         for sock in floods:  # every one of them is closed: by the header timeout, or refused at accept
             seconds_until_closed(sock, HEADER_S + SLACK_S + 10)
@@ -285,6 +291,8 @@ def test_malformed_requests_cost_at_most_a_rate_limited_line_each(repo, start_ga
     good.start()
     try:
         answers = [_send_raw(address, MALFORMED[i % len(MALFORMED)]) for i in range(200)]
+        served = good.ok
+        gw.wait_until(lambda: good.ok >= served + 3, 30, "the good client served after the flood")
     finally:
         good.stop.set()
         good.join(30)
@@ -297,7 +305,8 @@ def test_malformed_requests_cost_at_most_a_rate_limited_line_each(repo, start_ga
     lines = gw.lines[before:]
     text = "".join(lines)
     assert "Traceback" not in text and "Error handling request" not in text
+    print(f"200 malformed requests: {len(lines)} log lines:\n" + text)
     assert len([ln for ln in lines if "bad HTTP request from" in ln]) <= 20, len(lines)
     assert len(lines) <= 25, text[-3000:]
-    assert good.failures == [] and good.ok >= 1
+    assert good.failures == []
     assert gw.proc.poll() is None
