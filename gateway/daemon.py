@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import resource
 import signal
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -13,7 +14,9 @@ import uvloop
 from aiohttp import web
 
 from gateway import native
+from gateway.api.auth import AccessControl
 from gateway.api.grpc_server import build_server
+from gateway.api.http_connections import GatewaySite
 from gateway.api.http_server import build_app
 from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.api.limits import ConnectionTimeouts, RequestLimits
@@ -44,8 +47,24 @@ class WorkerRole:
     ready: Connection
 
 
+def raise_open_file_limit() -> tuple[int, int]:
+    """Soft RLIMIT_NOFILE up to the hard limit: each connection holds a descriptor, and the usual
+    soft default (1024 under systemd and containerd) is spent by about a thousand idle clients."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            _log.warning("open file limit: soft %s, hard %s; could not raise the soft limit: %s", soft, hard, exc)
+            return soft, hard
+    new_soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _log.info("open file limit: %s (soft was %s, hard %s)", new_soft, soft, hard)
+    return new_soft, hard
+
+
 async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
     native.log_choice()
+    raise_open_file_limit()
     manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
     telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
     cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
@@ -84,16 +103,19 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
             grpc_creds = grpc_credentials(*tls_files)
         _log.info("TLS on both ports (certificate %s, key %s, client certificates %s)", settings.tls_cert_file,
                   settings.tls_key_file, f"required, CA {settings.tls_ca_file}" if settings.tls_ca_file else "not required")
+    access = AccessControl.from_settings(settings)
+    if access.api_keys.enabled:
+        _log.info("inference needs an API key (%d configured)", len(access.api_keys))
+    timeouts = ConnectionTimeouts.from_settings(settings)
     grpc_server, mirror, grpc_port = build_server(
         service, settings.host, settings.grpc_port, settings.max_request_bytes,
         limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
-        transport=settings.grpc_transport, ssl_context=grpc_ssl, timeouts=ConnectionTimeouts.from_settings(settings),
+        transport=settings.grpc_transport, ssl_context=grpc_ssl, timeouts=timeouts, access=access,
         shared_memory=shared_memory,
     )
     await grpc_server.start()
     runner = web.AppRunner(
-        build_app(service, settings.max_request_bytes, admin_token=settings.admin_token, limits=limits,
-                  shared_memory=shared_memory),
+        build_app(service, settings.max_request_bytes, access=access, limits=limits, shared_memory=shared_memory),
         access_log=None,
         handle_signals=False,
         shutdown_timeout=settings.grace_period_s,
@@ -101,9 +123,11 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         handler_cancellation=True,
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
+        keepalive_timeout=timeouts.idle_s,
     )
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.http_port, reuse_port=True, ssl_context=ssl_context)
+    site = GatewaySite(runner, settings.host, settings.http_port, ssl_context=ssl_context,
+                       header_timeout_s=timeouts.header_s, tls_handshake_timeout_s=timeouts.tls_handshake_s)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
     _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from gateway._proto import grpc_service_pb2 as pb
 from gateway._proto import grpc_service_pb2_grpc as pb_grpc
+from gateway.api.auth import AccessControl, metadata_value
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
 from gateway.api.grpc_codec import decode_request, encode_response
@@ -24,7 +25,7 @@ from gateway.api.unsupported_rpcs import UnsupportedRpcs
 from gateway.api.v2_documents import model_config_message, statistics_document
 from gateway.api.v2_request_policy import apply_output_plans, output_context_of, output_plans
 from gateway.core import context as request_context
-from gateway.core.errors import GatewayError, ModelNotFoundError
+from gateway.core.errors import GatewayError, ModelNotFoundError, PermissionDeniedError, UnauthenticatedError
 from gateway.core.stats import ModelStats
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
@@ -79,12 +80,21 @@ def _span_attributes(request) -> dict[str, str]:
 class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInferenceServiceServicer):
     def __init__(
         self, service: InferenceService, limits: RequestLimits | None = None,
-        shared_memory: SharedMemoryRegistry | None = None,
+        shared_memory: SharedMemoryRegistry | None = None, access: AccessControl | None = None,
     ) -> None:
         self.service = service
         self.limits = limits or RequestLimits()
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self._output_context = output_context_of(service)
+        self.access = access or AccessControl.open()
+
+    def _check_api_key(self, context: grpc.aio.ServicerContext) -> None:
+        if self.access.api_keys.enabled:
+            self.access.api_keys.check(metadata_value(context.invocation_metadata()))
+
+    def _check_model_control(self, context: grpc.aio.ServicerContext) -> None:
+        """Repository index, load and unload need the admin token (metadata 'authorization') when one is set."""
+        self.access.admin.check_model_control(metadata_value(context.invocation_metadata()), context.peer())
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=self.service.live)
@@ -129,6 +139,10 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
         )
 
     async def ModelInfer(self, request, context):
+        try:
+            self._check_api_key(context)
+        except GatewayError as exc:
+            return await _abort(context, exc)
         start = time.monotonic_ns()
         telemetry = self.service.telemetry
         trace = None
@@ -164,6 +178,10 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
 
     async def ModelStreamInfer(self, request_iterator, context):
         """Requests are served concurrently; each response (or error) carries its request's id."""
+        try:
+            self._check_api_key(context)
+        except GatewayError as exc:
+            await _abort(context, exc)
         out: asyncio.Queue = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
         room = asyncio.Semaphore(STREAM_IN_FLIGHT)
@@ -220,6 +238,10 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
                 t.cancel()
 
     async def RepositoryIndex(self, request, context):
+        try:
+            self._check_model_control(context)
+        except GatewayError as exc:
+            return await _abort(context, exc)
         rows = self.service.models.index()
         models = [
             pb.RepositoryIndexResponse.ModelIndex(name=n, version=v, state=s, reason=r)
@@ -230,6 +252,7 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
 
     async def RepositoryModelLoad(self, request, context):
         try:
+            self._check_model_control(context)
             await self.service.models.load(request.model_name)
         except GatewayError as exc:
             return await _abort(context, exc)
@@ -237,8 +260,9 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
 
     async def RepositoryModelUnload(self, request, context):
         try:
+            self._check_model_control(context)
             await self.service.models.unload(request.model_name)
-        except ModelNotFoundError as exc:
+        except (ModelNotFoundError, UnauthenticatedError, PermissionDeniedError) as exc:
             return await _abort(context, exc)
         return pb.RepositoryModelUnloadResponse()
 
@@ -262,9 +286,10 @@ async def _maybe_await(value) -> None:
 
 
 def _register(
-    server, service: InferenceService, limits: RequestLimits, shared_memory: SharedMemoryRegistry | None = None
+    server, service: InferenceService, limits: RequestLimits, shared_memory: SharedMemoryRegistry | None = None,
+    access: AccessControl | None = None,
 ) -> HealthMirror:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits, shared_memory), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits, shared_memory, access), server)
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
@@ -276,7 +301,7 @@ def build_server(
     service: InferenceService, host: str, port: int, max_message_bytes: int,
     limits: RequestLimits | None = None, max_metadata_bytes: int = 0, credentials: grpc.ServerCredentials | None = None,
     transport: str = "native", ssl_context: ssl.SSLContext | None = None, timeouts: ConnectionTimeouts | None = None,
-    shared_memory: SharedMemoryRegistry | None = None,
+    shared_memory: SharedMemoryRegistry | None = None, access: AccessControl | None = None,
 ) -> tuple[grpc.aio.Server | NativeGrpcServer, HealthMirror, int]:
     """The gRPC server on ``transport``: TLS from ``ssl_context`` (native) or ``credentials`` (grpcio)."""
     limits = limits or RequestLimits()
@@ -294,7 +319,7 @@ def build_server(
             native = NativeGrpcServer(host, port, options, ssl_context)
         except OSError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
-        return native, _register(native, service, limits, shared_memory), native.port
+        return native, _register(native, service, limits, shared_memory, access), native.port
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -311,7 +336,7 @@ def build_server(
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
         maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )
-    mirror = _register(server, service, limits, shared_memory)
+    mirror = _register(server, service, limits, shared_memory, access)
     address = f"{host}:{port}"
     bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if bound == 0:

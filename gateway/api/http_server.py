@@ -9,9 +9,11 @@ import time
 
 from aiohttp import web
 
+from gateway.api.auth import AccessControl, AdminToken, ApiKeys
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.limits import ConcurrencyGate, RequestLimits, check_request
 from gateway.api.openai.completions_routes import OpenAICompletionsApi
+from gateway.api.openai.errors import error_response as openai_error_response
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
 from gateway.api.openai.errors import openai_errors
 from gateway.api.openai.models_routes import OpenAIModelsApi
@@ -49,13 +51,18 @@ def _version(request: web.Request) -> str:
 class HttpApi:
     def __init__(
         self, service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None,
-        shared_memory: SharedMemoryRegistry | None = None,
+        shared_memory: SharedMemoryRegistry | None = None, admin: AdminToken | None = None,
     ) -> None:
         self.service = service
         self.max_request_bytes = max_request_bytes
         self.limits = limits or RequestLimits()
         self.shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
         self._output_context = output_context_of(service)
+        self.admin = admin or AdminToken("")
+
+    def _model_control(self, request: web.Request) -> None:
+        """Repository index, load and unload need the admin token when one is set."""
+        self.admin.check_model_control(request.headers.get("Authorization"), request.remote)
 
     def routes(self) -> list[web.RouteDef]:
         model = "/v2/models/{model}"
@@ -153,6 +160,10 @@ class HttpApi:
         return _json(reports[0] if version else {"model": name, "versions": reports})
 
     async def repository_index(self, request: web.Request) -> web.Response:
+        try:
+            self._model_control(request)
+        except GatewayError as exc:
+            return error_response(exc)
         ready_only = False
         if request.can_read_body:
             try:
@@ -169,6 +180,7 @@ class HttpApi:
 
     async def load(self, request: web.Request) -> web.Response:
         try:
+            self._model_control(request)
             # Shielded: a client hanging up must not cancel a load half way.
             await asyncio.shield(self.service.models.load(request.match_info["model"]))
         except GatewayError as exc:
@@ -177,6 +189,7 @@ class HttpApi:
 
     async def unload(self, request: web.Request) -> web.Response:
         try:
+            self._model_control(request)
             await asyncio.shield(self.service.models.unload(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
@@ -249,6 +262,35 @@ async def json_errors(request: web.Request, handler):
         return web.Response(body=encode_error(exc.reason or str(exc)), status=exc.status, content_type=_JSON)
 
 
+# Inference routes of the v2 API; every /v1 route also needs an API key (as vLLM's --api-key).
+_INFER_ROUTES = frozenset({"/v2/models/{model}/infer", "/v2/models/{model}/versions/{version}/infer"})
+
+
+def _needs_api_key(request: web.Request) -> bool:
+    if request.path == "/v1" or request.path.startswith(("/v1/", "/v2/systemsharedmemory")):
+        return True
+    resource = request.match_info.route.resource
+    return resource is not None and resource.canonical in _INFER_ROUTES
+
+
+def api_key_check(keys: ApiKeys):
+    """Inference needs ``Authorization: Bearer <api key>``; health, metadata and /metrics stay open."""
+
+    @web.middleware
+    async def check(request: web.Request, handler):
+        if _needs_api_key(request):
+            try:
+                keys.check(request.headers.get("Authorization"))
+            except GatewayError as exc:
+                openai = request.path.startswith("/v1")
+                response = openai_error_response(exc) if openai else error_response(exc)
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
+        return await handler(request)
+
+    return check
+
+
 # Probes and scrapes must answer even when the request limit is reached.
 _UNGATED_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
@@ -271,22 +313,27 @@ def concurrency_limit(gate: ConcurrencyGate):
 
 
 def build_app(
-    service: InferenceService, max_request_bytes: int, admin_token: str = "", limits: RequestLimits | None = None,
-    shared_memory: SharedMemoryRegistry | None = None,
+    service: InferenceService, max_request_bytes: int, limits: RequestLimits | None = None,
+    access: AccessControl | None = None, shared_memory: SharedMemoryRegistry | None = None,
 ) -> web.Application:
     limits = limits or RequestLimits()
+    access = access or AccessControl.open()
     shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
     gate = ConcurrencyGate(limits.max_concurrent_requests)
-    # No limit, no middleware: nothing to pay per request.
-    middlewares = [json_errors, concurrency_limit(gate)] if gate.limit else [json_errors]
-    middlewares.insert(0, openai_errors)  # outermost: every /v1 error in OpenAI's envelope
+    # No limit (no keys), no middleware: nothing to pay per request. Keys are checked before a
+    # request takes a slot of the limit; /v1 errors leave in OpenAI's envelope (outermost).
+    middlewares = [openai_errors, json_errors]
+    if access.api_keys.enabled:
+        middlewares.append(api_key_check(access.api_keys))
+    if gate.limit:
+        middlewares.append(concurrency_limit(gate))
     app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)
-    app.add_routes(HttpApi(service, max_request_bytes, limits, shared_memory).routes())
+    app.add_routes(HttpApi(service, max_request_bytes, limits, shared_memory, access.admin).routes())
     app.add_routes(SharedMemoryHttp(shared_memory, error_response).routes())
-    app.add_routes(RoutingHttp(service, admin_token, error_response).routes())
+    app.add_routes(RoutingHttp(service, access.admin, error_response).routes())
     app.add_routes(OpenAICompletionsApi(service).routes())
     app.add_routes(OpenAIEmbeddingsApi(service).routes())
     app.add_routes(OpenAIModelsApi(service).routes())
-    app.add_routes(ReliabilityHttp(service, admin_token, error_response, gate).routes())
+    app.add_routes(ReliabilityHttp(service, access.admin, error_response, gate).routes())
     app.add_routes(unsupported_routes())
     return app

@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 from aiohttp import web
 
+from gateway.api.auth import AdminToken
 from gateway.api.limits import ConcurrencyGate
 from gateway.api.routing_http import authorize_admin
 from gateway.service import InferenceService
@@ -32,9 +33,9 @@ def openapi_document() -> bytes:
 
 
 class ReliabilityHttp:
-    def __init__(self, service: InferenceService, admin_token: str, error_response, gate: ConcurrencyGate) -> None:
+    def __init__(self, service: InferenceService, admin: AdminToken, error_response, gate: ConcurrencyGate) -> None:
         self.service = service
-        self._token = admin_token.encode()
+        self._admin = admin
         self._error = error_response
         self._gate = gate
 
@@ -49,7 +50,7 @@ class ReliabilityHttp:
 
     async def debug_state(self, request: web.Request) -> web.Response:
         try:
-            authorize_admin(request, self._token)
+            authorize_admin(request, self._admin)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status
             return self._error(exc)
         return web.Response(body=json.dumps(self.snapshot()).encode(), content_type="application/json")

@@ -6,19 +6,19 @@
     DELETE /v2/admin/models/{m}/routing         drop the run-time settings: back to model.yaml
     POST   /v2/admin/models/{m}/routing/reset   give rolled-back versions their weight back
 
-Admin routes need ``Authorization: Bearer <admin_token>``; with no token set
-they answer 404, as if they did not exist.
+Admin routes need ``Authorization: Bearer <admin_token>`` (gateway.api.auth); with no
+token set they answer 404, as if they did not exist.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 
 from aiohttp import web
 
-from gateway.core.errors import AdminDisabledError, InvalidInputError, PermissionDeniedError, UnauthenticatedError
+from gateway.api.auth import AdminToken
+from gateway.core.errors import InvalidInputError
 from gateway.service import InferenceService
 
 _log = logging.getLogger("gateway.admin")
@@ -31,22 +31,15 @@ def _json(doc, status: int = 200) -> web.Response:
     return web.Response(body=json.dumps(doc).encode(), status=status, content_type="application/json")
 
 
-def authorize_admin(request: web.Request, token: bytes) -> None:
-    """Raises unless the request carries ``Authorization: Bearer <token>``; no token set = admin off."""
-    if not token:
-        raise AdminDisabledError("admin endpoints are off: the server has no admin_token")
-    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise UnauthenticatedError("admin endpoints need 'Authorization: Bearer <admin_token>'")
-    if not hmac.compare_digest(given.strip().encode(), token):
-        _log.warning("admin: refused a request with a wrong token from %s", request.remote)
-        raise PermissionDeniedError("wrong admin token")
+def authorize_admin(request: web.Request, admin: AdminToken) -> None:
+    """Raises unless the request carries ``Authorization: Bearer <admin_token>``; no token set = admin off."""
+    admin.require(request.headers.get("Authorization"), request.remote)
 
 
 class RoutingHttp:
-    def __init__(self, service: InferenceService, admin_token: str, error_response) -> None:
+    def __init__(self, service: InferenceService, admin: AdminToken, error_response) -> None:
         self.service = service
-        self._token = admin_token.encode()
+        self._admin = admin
         self._error = error_response
 
     def routes(self) -> list[web.RouteDef]:
@@ -60,7 +53,7 @@ class RoutingHttp:
         ]
 
     def _authorize(self, request: web.Request) -> None:
-        authorize_admin(request, self._token)
+        authorize_admin(request, self._admin)
 
     async def _body(self, request: web.Request):
         raw = await request.read()

@@ -1,6 +1,8 @@
 """gRPC RPCs of Triton's system shared-memory extension, mixed into the v2 servicer.
 
-The servicer that mixes this in sets ``self.shared_memory`` (the process's registry, shared with HTTP).
+The servicer that mixes this in sets ``self.shared_memory`` (the process's registry, shared with HTTP)
+and offers ``_check_api_key(context)``: with API keys set, regions are an inference client's
+business and need a key, as infer does.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ async def _abort(context, exc: GatewayError):
 class SharedMemoryRpcs:
     async def SystemSharedMemoryStatus(self, request, context):
         try:
+            self._check_api_key(context)
             regions = self.shared_memory.status(request.name)
         except GatewayError as exc:
             return await _abort(context, exc)
@@ -28,6 +31,7 @@ class SharedMemoryRpcs:
 
     async def SystemSharedMemoryRegister(self, request, context):
         try:
+            self._check_api_key(context)
             self.shared_memory.register(request.name, request.key, request.offset, request.byte_size)
         except GatewayError as exc:
             return await _abort(context, exc)
@@ -35,6 +39,7 @@ class SharedMemoryRpcs:
 
     async def SystemSharedMemoryUnregister(self, request, context):
         try:
+            self._check_api_key(context)
             self.shared_memory.unregister(request.name)
         except GatewayError as exc:
             return await _abort(context, exc)

@@ -110,9 +110,15 @@ class ExecutorError(GatewayError):
 
 
 class UnauthenticatedError(GatewayError):
-    """An admin request without a bearer token."""
+    """A request without the bearer token (admin token or API key) its route needs."""
 
     code = ErrorCode.UNAUTHENTICATED
+
+
+class InvalidApiKeyError(UnauthenticatedError):
+    """An inference request whose API key matches none configured (401, as OpenAI and vLLM answer)."""
+
+    openai_code = "invalid_api_key"
 
 
 class PermissionDeniedError(GatewayError):

@@ -81,7 +81,14 @@ class ServerSettings(BaseModel):
 
     admin_token: str = Field(
         default="", repr=False,
-        description="bearer token of the /v2/admin endpoints (empty = admin endpoints off; prefer the environment)",
+        description="bearer token of the /v2/admin endpoints and, when set, of model control (repository index, "
+        "load, unload on both protocols) (empty = admin endpoints off, model control open; prefer the environment)",
+    )
+    api_keys: str = Field(
+        default="", repr=False,
+        description="keys that inference needs (v2 infer on both protocols, every /v1 route) as "
+        "'Authorization: Bearer <key>': comma-separated keys or sha256:<hex> digests of keys (a list in "
+        "gateway.yaml; prefer the environment); empty = no key needed. Health, metadata and /metrics stay open",
     )
 
     allow_client_shm: bool = Field(
@@ -174,6 +181,31 @@ class ServerSettings(BaseModel):
         parse_module_levels(v)
         return v
 
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, v: str) -> str:
+        if v and not _is_header_token(v):
+            raise ValueError("must be printable ASCII without spaces or commas (it travels in an HTTP header)")
+        return v
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _api_keys(cls, v: Any) -> str:
+        """Accepts 'k1,sha256:<hex>' or, in gateway.yaml, a list; stored as the string form.
+        Messages name an entry by its position, never by its value."""
+        if isinstance(v, list | tuple):
+            if not all(isinstance(x, str) for x in v):
+                raise ValueError("expected a list of strings")
+            v = ",".join(x.strip() for x in v)
+        if not isinstance(v, str):
+            raise ValueError("expected 'key,sha256:<hex>,...' or a list")
+        parse_api_keys(v)
+        return v
+
+    @property
+    def api_key_entries(self) -> tuple[str, ...]:
+        return parse_api_keys(self.api_keys)
+
     @field_validator("registry_url")
     @classmethod
     def _registry_needs_polling(cls, v: str, info: ValidationInfo) -> str:
@@ -240,6 +272,32 @@ def parse_module_levels(text: str) -> dict[str, str]:
             raise ValueError(f"'{part}': level must be one of {', '.join(LOG_LEVELS)}")
         out[module] = level
     return out
+
+
+def _is_header_token(text: str) -> bool:
+    return all(33 <= ord(c) <= 126 and c != "," for c in text)
+
+
+_SHA256_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def parse_api_keys(text: str) -> tuple[str, ...]:
+    """'k1, sha256:<64 hex>' -> ('k1', 'sha256:<hex>'); a digest is kept in lower case."""
+    out: list[str] = []
+    for i, part in enumerate((p.strip() for p in text.split(",")), 1):
+        if not part:
+            if text.strip():
+                raise ValueError(f"entry {i} is empty")
+            continue
+        if part.startswith("sha256:"):
+            digest = part[len("sha256:"):]
+            if len(digest) != 64 or not set(digest) <= _SHA256_HEX:
+                raise ValueError(f"entry {i}: a sha256: entry needs 64 hex digits (sha256 of the key)")
+            part = "sha256:" + digest.lower()
+        elif not _is_header_token(part):
+            raise ValueError(f"entry {i}: a key must be printable ASCII without spaces or commas")
+        out.append(part)
+    return tuple(out)
 
 
 def parse_registry_models(text: str) -> dict[str, str]:

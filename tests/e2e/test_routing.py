@@ -249,7 +249,8 @@ def test_admin_endpoint_is_refused_without_the_token_and_applied_with_it(gw_a, g
 
 
 def test_routing_to_an_unserved_version_is_rejected_naming_the_field(gw_a, repo):
-    status, rows = gw_a.http_json("POST", "/v2/repository/index", {})
+    status, _, raw = gw_a.http("POST", "/v2/repository/index", b"{}", {"Authorization": f"Bearer {TOKEN}"})
+    rows = json.loads(raw)
     (row,) = [r for r in rows if r["name"] == "bad_routing"]
     assert row["state"] == "UNAVAILABLE" and "routing.weights.1" in row["reason"] and "version_policy" in row["reason"]
     check = subprocess.run([sys.executable, "-m", "gateway", "check", str(repo)],

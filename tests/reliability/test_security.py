@@ -3,10 +3,12 @@ the repository, and no secrets in the daemon's log."""
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import re
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.error
@@ -266,3 +268,181 @@ def test_redact_url():
     assert redact_url("rediss://user:pw@host/1") == "rediss://***@host/1"
     assert redact_url("redis://host:6379/0?password=pw&db=1") == "redis://host:6379/0?password=***&db=1"
     assert redact_url("unix:///run/redis.sock") == "unix:///run/redis.sock"
+
+
+# ------------------------------------------------------------------------------ model control and API keys
+
+GRPC_TRANSPORTS = ["native", "grpcio"]
+
+
+def _grpc_status(call, *args, **kwargs) -> str:
+    with pytest.raises(InferenceServerException) as err:
+        call(*args, **kwargs)
+    return err.value.status()
+
+
+@pytest.mark.parametrize("transport", GRPC_TRANSPORTS)
+def test_model_control_needs_the_admin_token_when_one_is_set(repo, start_gateway, transport):
+    gw = start_gateway(repo, "--admin-token", ADMIN_TOKEN, "--grpc-transport", transport, "--repository-poll-s", "0")
+    wrong = {"Authorization": "Bearer wrong-" + ADMIN_TOKEN}
+    for path in ("/v2/repository/index", "/v2/repository/models/simple/load", "/v2/repository/models/simple/unload"):
+        status, _, body = gw.http("POST", path, b"{}")
+        assert status == 401 and "admin_token" in json.loads(body)["error"], (path, status, body)
+        status, _, body = gw.http("POST", path, b"{}", wrong)
+        assert status == 403 and json.loads(body) == {"error": "wrong admin token"}, (path, status, body)
+    assert gw.http("POST", "/v2/repository/models/simple/unload", b"{}", AUTH)[0] == 200
+    status, _, body = gw.http("POST", "/v2/repository/index", b"{}", AUTH)
+    assert status == 200 and [r["state"] for r in json.loads(body) if r["name"] == "simple"] == ["UNAVAILABLE"]
+    assert gw.http("POST", "/v2/repository/models/simple/load", b"{}", AUTH)[0] == 200
+
+    hclient = httpclient.InferenceServerClient(gw.http_url)
+    with pytest.raises(InferenceServerException, match="admin_token"):
+        hclient.load_model("simple")
+    hclient.load_model("simple", headers=AUTH)
+    assert hclient.infer("simple", simple_inputs(httpclient)).as_numpy("OUTPUT0").shape == (1, 16)  # inference stays open
+    hclient.close()
+
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    grpc_auth = {"authorization": AUTH["Authorization"]}
+    grpc_wrong = {"authorization": wrong["Authorization"]}
+    for call in (client.get_model_repository_index, lambda **kw: client.load_model("simple", **kw),
+                 lambda **kw: client.unload_model("simple", **kw)):
+        assert _grpc_status(call) == "StatusCode.UNAUTHENTICATED"
+        assert _grpc_status(call, headers={"authorization": "Basic " + ADMIN_TOKEN}) == "StatusCode.UNAUTHENTICATED"
+        assert _grpc_status(call, headers=grpc_wrong) == "StatusCode.PERMISSION_DENIED"
+    assert client.is_model_ready("simple")  # refused calls changed nothing
+    client.unload_model("simple", headers=grpc_auth)
+    assert not client.is_model_ready("simple")
+    client.load_model("simple", headers=grpc_auth)
+    assert {m["name"] for m in client.get_model_repository_index(headers=grpc_auth, as_json=True)["models"]} == {"simple"}
+    assert client.infer("simple", simple_inputs(grpcclient)).as_numpy("OUTPUT0").shape == (1, 16)
+    client.close()
+    assert ADMIN_TOKEN not in gw.log() and "wrong-" not in gw.log()
+
+
+def _raw_status(gw, method: str, path: str, authorization: bytes, body: bytes = b"{}") -> tuple[int, dict]:
+    """One request whose Authorization header carries exactly these bytes (no client-side encoding)."""
+    host, port = gw.http_url.split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(method.encode() + b" " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: " + authorization
+                     + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        raw = b""
+        while chunk := sock.recv(65536):
+            raw += chunk
+    head, _, payload = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(payload)
+
+
+KEYS = ("key-one-4f1c9a", "key-two-8e2d7b")
+HASHED = "sha256:" + hashlib.sha256(KEYS[1].encode()).hexdigest()
+
+
+def test_non_ascii_authorization_answers_401_or_403_with_json_never_500(repo, start_gateway):
+    gw = start_gateway(repo, "--admin-token", ADMIN_TOKEN, "--api-keys", f"{KEYS[0]},{HASHED}")
+    routes = [*ADMIN_ROUTES, ("POST", "/v2/repository/index"), ("POST", "/v2/repository/models/simple/load"),
+              ("POST", "/v2/repository/models/simple/unload"), ("POST", "/v2/models/simple/infer"),
+              ("GET", "/v1/models"), ("POST", "/v1/completions")]
+    for authorization in (b"Bearer \xff", b"Bearer " + ADMIN_TOKEN.encode() + b"\xc3\xa9", b"\xff\xfe",
+                          b"Bearer " + KEYS[0].encode() + b"\x80", b"Bearer \xed\xa0\x80"):
+        for method, path in routes:
+            status, doc = _raw_status(gw, method, path, authorization)
+            assert status in (401, 403), (authorization, path, status, doc)
+            error = doc["error"]
+            assert (error["type"] in ("authentication_error", "permission_error")) if path.startswith("/v1") else \
+                isinstance(error, str), (path, doc)
+    assert "Traceback" not in gw.log() and "UnicodeEncodeError" not in gw.log()
+    assert gw.proc.poll() is None
+
+
+@pytest.mark.parametrize("transport", GRPC_TRANSPORTS)
+def test_api_keys_guard_inference_on_both_protocols(repo, start_gateway, transport):
+    import openai
+    import queue
+
+    gw = start_gateway(repo, "--api-keys", f"{KEYS[0]},{HASHED}", "--admin-token", ADMIN_TOKEN,
+                       "--grpc-transport", transport, "--log-level", "debug")
+    gw.wait_for_log(re.compile(r"inference needs an API key \(2 configured\)"), timeout=10)
+    infer = "/v2/models/simple/infer"
+    # HTTP: the key in 'Authorization: Bearer', plain or matched through its sha256 entry.
+    for key in KEYS:
+        assert gw.http("POST", infer, SIMPLE_BODY, {**JSON, "Authorization": f"Bearer {key}"})[0] == 200
+        assert gw.http("POST", "/v2/models/simple/versions/1/infer", SIMPLE_BODY,
+                       {**JSON, "Authorization": f"bearer  {key}"})[0] == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": KEYS[0]},
+                    {"Authorization": f"Bearer {HASHED}"},  # the digest is not the key
+                    {"Authorization": f"Bearer {HASHED[7:]}"}, {"x-api-key": KEYS[0]},
+                    AUTH):  # the admin token is not an API key
+        status, resp_headers, body = gw.http("POST", infer, SIMPLE_BODY, {**JSON, **headers})
+        assert status == 401 and resp_headers.get("WWW-Authenticate") == "Bearer", (headers, status)
+        assert "API key" in json.loads(body)["error"]
+    # What probes, scrapers and clients' set-up read stays open.
+    for path in ("/v2/health/live", "/v2/health/ready", "/v2", "/v2/models/simple", "/v2/models/simple/ready",
+                 "/v2/models/simple/config", "/metrics"):
+        assert gw.http("GET", path)[0] == 200, path
+
+    hclient = httpclient.InferenceServerClient(gw.http_url)
+    result = hclient.infer("simple", simple_inputs(httpclient), headers={"Authorization": f"Bearer {KEYS[1]}"})
+    assert result.as_numpy("OUTPUT0").shape == (1, 16)
+    with pytest.raises(InferenceServerException, match="API key"):
+        hclient.infer("simple", simple_inputs(httpclient))
+    assert hclient.is_server_ready() and hclient.get_model_metadata("simple")["name"] == "simple"
+    hclient.close()
+
+    # gRPC: metadata 'authorization', on ModelInfer and ModelStreamInfer.
+    client = grpcclient.InferenceServerClient(gw.grpc_url)
+    good = {"authorization": f"Bearer {KEYS[0]}"}
+    assert client.infer("simple", simple_inputs(grpcclient), headers=good).as_numpy("OUTPUT0").shape == (1, 16)
+    for headers in (None, {"authorization": "Bearer wrong"}, {"authorization": AUTH["Authorization"]}):
+        assert _grpc_status(client.infer, "simple", simple_inputs(grpcclient), headers=headers) == "StatusCode.UNAUTHENTICATED"
+    assert client.is_server_ready() and client.get_model_metadata("simple").name == "simple"
+    for headers, expect_ok in ((good, True), (None, False)):
+        results: queue.Queue = queue.Queue()
+        client.start_stream(lambda result, error: results.put((result, error)), headers=headers)
+        try:
+            client.async_stream_infer("simple", simple_inputs(grpcclient), request_id="s1")
+        except InferenceServerException:  # the stream was refused at its start, before this request
+            assert not expect_ok
+        result, error = results.get(timeout=30)
+        client.stop_stream()
+        if expect_ok:
+            assert error is None and result.as_numpy("OUTPUT0").shape == (1, 16)
+        else:
+            assert result is None and error.status() == "StatusCode.UNAUTHENTICATED", error
+    client.close()
+
+    # /v1: the official client, and OpenAI's error envelope.
+    base = f"http://{gw.http_url}/v1"
+    assert openai.OpenAI(base_url=base, api_key=KEYS[0]).models.list().data == []  # no OpenAI-served model here
+    with pytest.raises(openai.NotFoundError):  # past the key check: the tensor model is not an OpenAI model
+        openai.OpenAI(base_url=base, api_key=KEYS[1], max_retries=0).models.retrieve("simple")
+    with pytest.raises(openai.AuthenticationError) as err:
+        openai.OpenAI(base_url=base, api_key="wrong", max_retries=0).models.list()
+    assert err.value.status_code == 401 and err.value.body["type"] == "authentication_error"
+    assert err.value.body["code"] == "invalid_api_key"
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/no-such-route"):
+        status, resp_headers, body = gw.http("POST", path, b"{}", JSON)
+        assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error", (path, status, body)
+
+    gw.terminate()
+    log = gw.log()
+    for secret in (*KEYS, ADMIN_TOKEN):
+        assert secret not in log, f"secret {secret[:6]}... appears in the log"
+
+
+def test_api_key_settings_are_validated_and_never_echoed(tmp_path):
+    secret = "s3cret-key-value"
+    assert load_settings(overrides={"api_keys": f" {secret} , {HASHED.upper().replace('SHA256', 'sha256')}"}) \
+        .api_key_entries == (secret, HASHED)
+    settings = load_settings(overrides={"api_keys": secret})
+    assert secret not in repr(settings) and secret not in str(settings)
+    config = tmp_path / "gateway.yaml"
+    config.write_text(f"api_keys:\n  - {secret}\n  - {HASHED}\n")
+    assert load_settings(str(config)).api_key_entries == (secret, HASHED)
+    for bad, reason in ((f"{secret},,other", "entry 2 is empty"), (f"sha256:{secret}", "64 hex digits"),
+                        (f"{secret}\u00e9", "printable ASCII"), (f"{secret} tail", "printable ASCII")):
+        with pytest.raises(ConfigError, match=reason) as err:
+            load_settings(overrides={"api_keys": bad})
+        assert secret not in str(err.value)
+    with pytest.raises(ConfigError, match="admin_token"):
+        load_settings(overrides={"admin_token": "two words"})

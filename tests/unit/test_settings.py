@@ -115,6 +115,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "tracing": ("on", "off", "auto"),
         "trace_sample_ratio": (0.25, 0.5, 0.75),
         "admin_token": ("file-token", "env-token", "flag-token"),
+        "api_keys": ("file-key", "env-key,sha256:abababababababababababababababababababababababababababababababab", "flag-key"),
         "cache_url": ("redis://file:6379/0", "redis://env:6379/1", "unix:///flag.sock"),
         "cache_timeout_ms": (1.5, 2.5, 3.5),
         "registry_url": ("http://file:5000", "http://env:5000", "https://flag"),
