@@ -320,11 +320,12 @@ def build_app(
     access = access or AccessControl.open()
     shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
     gate = ConcurrencyGate(limits.max_concurrent_requests)
-    # No limit (no keys), no middleware: nothing to pay per request. Keys are checked before a
-    # request takes a slot of the limit; /v1 errors leave in OpenAI's envelope (outermost).
+    # No limit (no keys), no middleware: nothing to pay per request. Keys are checked first (an
+    # unknown /v1 route without a key is a 401, not a 404; the check answers in each API's own
+    # error shape), then /v1 errors leave in OpenAI's envelope, then a request takes a slot.
     middlewares = [openai_errors, json_errors]
     if access.api_keys.enabled:
-        middlewares.append(api_key_check(access.api_keys))
+        middlewares.insert(0, api_key_check(access.api_keys))
     if gate.limit:
         middlewares.append(concurrency_limit(gate))
     app = web.Application(client_max_size=max_request_bytes, middlewares=middlewares)

@@ -423,6 +423,9 @@ def test_api_keys_guard_inference_on_both_protocols(repo, start_gateway, transpo
     for path in ("/v1/completions", "/v1/chat/completions", "/v1/embeddings", "/v1/no-such-route"):
         status, resp_headers, body = gw.http("POST", path, b"{}", JSON)
         assert status == 401 and json.loads(body)["error"]["type"] == "authentication_error", (path, status, body)
+    # Shared-memory regions are an inference client's business: a key too.
+    assert gw.http("GET", "/v2/systemsharedmemory/status")[0] == 401
+    assert gw.http("GET", "/v2/systemsharedmemory/status", headers={"Authorization": f"Bearer {KEYS[0]}"})[0] == 200
 
     gw.terminate()
     log = gw.log()
