@@ -65,7 +65,8 @@ def _duration(doc: dict, name: str) -> tuple[int, int]:
 
 
 def http_source(gateway_url: str, timeout_s: float) -> SnapshotSource:
-    """Counters from a running daemon's ``GET /v2/models/stats`` (proto JSON: int64 as strings)."""
+    """Counters from a running daemon's ``GET /v2/models/stats`` (Triton's JSON: numbers, zeros present;
+    ``int()`` also takes the strings older daemons sent)."""
     url = gateway_url.rstrip("/") + "/v2/models/stats"
 
     async def snapshots() -> list[VersionSnapshot]:
@@ -88,7 +89,9 @@ def http_source(gateway_url: str, timeout_s: float) -> SnapshotSource:
             hits, _ = _duration(st, "cache_hit")
             out.append(VersionSnapshot(
                 model=m.get("name", ""), version=str(m.get("version", "")),
-                success_count=ok, success_ns=ok_ns, fail_count=failed, queue_count=queued, queue_ns=queue_ns,
+                # Triton counts cache hits in queue.count (with no queue time): the mean queue wait
+                # is over the requests that queued.
+                success_count=ok, success_ns=ok_ns, fail_count=failed, queue_count=max(0, queued - hits), queue_ns=queue_ns,
                 compute_ns=compute_ns, inference_count=int(m.get("inference_count", 0)),
                 execution_count=int(m.get("execution_count", 0)), cache_hits=hits,
             ))
