@@ -96,7 +96,7 @@ WIRE_LOGGERS = ("hpack", "h2")
 
 # Loggers of events a peer can cause at will (malformed requests, wrong tokens): each record is
 # one line, and configure_logging rate-limits them so that a flood of bad input cannot flood the log.
-RATE_LIMITED_LOGGERS = ("gateway.http.bad_request", "gateway.auth.refused")
+RATE_LIMITED_LOGGERS = ("gateway.http.bad_request", "gateway.auth.refused", "gateway.grpc.closed")
 
 
 class RateLimitFilter(logging.Filter):

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from gateway.api.grpc_native.server import NativeGrpcServer
 
 _log = logging.getLogger("gateway.grpc")
+# One line per connection a peer made us close: rate-limited by the daemon's logging set-up
+# (monitoring/logs.py RATE_LIMITED_LOGGERS), so a flood of bad connections is no flood of lines.
+_closed_log = logging.getLogger("gateway.grpc.closed")
 
 _HEAD_FRAME = f.FRAME_HEAD
 STREAM_WINDOW = 4 << 20  # what a client may send on one stream before we acknowledge
@@ -34,29 +37,6 @@ _CONNECTION_WINDOW = 64 << 20
 MAX_FRAME = 1 << 20  # frames we accept; larger frames mean fewer of them for big tensors
 _WRITE_HIGH_WATER = 1 << 20  # above this in the socket's buffer the peer is not reading: stop reading it
 _RETRY_COST = 1 / 16  # control-bucket tokens per stream a window change makes us look at again
-
-
-class _RateLimitedLog:
-    """At most `lines` per `window_s`, then one line saying how many were left out: a flood of bad
-    connections must not become a flood of log lines."""
-
-    def __init__(self, lines: int = 20, window_s: float = 10.0) -> None:
-        self._lines, self._window_s = lines, window_s
-        self._start, self._used, self._dropped = 0.0, 0, 0
-
-    def info(self, now: float, message: str, *args) -> None:
-        if now - self._start >= self._window_s:
-            if self._dropped:
-                _log.info("gRPC: %d more connection-close lines left out in the last %.0f s", self._dropped, self._window_s)
-            self._start, self._used, self._dropped = now, 0, 0
-        if self._used < self._lines:
-            self._used += 1
-            _log.info(message, *args)
-        else:
-            self._dropped += 1
-
-
-_close_log = _RateLimitedLog()
 
 
 class H2ConnectionError(Exception):
@@ -772,7 +752,7 @@ class Http2Connection(asyncio.Protocol):
         self.connection_lost(None)
 
     def _log_close(self, reason: str) -> None:
-        _close_log.info(self.loop.time(), "gRPC connection from %s closed: %s", self.peer or "?", reason)
+        _closed_log.info("gRPC connection from %s closed: %s", self.peer or "?", reason)
 
     def _fatal(self, error: int, reason: str) -> None:
         self._log_close(reason)
