@@ -320,12 +320,7 @@ def live(raw: RawH2, sid: int) -> int | None:
 
 # -- the daemon's memory --
 
-def rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
+from reliability_helpers import rss_bytes  # noqa: E402,F401 - the one reader of VmRSS
 
 
 class RssWatch:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
 from transport_helpers import INFER, PREFACE, RawH2, echo_request, grpc_frame, simple_arrays, simple_request
 
+from reliability_helpers import rss_bytes  # noqa: E402 - on the path transport_helpers sets
+
 CODES = {0: "NO_ERROR", 1: "PROTOCOL_ERROR", 2: "INTERNAL_ERROR", 3: "FLOW_CONTROL_ERROR", 6: "FRAME_SIZE_ERROR",
          7: "REFUSED_STREAM", 8: "CANCEL", 9: "COMPRESSION_ERROR", 11: "ENHANCE_YOUR_CALM"}
 
@@ -87,11 +89,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
+    return rss_bytes(pid) / (1 << 20)
 
 
 @dataclass
