@@ -28,6 +28,26 @@ def generate_stubs() -> None:
     args = ["grpc_tools.protoc", "-Iprotos", f"-I{include}", "--python_out=.", "--grpc_python_out=.", *protos]
     if protoc.main(args) != 0:
         raise RuntimeError("protoc failed on " + " ".join(protos))
+    for proto in protos:
+        _use_private_pool(os.path.splitext(os.path.relpath(proto, "protos"))[0] + "_pb2.py")
+
+
+def _use_private_pool(path: str) -> None:
+    """Register the generated messages in gateway._proto.POOL instead of protobuf's default pool.
+
+    tritonclient's stubs define the same `inference.*` symbols from a different revision of the
+    protos, and one descriptor pool cannot hold both: with our own pool, a process (a test, a
+    tool that embeds the gateway) can import the gateway's servicer and tritonclient together.
+    """
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    default_import = "from google.protobuf import descriptor_pool as _descriptor_pool\n"
+    if default_import not in text or "_descriptor_pool.Default()" not in text:
+        raise RuntimeError(f"{path}: protoc's output changed shape; cannot move it to gateway._proto.POOL")
+    text = text.replace(default_import, "from gateway._proto import POOL as _POOL\n")
+    text = text.replace("_descriptor_pool.Default()", "_POOL")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 class BuildPyWithStubs(build_py):

@@ -1,8 +1,7 @@
 """Shared fixtures: example model repositories and a real gateway daemon subprocess.
 
-The test process never imports gateway._proto: tritonclient's stubs define the
-same protobuf symbols, and one process cannot hold both in its descriptor pool.
-Everything gRPC goes through tritonclient against the daemon subprocess.
+gateway._proto keeps its descriptors in a pool of its own, so the test process may import the
+gateway's servicer and tritonclient's stubs (which define the same protobuf symbols) together.
 """
 
 from __future__ import annotations

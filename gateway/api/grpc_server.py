@@ -10,8 +10,9 @@ import time
 import grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 
+from gateway._proto import POOL
 from gateway._proto import grpc_service_pb2 as pb
 from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway.api.auth import AccessControl, metadata_value
@@ -285,6 +286,17 @@ async def _maybe_await(value) -> None:
         await value
 
 
+def _reflection_pool():
+    """Our private descriptor pool (see gateway._proto), with the health and reflection protos
+    added, so reflection answers for all three services it lists."""
+    for module in (health_pb2, reflection_pb2):
+        try:
+            POOL.FindFileByName(module.DESCRIPTOR.name)
+        except KeyError:
+            POOL.AddSerializedFile(module.DESCRIPTOR.serialized_pb)
+    return POOL
+
+
 def _register(
     server, service: InferenceService, limits: RequestLimits, shared_memory: SharedMemoryRegistry | None = None,
     access: AccessControl | None = None,
@@ -293,7 +305,9 @@ def _register(
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(names), server)
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+        reflection.aio.ReflectionServicer(names, pool=_reflection_pool()), server
+    )
     return mirror
 
 
