@@ -44,10 +44,15 @@ def _serve(args: argparse.Namespace) -> int:
     settings = _settings(args)
     if settings is None:
         return 2
-    from gateway.daemon import run  # imported late: the compiled module loads here
-
     try:
-        run(settings)
+        if settings.workers > 1:
+            from gateway.supervisor import supervise
+
+            supervise(settings)
+        else:
+            from gateway.daemon import run  # imported late: the compiled module loads here
+
+            run(settings)
     except ConfigError as exc:  # e.g. an OTEL_* variable the tracing set-up cannot use
         print(f"gateway: invalid settings: {exc}", file=sys.stderr)
         return 2

@@ -7,6 +7,8 @@ import gc
 import logging
 import resource
 import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
@@ -15,7 +17,7 @@ from aiohttp import web
 
 from gateway import native
 from gateway.api.auth import AccessControl
-from gateway.api.grpc_server import build_server
+from gateway.api.grpc_server import HealthMirror, build_server
 from gateway.api.http_connections import GatewaySite
 from gateway.api.http_server import build_app
 from gateway.api.shared_memory import SharedMemoryRegistry
@@ -29,10 +31,10 @@ from gateway.monitoring.logs import configure_logging
 from gateway.monitoring.metrics import RegistryCollector
 from gateway.registry.sources import service_source
 from gateway.registry.sync import RegistrySync
-from gateway.registry.watcher import RepositoryWatcher
 from gateway.service import InferenceService
 from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
+from gateway.service.repository_watcher import RepositoryWatcher
 from gateway.service.worker_stats import WorkerStats
 
 _log = logging.getLogger("gateway")
@@ -62,37 +64,77 @@ def raise_open_file_limit() -> tuple[int, int]:
     return new_soft, hard
 
 
-async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
-    native.log_choice()
-    raise_open_file_limit()
-    manager = ModelManager(settings.model_repository, drain_timeout_s=settings.grace_period_s)
-    telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
-    cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
-    _log.info("response cache: in-process%s", f" + shared {redact_url(settings.cache_url)}" if settings.cache_url else " only")
-    service = InferenceService(manager, telemetry, cache)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+@dataclass(frozen=True, slots=True)
+class Running:
+    """What ``started`` yields: the service and the ports it listens on (the real ones when 0 was asked)."""
 
-    # The registry client runs in one process only (worker 0 under --workers): it writes the
-    # repository, which every worker's watcher follows.
-    registry_sync = None
-    if settings.registry_url and (worker is None or worker.index == 0):
-        registry_sync = RegistrySync(settings, service_source(service))
-        telemetry.registry.register(RegistryCollector(registry_sync.health))
-        await registry_sync.start()
-        await registry_sync.wait_first_poll(settings.registry_timeout_s)
+    service: InferenceService
+    grpc_port: int
+    http_port: int
+    health_changed: Callable[[], Awaitable[None]]
 
-    if worker is not None:
-        # Load before listening: the kernel hands connections to every socket in the
-        # SO_REUSEPORT group, so a worker must not listen before it can serve.
-        await manager.reconcile()
-        service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
-        service.worker_stats.start(lambda: manager.serving)
 
+@asynccontextmanager
+async def started(settings: ServerSettings, worker: WorkerRole | None = None) -> AsyncIterator[Running]:
+    """The composition root: every component of one daemon process, started in order and stopped in
+    the reverse order by one exit stack, so a failure half-way stops what had started and leaves
+    nothing behind. On exit, the servers stop listening and let accepted requests finish (bounded
+    by the grace period) before the models, caches and telemetry close."""
+    grace = settings.grace_period_s
+    async with AsyncExitStack() as stack:
+        cache = build_response_cache(settings.cache_url, settings.cache_timeout_ms)
+        stack.push_async_callback(cache.close)
+        _log.info("response cache: in-process%s", f" + shared {redact_url(settings.cache_url)}" if settings.cache_url else " only")
+        telemetry = Telemetry.from_settings(settings, SERVER_VERSION)
+        stack.push_async_callback(telemetry.close)  # flushes the spans still queued
+        manager = ModelManager(settings.model_repository, drain_timeout_s=grace)
+        stack.push_async_callback(manager.close, grace)
+        service = InferenceService(manager, telemetry, cache)
+        stack.push_async_callback(service.prompt_cache.close)
+
+        # The registry client runs in one process only (worker 0 under --workers): it writes the
+        # repository, which every worker's watcher follows.
+        if settings.registry_url and (worker is None or worker.index == 0):
+            registry_sync = RegistrySync(settings, service_source(service))
+            telemetry.registry.register(RegistryCollector(registry_sync.health))
+            await stack.enter_async_context(registry_sync)
+            await registry_sync.wait_first_poll(settings.registry_timeout_s)
+
+        if worker is not None:
+            # Load before listening: the kernel hands connections to every socket in the
+            # SO_REUSEPORT group, so a worker must not listen before it can serve.
+            await manager.reconcile()
+            service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
+            service.worker_stats.start(lambda: manager.serving)
+            stack.push_async_callback(service.worker_stats.stop)
+
+        shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols
+        stack.callback(shared_memory.close)
+        grpc_port, http_port, mirror = await _listen(stack, settings, service, shared_memory)
+        _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)
+
+        async def health_changed() -> None:
+            if mirror is not None:
+                await mirror.update()
+
+        if worker is None:
+            await manager.reconcile()
+        await health_changed()
+        await stack.enter_async_context(service.shadows)
+        await stack.enter_async_context(RepositoryWatcher(manager, settings.repository_poll_s, health_changed))
+        _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
+        yield Running(service, grpc_port, http_port, health_changed)
+        _log.info("stopping: draining accepted requests (grace %.1fs)", grace)
+        service.accepting = False
+        await health_changed()
+    _log.info("stopped")
+
+
+async def _listen(
+    stack: AsyncExitStack, settings: ServerSettings, service: InferenceService, shared_memory: SharedMemoryRegistry
+) -> tuple[int, int, HealthMirror]:
+    """Both servers, listening; the stack stops them together (each drains within the grace period)."""
     limits = RequestLimits.from_settings(settings)
-    shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols
     grpc_creds = grpc_ssl = ssl_context = None
     if settings.tls:
         tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)
@@ -107,6 +149,7 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
     if access.api_keys.enabled:
         _log.info("inference needs an API key (%d configured)", len(access.api_keys))
     timeouts = ConnectionTimeouts.from_settings(settings)
+    grace = settings.grace_period_s
     grpc_server, mirror, grpc_port = build_server(
         service, settings.host, settings.grpc_port, settings.max_request_bytes,
         limits=limits, max_metadata_bytes=settings.max_header_bytes, credentials=grpc_creds,
@@ -118,53 +161,41 @@ async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> N
         build_app(service, settings.max_request_bytes, access=access, limits=limits, shared_memory=shared_memory),
         access_log=None,
         handle_signals=False,
-        shutdown_timeout=settings.grace_period_s,
+        shutdown_timeout=grace,
         # A client that hangs up cancels its request: one still queued never runs the model.
         handler_cancellation=True,
         max_line_size=settings.max_header_bytes,
         max_field_size=settings.max_header_bytes,
         keepalive_timeout=timeouts.idle_s,
     )
+
+    async def stop_servers() -> None:
+        await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
+
+    stack.push_async_callback(stop_servers)
     await runner.setup()
     site = GatewaySite(runner, settings.host, settings.http_port, ssl_context=ssl_context,
                        header_timeout_s=timeouts.header_s, tls_handshake_timeout_s=timeouts.tls_handshake_s)
     await site.start()
     http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-    _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)
+    return grpc_port, http_port, mirror
 
-    async def health_changed() -> None:
-        if mirror is not None:
-            await mirror.update()
 
-    if worker is None:
-        await manager.reconcile()
-    await health_changed()
-    _log.info("ready: %s", ", ".join(f"{n}:{v}" for n, vs in manager.serving.items() for v in vs) or "no models")
-    # What exists now (modules, sessions, config) lives as long as the process: keep it out of
-    # the collector's full passes.
-    gc.freeze()
-    if worker is not None:
-        worker.ready.send(("ready", grpc_port, http_port))
-
-    async with service.shadows, RepositoryWatcher(manager, settings.repository_poll_s, health_changed):
+async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:
+    """One daemon process until SIGTERM or SIGINT."""
+    native.log_choice()
+    raise_open_file_limit()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with started(settings, worker) as running:
+        # What exists now (modules, sessions, config) lives as long as the process: keep it out of
+        # the collector's full passes.
+        gc.freeze()
+        if worker is not None:
+            worker.ready.send(("ready", running.grpc_port, running.http_port))
         await stop.wait()
-        _log.info("stopping: draining accepted requests (grace %.1fs)", settings.grace_period_s)
-        service.accepting = False
-        await health_changed()
-    if registry_sync is not None:
-        await registry_sync.stop()
-
-    # Stop listening and let accepted requests finish, all bounded by the grace period.
-    grace = settings.grace_period_s
-    await asyncio.gather(grpc_server.stop(grace), runner.cleanup())
-    await manager.close(grace)
-    shared_memory.close()
-    await telemetry.close()  # flushes the spans still queued
-    if service.worker_stats is not None:
-        await service.worker_stats.stop()
-    await service.prompt_cache.close()
-    await cache.close()
-    _log.info("stopped")
 
 
 def setup_logging(settings: ServerSettings, role: str = "") -> None:
@@ -172,11 +203,7 @@ def setup_logging(settings: ServerSettings, role: str = "") -> None:
 
 
 def run(settings: ServerSettings) -> None:
-    if settings.workers > 1:
-        from gateway.supervisor import supervise
-
-        supervise(settings)
-        return
+    """One daemon in this process (``--workers N`` is gateway.supervisor's)."""
     setup_logging(settings)
     settings.apply_to_interpreter()
     uvloop.run(serve(settings))

@@ -19,6 +19,7 @@ import time
 from multiprocessing.connection import wait
 
 from gateway.core.settings import ServerSettings
+from gateway.monitoring.logs import configure_logging
 
 _log = logging.getLogger("gateway.supervisor")
 READY_TIMEOUT_S = 300
@@ -148,9 +149,7 @@ class Supervisor:
 
 
 def supervise(settings: ServerSettings) -> None:
-    from gateway.daemon import setup_logging
-
-    setup_logging(settings, role="supervisor")
+    configure_logging(settings.log_level, settings.log_format, settings.module_levels, role="supervisor")
     code = Supervisor(settings).run()
     if code:
         raise SystemExit(code)
