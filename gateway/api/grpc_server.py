@@ -243,18 +243,17 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
             self._check_model_control(context)
         except GatewayError as exc:
             return await _abort(context, exc)
-        rows = self.service.models.index()
         models = [
-            pb.RepositoryIndexResponse.ModelIndex(name=n, version=v, state=s, reason=r)
-            for n, v, s, r in rows
-            if not request.ready or s == "READY"
+            pb.RepositoryIndexResponse.ModelIndex(name=row.name, version=row.version, state=row.state, reason=row.reason)
+            for row in self.service.repository_index()
+            if not request.ready or row.state == "READY"
         ]
         return pb.RepositoryIndexResponse(models=models)
 
     async def RepositoryModelLoad(self, request, context):
         try:
             self._check_model_control(context)
-            await self.service.models.load(request.model_name)
+            await self.service.load_model(request.model_name)
         except GatewayError as exc:
             return await _abort(context, exc)
         return pb.RepositoryModelLoadResponse()
@@ -262,7 +261,7 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
     async def RepositoryModelUnload(self, request, context):
         try:
             self._check_model_control(context)
-            await self.service.models.unload(request.model_name)
+            await self.service.unload_model(request.model_name)
         except (ModelNotFoundError, UnauthenticatedError, PermissionDeniedError) as exc:
             return await _abort(context, exc)
         return pb.RepositoryModelUnloadResponse()

@@ -143,13 +143,13 @@ class HttpApi:
         # queue_depth is ours (Triton's statistics have no such field); clients ignore unknown keys.
         return _json({
             "model_stats": [
-                {**statistics_document(v, self.service.version_stats(v)), "queue_depth": v.scheduler.queue_depth}
+                {**statistics_document(v, self.service.version_stats(v)), "queue_depth": self.service.scheduler_state(v).queued}
                 for v in versions
             ]
         })
 
     async def cache_stats(self, request: web.Request) -> web.Response:
-        return _json(self.service.cache.snapshot())
+        return _json(self.service.cache_snapshot())
 
     async def drift(self, request: web.Request) -> web.Response:
         name, version = request.match_info["model"], _version(request)
@@ -172,9 +172,9 @@ class HttpApi:
                 return error_response(InvalidInputError("repository index body must be JSON"))
             ready_only = bool(isinstance(body, dict) and body.get("ready"))
         rows = [
-            {"name": n, **({"version": v} if v else {}), "state": s, "reason": r}
-            for n, v, s, r in self.service.models.index()
-            if not ready_only or s == "READY"
+            {"name": row.name, **({"version": row.version} if row.version else {}), "state": row.state, "reason": row.reason}
+            for row in self.service.repository_index()
+            if not ready_only or row.state == "READY"
         ]
         return _json(rows)
 
@@ -182,7 +182,7 @@ class HttpApi:
         try:
             self._model_control(request)
             # Shielded: a client hanging up must not cancel a load half way.
-            await asyncio.shield(self.service.models.load(request.match_info["model"]))
+            await asyncio.shield(self.service.load_model(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
         return _json({})
@@ -190,7 +190,7 @@ class HttpApi:
     async def unload(self, request: web.Request) -> web.Response:
         try:
             self._model_control(request)
-            await asyncio.shield(self.service.models.unload(request.match_info["model"]))
+            await asyncio.shield(self.service.unload_model(request.match_info["model"]))
         except GatewayError as exc:
             return error_response(exc)
         return _json({})

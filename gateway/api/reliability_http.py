@@ -57,16 +57,14 @@ class ReliabilityHttp:
 
     def snapshot(self) -> dict:
         models: dict[str, dict] = {}
-        for name, versions in self.service.models.serving.items():
-            models[name] = {
-                version: {
-                    "queued": v.scheduler.queue_depth,
-                    "busy_instances": v.scheduler.busy_instances,
-                    "stuck_instances": v.scheduler.stuck_instances,
-                    "instances": v.scheduler.instances,
-                    "execute_timeouts": v.stats.execute_timeouts,
-                }
-                for version, v in versions.items()
+        for v in self.service.statistics():
+            state = self.service.scheduler_state(v)
+            models.setdefault(v.name, {})[v.version] = {
+                "queued": state.queued,
+                "busy_instances": state.busy_instances,
+                "stuck_instances": state.stuck_instances,
+                "instances": state.instances,
+                "execute_timeouts": v.stats.execute_timeouts,
             }
         return {
             "requests_in_progress": self.service.in_flight,

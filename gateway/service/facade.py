@@ -1,13 +1,15 @@
 """InferenceService: what the api layer sees of the gateway.
 
-The api layer never touches executors or schedulers; it hands over decoded
-requests and gets responses or typed errors back.
+The api layer never touches executors, schedulers or the model manager; it hands over decoded
+requests and gets responses or typed errors back, and reads served versions (``LoadedVersion``,
+re-exported here as the api's type for them) and their state through this facade.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable
+from dataclasses import dataclass
 
 from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
@@ -35,6 +37,31 @@ EXTENSIONS = (
     "model_configuration",
     "system_shared_memory",
 )
+
+
+__all__ = [
+    "EXTENSIONS", "SERVER_NAME", "SERVER_VERSION", "InferenceService", "LoadedVersion", "RepositoryRow", "SchedulerState",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryRow:
+    """One row of the repository index (RepositoryIndex, ``POST /v2/repository/index``)."""
+
+    name: str
+    version: str  # "" for a model with no version known
+    state: str  # READY | UNAVAILABLE | LOADING | UNLOADING
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerState:
+    """A served version's queue and instances, as statistics and debug state report them."""
+
+    queued: int
+    busy_instances: int
+    stuck_instances: int
+    instances: int
 
 
 def _int_param(req: InferRequest, name: str) -> int:
@@ -167,7 +194,32 @@ class InferenceService:
             )
         return loaded.generator.submit(req)
 
+    # -- repository control -------------------------------------------------------------
+
+    def repository_index(self) -> list[RepositoryRow]:
+        return [RepositoryRow(*row) for row in self.models.index()]
+
+    async def load_model(self, name: str) -> None:
+        await self.models.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.models.unload(name)
+
     # -- metadata -----------------------------------------------------------------------
+
+    def served_names(self) -> list[str]:
+        """Models with at least one version serving, sorted."""
+        return sorted(name for name, versions in self.models.serving.items() if versions)
+
+    def latest_served(self, name: str) -> LoadedVersion | None:
+        """The highest serving version of ``name``; None when none serves (never raises)."""
+        versions = self.models.serving.get(name)
+        return versions[max(versions, key=int)] if versions else None
+
+    @staticmethod
+    def scheduler_state(loaded: LoadedVersion) -> SchedulerState:
+        s = loaded.scheduler
+        return SchedulerState(s.queue_depth, s.busy_instances, s.stuck_instances, s.instances)
 
     def loaded(self, name: str, version: str = "") -> LoadedVersion:
         return self.models.get(name, version)
@@ -201,6 +253,10 @@ class InferenceService:
         if self.worker_stats is None:
             return loaded.stats
         return self.worker_stats.merged(loaded.name, loaded.version, loaded.stats)
+
+    def cache_snapshot(self) -> dict:
+        """The response caches' counters and sizes (``GET /v2/cache``)."""
+        return self.cache.snapshot()
 
     # -- telemetry sources ------------------------------------------------------------------
 

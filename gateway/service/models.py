@@ -23,6 +23,7 @@ from gateway.monitoring.drift import DriftWorker, VersionDrift, resolve_streams
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
 from gateway.scheduler.generation.engine import GenerationEngine
+from gateway.service.embedding import EmbeddingLoadError, load_embedding_tokenizer
 from gateway.service.generation import GenerationLoadError, build_generation_engine
 
 _log = logging.getLogger("gateway.models")
@@ -51,6 +52,8 @@ class LoadedVersion:
     output_index: dict[str, TensorSpec] = field(default_factory=dict)
     # The text-generation engine, when model.yaml has a `generation:` section.
     generator: GenerationEngine | None = None
+    # The tokenizers.Tokenizer of an embedding model (model.yaml's `embedding:` section).
+    embedding_tokenizer: object | None = None
     drift: VersionDrift | None = None
 
     @property
@@ -186,6 +189,11 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
         try:
             loaded.generator = build_generation_engine(entry.name, version, cfg.generation, executors[0], files.model_file)
         except GenerationLoadError as exc:
+            raise ModelLoadError(str(exc)) from None
+    if cfg.embedding is not None:
+        try:
+            loaded.embedding_tokenizer = load_embedding_tokenizer(files.model_file)
+        except EmbeddingLoadError as exc:
             raise ModelLoadError(str(exc)) from None
     if watch:
         _attach_drift(loaded, files, streams, drift_worker)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from gateway.core.model_config import all_errors
 from gateway.core.repository import is_valid_model_name, scan_model
 from gateway.executors.signature import onnx_signature
+from gateway.service.embedding import EmbeddingLoadError, load_embedding_tokenizer
 from gateway.service.generation import generation_problems
 from gateway.service.models import plan_version
 
@@ -62,6 +63,11 @@ def _version_problems(entry, model_file: str) -> list[str]:
     _, problems = plan_version(entry, graph.inputs, graph.outputs, watch_drift=True)
     if cfg.generation is not None:
         problems += generation_problems(graph, model_file)
+    if cfg.embedding is not None:
+        try:
+            load_embedding_tokenizer(model_file)
+        except EmbeddingLoadError as exc:
+            problems.append(str(exc))
     return problems
 
 

@@ -87,6 +87,14 @@ def test_a_generation_model_without_its_tokenizer(tmp_path, tiny_llm_model):
     assert out.returncode == 1 and "generation:" in out.stdout and "tokenizer" in out.stdout, out.stdout
 
 
+def test_an_embedding_model_without_its_tokenizer(tmp_path, minilm_model):
+    root = tmp_path / "models"
+    shutil.copytree(minilm_model, root / "minilm")
+    (root / "minilm" / "1" / "tokenizer.json").unlink()
+    out = check(root)
+    assert out.returncode == 1 and "embedding: cannot load the tokenizer" in out.stdout, out.stdout
+
+
 def test_a_corrupt_model_file_and_a_policy_selecting_nothing(tmp_path):
     root = repo_with_mlp(tmp_path, MLP_YAML + "version_policy: {specific: [1, 2]}\n")
     make_models._save(make_models.mlp_graph(1), str(root / "mlp" / "2" / "model.onnx"))

@@ -257,3 +257,19 @@ def test_concurrent_bad_and_good_requests_do_not_mix(gw, client):
     reference = vectors(client.embeddings.create(model="minilm", input=TEXTS))
     for i, v in enumerate(goods):
         np.testing.assert_allclose(v, reference[i % 5], atol=1e-5)
+
+
+def test_an_embedding_model_without_its_tokenizer_fails_to_load(tmp_path, minilm_model, start_gateway):
+    """The tokenizer loads with the version (as generation's does), so a missing one is a load
+    error the repository index shows, not a 503 on the first request."""
+    root = tmp_path / "models"
+    make_models.write_repository(str(root), ["mlp"])
+    copy_model(minilm_model.parent, root, minilm_model.name)
+    (root / minilm_model.name / "1" / "tokenizer.json").unlink()
+    gateway = start_gateway(root)
+    status, rows = gateway.http_json("POST", "/v2/repository/index", {})
+    row = next(r for r in rows if r["name"] == minilm_model.name)
+    assert status == 200 and row["state"] == "UNAVAILABLE", rows
+    assert "tokenizer.json" in row["reason"] and "embedding" in row["reason"], row
+    status, doc = gateway.http_json("POST", "/v1/embeddings", {"model": minilm_model.name, "input": "hi"})
+    assert status in (404, 503) and "error" in doc, (status, doc)

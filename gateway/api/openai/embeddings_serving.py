@@ -18,9 +18,7 @@ so results are unchanged).
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -29,13 +27,9 @@ from gateway.api.openai.errors import InvalidFieldError
 from gateway.core.errors import ModelNotReadyError
 from gateway.core.model_config import EmbeddingConfig
 from gateway.core.types import InferRequest, RequestedOutput
-from gateway.service import InferenceService
-
-if TYPE_CHECKING:
-    from gateway.service.models import LoadedVersion
+from gateway.service.facade import InferenceService, LoadedVersion
 
 BUCKET_TOKENS = 16
-TOKENIZER_FILE = "tokenizer.json"
 # Above these sizes tokenizing / pooling moves off the event loop (tokenizers releases the GIL).
 _INLINE_TEXT_CHARS = 2048
 _INLINE_POOL_FLOATS = 1 << 18
@@ -48,17 +42,6 @@ class EmbeddingResult:
     version: str
     vectors: np.ndarray  # [inputs, dimensions] float32
     prompt_tokens: int
-
-
-def version_dir(root: str, name: str, version: str) -> str:
-    """The directory of a served version (its name may carry leading zeros: ``01``)."""
-    direct = os.path.join(root, name, version)
-    if os.path.isdir(direct):
-        return direct
-    for child in os.listdir(os.path.join(root, name)):
-        if child.isdigit() and str(int(child)) == version:
-            return os.path.join(root, name, child)
-    return direct
 
 
 def bucket_length(longest: int, ragged: bool) -> int:
@@ -84,8 +67,6 @@ def pool(hidden: np.ndarray, lengths: np.ndarray, cfg: EmbeddingConfig) -> np.nd
 class EmbeddingServing:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
-        # (model, version) -> (model file fingerprint, tokenizer); a new file reloads it.
-        self._tokenizers: dict[tuple[str, str], tuple[tuple[int, int], object]] = {}
 
     def embedding_model(self, name: str) -> tuple[LoadedVersion, EmbeddingConfig]:
         loaded = self.service.loaded(name)  # unknown -> 404, not ready -> 503
@@ -103,7 +84,7 @@ class EmbeddingServing:
             raise InvalidFieldError("model", f"model '{loaded.name}' has no output '{out_name}' (embedding.output)")
         dim = loaded.output_index[out_name].shape[-1]
         _check_dimensions(req.dimensions, dim, cfg, loaded.name)
-        tokenizer = await self._tokenizer(loaded)
+        tokenizer = loaded.embedding_tokenizer  # loaded with the version (service/embedding.py)
         token_lists = await self._tokenize(tokenizer, as_items(req), loaded.name, cfg)
         vectors = await self._embed(loaded, cfg, out_name, token_lists)
         if req.dimensions is not None and req.dimensions != vectors.shape[1]:
@@ -114,22 +95,6 @@ class EmbeddingServing:
         return EmbeddingResult(loaded.name, loaded.version, vectors, sum(len(t) for t in token_lists))
 
     # -- tokens ------------------------------------------------------------------------
-
-    async def _tokenizer(self, loaded: LoadedVersion):
-        key = (loaded.name, loaded.version)
-        cached = self._tokenizers.get(key)
-        if cached is not None and cached[0] == loaded.fingerprint:
-            return cached[1]
-        path = os.path.join(version_dir(self.service.models.root, loaded.name, loaded.version), TOKENIZER_FILE)
-        try:
-            tokenizer = await asyncio.to_thread(_load_tokenizer, path)
-        except Exception as exc:  # noqa: BLE001 - a missing or broken file is the model's problem, said plainly
-            raise ModelNotReadyError(f"embedding model '{loaded.name}' version {loaded.version}: cannot load {path}: {exc}") from None
-        served = self.service.models.serving
-        for old in [k for k in self._tokenizers if k[1] not in served.get(k[0], {})]:
-            del self._tokenizers[old]  # versions no longer served
-        self._tokenizers[key] = (loaded.fingerprint, tokenizer)
-        return tokenizer
 
     async def _tokenize(self, tokenizer, items, model: str, cfg: EmbeddingConfig) -> list[list[int]]:
         if isinstance(items[0], str):
@@ -196,16 +161,6 @@ class EmbeddingServing:
             return pool(hidden, lengths, cfg)
         return await asyncio.to_thread(pool, hidden, lengths, cfg)
 
-
-def _load_tokenizer(path: str):
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(path)
-    # Many shipped tokenizer.json files pad every input to a fixed length (all-MiniLM-L6-v2:
-    # 128) and truncate silently: padding is ours to choose, and too long is a 400.
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
 
 
 def _check_dimensions(requested: int | None, dim: int, cfg: EmbeddingConfig, model: str) -> None:

@@ -30,24 +30,21 @@ class ModelsServing:
 
     def cards(self) -> list[ModelCard]:
         cards = []
-        for name in sorted(self.service.models.serving):
+        for name in self.service.served_names():
             card = self._card(name)
             if card is not None:
                 cards.append(card)
         return cards
 
     def card(self, name: str) -> ModelCard:
-        card = self._card(name) if name in self.service.models.serving else None
+        card = self._card(name)
         if card is None:
             raise ModelNotFoundError(f"The model '{name}' does not exist or is not served on the OpenAI routes")
         return card
 
     def _card(self, name: str) -> ModelCard | None:
-        versions = self.service.models.serving.get(name)
-        if not versions:
-            return None
-        latest = versions[max(versions, key=int)]
-        if not serves_openai(latest.config):
+        latest = self.service.latest_served(name)
+        if latest is None or not serves_openai(latest.config):
             return None
         can, limit = capabilities(latest.config)
         # The model file's mtime: the same in every worker process and across restarts.
