@@ -177,8 +177,7 @@ async def _listen(
     site = GatewaySite(runner, settings.host, settings.http_port, ssl_context=ssl_context,
                        header_timeout_s=timeouts.header_s, tls_handshake_timeout_s=timeouts.tls_handshake_s)
     await site.start()
-    http_port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
-    return grpc_port, http_port, mirror
+    return grpc_port, site.port, mirror
 
 
 async def serve(settings: ServerSettings, worker: WorkerRole | None = None) -> None:

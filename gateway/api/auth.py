@@ -39,10 +39,12 @@ def bearer_token(value: str | bytes | None) -> bytes | None:
         return None
     if isinstance(value, str):
         try:
-            value = value.encode("utf-8", "surrogateescape")
+            raw = value.encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:  # a surrogate no decoder of ours produces: still no match
-            value = value.encode("utf-8", "replace")
-    scheme, _, secret = value.strip().partition(b" ")
+            raw = value.encode("utf-8", "replace")
+    else:
+        raw = value
+    scheme, _, secret = raw.strip().partition(b" ")
     if scheme.lower() != b"bearer":
         return None
     secret = secret.strip()

@@ -285,6 +285,9 @@ async def _maybe_await(value) -> None:
         await value
 
 
+_DEFAULT_OPTIONS = TransportOptions()
+
+
 def _reflection_pool():
     """Our private descriptor pool (see gateway._proto), with the health and reflection protos
     added, so reflection answers for all three services it lists."""
@@ -322,7 +325,7 @@ def build_server(
     if transport == "native":
         options = TransportOptions(
             max_message_bytes=max_message_bytes,
-            max_header_bytes=max_metadata_bytes or TransportOptions.max_header_bytes,
+            max_header_bytes=max_metadata_bytes or _DEFAULT_OPTIONS.max_header_bytes,
             max_concurrent_calls=limits.max_concurrent_requests,
             header_timeout_s=timeouts.header_s,
             idle_timeout_s=timeouts.idle_s,
@@ -333,7 +336,7 @@ def build_server(
         except OSError as exc:
             raise OSError(f"cannot listen for gRPC on {host}:{port}: {exc}") from exc
         return native, _register(native, service, limits, shared_memory, access), native.port
-    options = [
+    channel_options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 1),
@@ -343,9 +346,9 @@ def build_server(
     ]
     if max_metadata_bytes:
         # Soft and hard limit alike: between the two grpc refuses only some requests at random.
-        options += [("grpc.max_metadata_size", max_metadata_bytes), ("grpc.absolute_max_metadata_size", max_metadata_bytes)]
+        channel_options += [("grpc.max_metadata_size", max_metadata_bytes), ("grpc.absolute_max_metadata_size", max_metadata_bytes)]
     server = grpc.aio.server(
-        options=options,
+        options=channel_options,
         # Beyond it grpc answers RESOURCE_EXHAUSTED at once; a stream counts as one RPC.
         maximum_concurrent_rpcs=limits.max_concurrent_requests or None,
     )

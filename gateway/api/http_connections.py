@@ -130,3 +130,10 @@ class GatewaySite(web.TCPSite):
             ssl_handshake_timeout=self._tls_handshake_timeout_s if self._ssl_context else None,
         )
         self._bound_port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self._port
+
+    @property
+    def port(self) -> int:
+        """The port listened on: the kernel's choice when 0 was asked."""
+        if self._bound_port is None:
+            raise RuntimeError("the HTTP site has not started")
+        return self._bound_port

@@ -17,6 +17,7 @@ from gateway.api.openai.errors import error_response as openai_error_response
 from gateway.api.openai.embeddings_routes import OpenAIEmbeddingsApi
 from gateway.api.openai.errors import openai_errors
 from gateway.api.openai.models_routes import OpenAIModelsApi
+from gateway.api.http_routes import route_template
 from gateway.api.http_codec import HEADER_LENGTH_HEADER, decode_infer_request, encode_error, encode_infer_response
 from gateway.api.unsupported_http import unsupported_routes
 from gateway.api.v2_documents import model_config_document, statistics_document
@@ -201,7 +202,7 @@ class HttpApi:
         telemetry = self.service.telemetry
         trace = None
         if telemetry.tracing is not None:
-            route = request.match_info.route.resource.canonical
+            route = route_template(request)
             trace = telemetry.tracing.begin("POST " + route, request.headers, start, {
                 "http.request.method": "POST", "http.route": route, "gateway.model.name": model,
             })
@@ -235,12 +236,13 @@ class HttpApi:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             raise PayloadTooLargeError(f"request body exceeds the limit of {self.max_request_bytes} bytes") from None
-        header_length = request.headers.get(HEADER_LENGTH_HEADER)
-        if header_length is not None:
+        header_length = None
+        header_text = request.headers.get(HEADER_LENGTH_HEADER)
+        if header_text is not None:
             try:
-                header_length = int(header_length)
+                header_length = int(header_text)
             except ValueError:
-                raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_length}'") from None
+                raise InvalidInputError(f"{HEADER_LENGTH_HEADER} must be an integer, got '{header_text}'") from None
         return decode_infer_request(
             body, content_type=request.content_type, header_length=header_length, model=model, version=version,
             max_tensor_elements=self.limits.max_tensor_elements, shared_memory=self.shared_memory,
@@ -269,8 +271,7 @@ _INFER_ROUTES = frozenset({"/v2/models/{model}/infer", "/v2/models/{model}/versi
 def _needs_api_key(request: web.Request) -> bool:
     if request.path == "/v1" or request.path.startswith(("/v1/", "/v2/systemsharedmemory")):
         return True
-    resource = request.match_info.route.resource
-    return resource is not None and resource.canonical in _INFER_ROUTES
+    return route_template(request) in _INFER_ROUTES
 
 
 def api_key_check(keys: ApiKeys):

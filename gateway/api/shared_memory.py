@@ -265,4 +265,5 @@ def _raw_view(array: np.ndarray) -> bytes | memoryview:
         return tensors.bytes_to_raw(array)
     if array.dtype.byteorder == ">":
         array = array.astype(array.dtype.newbyteorder("<"))
-    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
+    flat = np.ascontiguousarray(array).reshape(-1)
+    return memoryview(flat.data).cast("B")

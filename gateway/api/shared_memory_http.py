@@ -72,8 +72,11 @@ def _register_body(raw: bytes) -> tuple[str, int, int]:
     key = doc.get("key")
     if not isinstance(key, str) or not key:
         raise InvalidInputError("the register request needs 'key', a non-empty string")
-    offset, byte_size = doc.get("offset", 0), doc.get("byte_size")
-    for field, value in (("offset", offset), ("byte_size", byte_size)):
-        if type(value) is not int or value < 0:
-            raise InvalidInputError(f"the register request needs '{field}', a non-negative integer, got {value!r}")
-    return key, offset, byte_size
+    return key, _count(doc, "offset", 0), _count(doc, "byte_size", None)
+
+
+def _count(doc: dict, field: str, default: int | None) -> int:
+    value = doc.get(field, default)
+    if type(value) is not int or value < 0:
+        raise InvalidInputError(f"the register request needs '{field}', a non-negative integer, got {value!r}")
+    return value

@@ -105,9 +105,10 @@ def output_plan(name: str, params: Mapping[str, ParamValue]) -> OutputPlan | Non
     where = f"output '{name}'"
     classes = 0
     if CLASSIFICATION in params:
-        classes = params[CLASSIFICATION]
-        if type(classes) is not int or classes < 1:
-            raise InvalidInputError(f"{where}: parameter '{CLASSIFICATION}' must be an integer >= 1, got {classes!r}")
+        value = params[CLASSIFICATION]
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise InvalidInputError(f"{where}: parameter '{CLASSIFICATION}' must be an integer >= 1, got {value!r}")
+        classes = value
     return OutputPlan(name, classes, shm_ref(params, where))
 
 

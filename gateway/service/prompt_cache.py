@@ -20,7 +20,7 @@ from collections.abc import Callable
 from gateway.cache.exact import ResponseCache
 from gateway.cache.semantic import PromptQuery, SemanticCache, SemanticResult, prompt_query
 from gateway.cache.semantic.embedder import Embedder
-from gateway.cache.semantic.scope import not_cacheable
+from gateway.cache.semantic.scope import SamplingValue, not_cacheable
 from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream, TextGenerator
 from gateway.core.model_config import GenerationConfig, SemanticCacheConfig
 from gateway.text.chat_template import ChatTemplate, ChatTemplateError
@@ -72,7 +72,7 @@ def _query(
     if frame is None:
         return None
     s = req.sampling
-    sampling = {
+    sampling: dict[str, SamplingValue] = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
         "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens,
     }
@@ -146,6 +146,7 @@ class PromptCache:
     @staticmethod
     def _answer(name: str, version: str, prompt_tokens: int, result: SemanticResult) -> GenerationStream:
         choices = result.answer
+        assert choices is not None, "a hit carries its answer"
         stream = GenerationStream(name, version, prompt_tokens, len(choices), lambda: None)
         stream.cache_similarity = result.similarity
         for index, choice in enumerate(choices):

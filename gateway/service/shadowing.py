@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -102,7 +103,7 @@ class ShadowDispatcher:
             self._finish_failed(job)
             return
         self._running.add(fut)
-        fut.add_done_callback(lambda f, j=job, v=loaded.version: self._done(j, v, f))
+        fut.add_done_callback(functools.partial(self._done, job, loaded.version))
 
     def _done(self, job: ShadowJob, version: str, fut: asyncio.Future) -> None:
         self._running.discard(fut)

@@ -69,7 +69,7 @@ class TrafficRouter:
 
     def _sync(self, model: str, source: RoutingConfig | None, slot: _Slot | None) -> Router | None:
         router = slot.router if slot is not None else None
-        if router is not None and router.file_config == source:
+        if slot is not None and router is not None and router.file_config == source:
             slot.source = source  # the file was reloaded but its routing section is the same
             return router
         if router is not None:
@@ -123,11 +123,16 @@ class TrafficRouter:
         doc["shadow_queue"] = {"size": router.shadow_queue_size, "pending": self.shadows.pending.get(model, 0)}
         return doc
 
+    def _served(self, model: str) -> dict[str, LoadedVersion]:
+        versions = self.models.serving.get(model)
+        if versions:
+            return versions
+        self.models.get(model)  # raises the precise not-found / not-ready error
+        raise ModelNotReadyError(f"model '{model}' has no version serving")
+
     def set_config(self, model: str, patch: Any) -> dict:
         """Apply an operator's change (fields of the routing section); returns the new status."""
-        versions = self.models.serving.get(model)
-        if not versions:
-            self.models.get(model)  # raises the precise not-found / not-ready error
+        versions = self._served(model)
         router = self.router_for(model)
         current = router.config if router is not None else None
         cfg = patched_config(current, patch)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import hpack
 
@@ -94,8 +94,8 @@ class Http2Connection(asyncio.Protocol):
     def __init__(self, server: NativeGrpcServer) -> None:
         self.server = server
         self.options = server.options
-        self.loop = server.loop
-        self.transport: asyncio.Transport | None = None
+        self.loop = server.running_loop
+        self.transport: asyncio.Transport  # set by connection_made, before anything reads it
         self.peer = ""
         self.buf = bytearray()
         self.preface_seen = False
@@ -131,13 +131,15 @@ class Http2Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._resets: TokenBucket | None = None
-        self._control: TokenBucket | None = None
+        now = self.loop.time()
+        self._resets = TokenBucket(self.options.max_resets_burst, self.options.max_resets_per_s, now)
+        self._control = TokenBucket(self.options.max_control_burst, self.options.max_control_per_s, now)
         self._out: list[bytes] = []  # frames written at the end of this loop pass, in one syscall
 
     # -- asyncio.Protocol --
-    def connection_made(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A stream server's protocol always gets a stream transport (TCP or TLS).
+        self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=_WRITE_HIGH_WATER)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
@@ -146,8 +148,6 @@ class Http2Connection(asyncio.Protocol):
         self.server.connections.add(self)
         opts = self.options
         now = self.made_at = self.idle_since = self.loop.time()
-        self._resets = TokenBucket(opts.max_resets_burst, opts.max_resets_per_s, now)
-        self._control = TokenBucket(opts.max_control_burst, opts.max_control_per_s, now)
         self._arm(now + opts.header_timeout_s)
         values = {
             f.SETTINGS_MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import urllib.parse
 from dataclasses import dataclass
+from typing import cast
 
 import hpack
 
@@ -155,7 +156,8 @@ class HeadDecoder:
         head = self._remembered.get(block)
         if head is not None:
             return head
-        fields = self._decoder.decode(block, raw=True)  # hpack.HPACKError on a malformed block
+        # raw=True: names and values stay bytes. hpack.HPACKError on a malformed block.
+        fields = cast(list[tuple[bytes, bytes]], self._decoder.decode(block, raw=True))
         head = request_head(fields)
         if _leaves_tables_alone(block):
             if len(self._remembered) >= _REMEMBERED_BLOCKS:

@@ -28,8 +28,7 @@ class _CallDetails:
 
 
 def _listening_socket(host: str, port: int) -> socket.socket:
-    host = host.strip("[]") or None
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    family, kind, proto, _, address = socket.getaddrinfo(host.strip("[]") or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -63,6 +62,13 @@ class NativeGrpcServer:
         self._idle: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def running_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop ``start`` ran on; connections exist only after it."""
+        if self.loop is None:
+            raise RuntimeError("the gRPC server has not started")
+        return self.loop
 
     # -- the grpcio registration interface used by generated add_*_to_server functions --
     def add_generic_rpc_handlers(self, handlers) -> None:

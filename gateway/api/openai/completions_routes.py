@@ -16,6 +16,7 @@ import time
 from aiohttp import web
 
 from gateway.api.errors import HTTP_STATUS, classify
+from gateway.api.http_routes import route_template
 from gateway.api.openai.completions_protocol import parse_chat, parse_completion
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
 from gateway.api.openai.errors import error_response, sse_error_event
@@ -69,7 +70,7 @@ class OpenAICompletionsApi:
         telemetry = self.service.telemetry
         trace = None
         if telemetry.tracing is not None:
-            route = request.match_info.route.resource.canonical
+            route = route_template(request)
             trace = telemetry.tracing.begin("POST " + route, request.headers, start, {
                 "http.request.method": "POST", "http.route": route})
         try:
@@ -99,11 +100,11 @@ class OpenAICompletionsApi:
                 return error_response(exc)
             if trace is not None:
                 trace.served_ns = time.monotonic_ns()
-            response = web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
-                                    headers=_cache_headers(stream))
+            answer = web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
+                                  headers=_cache_headers(stream))
             telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), trace, None,
                                    _completion_attributes(stream))
-            return response
+            return answer
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
         response = web.StreamResponse(headers={**_SSE_HEADERS, **_cache_headers(stream)})
         outcome = "ok"

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import msgpack
 import xxhash
 
-from gateway.core.types import ParamValue
+# The sampling settings that scope an answer (temperature, top_p, stop, n, ...), as JSON values.
+SamplingValue = bool | int | float | str | list[str] | None
 
 # OpenAI's default temperature when a request names none.
 DEFAULT_TEMPERATURE = 1.0
@@ -34,7 +35,7 @@ class PromptQuery:
     prompt: str  # the last user turn: what is embedded
     cacheable: bool
     reason: str = ""  # why not cacheable
-    sampling: dict[str, ParamValue] = field(default_factory=dict)
+    sampling: dict[str, SamplingValue] = field(default_factory=dict)
 
 
 def not_cacheable(model: str, version: str, reason: str) -> PromptQuery:
@@ -46,7 +47,7 @@ def prompt_query(
     model: str,
     version: str,
     messages: list[tuple[str, str]],
-    sampling: dict[str, ParamValue],
+    sampling: dict[str, SamplingValue],
     *,
     allow_sampling: bool = False,
     opt_out: bool = False,
@@ -68,10 +69,10 @@ def prompt_query(
     if opt_out:
         reason = "the request opted out"
     elif not allow_sampling:
-        temperature = sampling.get("temperature")
-        temperature = DEFAULT_TEMPERATURE if temperature is None else float(temperature)
+        given, n = sampling.get("temperature"), sampling.get("n")
+        temperature = float(given) if isinstance(given, (int, float)) else DEFAULT_TEMPERATURE
         if temperature > 0:
             reason = f"temperature {temperature:g} > 0"
-        elif int(sampling.get("n", 1) or 1) > 1:
-            reason = f"n = {sampling['n']} > 1"
+        elif isinstance(n, int) and n > 1:
+            reason = f"n = {n} > 1"
     return PromptQuery(model, version, scope, prompt, not reason, reason, dict(sampling))
