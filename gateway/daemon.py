@@ -37,7 +37,7 @@ from gateway.service.models import ModelManager
 from gateway.service.repository_watcher import RepositoryWatcher
 from gateway.service.worker_stats import WorkerStats
 
-_log = logging.getLogger("gateway")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

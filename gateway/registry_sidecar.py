@@ -20,7 +20,7 @@ from gateway.monitoring.metrics import RegistryCollector
 from gateway.registry.sources import http_source
 from gateway.registry.sync import RegistrySync
 
-_log = logging.getLogger("gateway.registry")
+_log = logging.getLogger(__name__)
 
 
 async def run_sidecar(settings: ServerSettings, *, gateway_url: str = "", once: bool = False,

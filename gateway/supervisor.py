@@ -21,7 +21,7 @@ from multiprocessing.connection import wait
 from gateway.core.settings import ServerSettings
 from gateway.monitoring.logs import configure_logging
 
-_log = logging.getLogger("gateway.supervisor")
+_log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 300
 RESTART_BACKOFF_S = (0.1, 0.5, 1, 2, 5)
 

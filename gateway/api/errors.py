@@ -8,7 +8,7 @@ import grpc
 
 from gateway.core.errors import ErrorCode, GatewayError
 
-_log = logging.getLogger("gateway.api")
+_log = logging.getLogger(__name__)
 
 GRPC_STATUS: dict[ErrorCode, grpc.StatusCode] = {
     ErrorCode.INVALID_ARGUMENT: grpc.StatusCode.INVALID_ARGUMENT,

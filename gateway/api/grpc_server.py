@@ -31,7 +31,7 @@ from gateway.core.stats import ModelStats
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
-_log = logging.getLogger("gateway.grpc")
+_log = logging.getLogger(__name__)
 SERVICE_NAME = "inference.GRPCInferenceService"
 ROUTE_KEY_METADATA = "x-route-key"  # sticky routing key, as the HTTP header of the same name
 # Requests of one stream in progress at once. Beyond it the stream is not read further, so a

@@ -25,7 +25,7 @@ from aiohttp.web_protocol import RequestHandler
 
 from gateway.api.http_codec import encode_error
 
-_log = logging.getLogger("gateway.http")
+_log = logging.getLogger(__name__)
 # One line per malformed request; rate-limited by the log set-up (monitoring.logs).
 _bad_request = logging.getLogger("gateway.http.bad_request")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")

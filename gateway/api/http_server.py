@@ -31,7 +31,7 @@ from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundEr
 from gateway.service import InferenceService
 from gateway.service.facade import EXTENSIONS, SERVER_NAME, SERVER_VERSION
 
-_log = logging.getLogger("gateway.http")
+_log = logging.getLogger(__name__)
 _JSON = "application/json"
 _HTTP_OK = {"http.response.status_code": 200}
 

@@ -21,7 +21,7 @@ from gateway.api.auth import AdminToken
 from gateway.core.errors import InvalidInputError
 from gateway.service import InferenceService
 
-_log = logging.getLogger("gateway.admin")
+_log = logging.getLogger(__name__)
 
 ROUTE_KEY_HEADER = "x-route-key"
 MODEL_VERSION_HEADER = "x-model-version"

@@ -28,7 +28,7 @@ from gateway.core.secrets import redact_url
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, TraceRecord
 
-_log = logging.getLogger("gateway.cache")
+_log = logging.getLogger(__name__)
 
 HIT_PARAMETER = "cache_hit"
 # Marks an answer shared from an identical request's execution (single flight).

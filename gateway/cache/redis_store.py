@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 
 from gateway.core.secrets import redact_url
 
-_log = logging.getLogger("gateway.cache.redis")
+_log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 

@@ -32,7 +32,7 @@ from gateway.core.types import TensorSpec
 from gateway.executors.base import ExecutorUnavailableError
 from gateway.executors.onnxruntime_gpu import engine_cache_dir
 
-_log = logging.getLogger("gateway.executors.tensorrt")
+_log = logging.getLogger(__name__)
 
 PLAN_SUFFIXES = (".plan", ".engine", ".trt")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-_log = logging.getLogger("gateway.metrics")
+_log = logging.getLogger(__name__)
 
 
 class GpuSampler:

@@ -30,7 +30,7 @@ from gateway.core.errors import ConfigError
 from gateway.core.generation import GenerationTrace
 from gateway.core.types import TraceRecord
 
-_log = logging.getLogger("gateway.tracing")
+_log = logging.getLogger(__name__)
 
 ENDPOINT_VARS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 PROTOCOLS = ("http/protobuf", "grpc")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 
-_log = logging.getLogger("gateway.native")
+_log = logging.getLogger(__name__)
 
 USING_EXTENSIONS = os.environ.get("GATEWAY_NO_EXTENSIONS", "") not in ("1", "true", "yes")
 

@@ -6,7 +6,7 @@ import logging
 import random
 from dataclasses import dataclass, field
 
-_log = logging.getLogger("gateway.registry")
+_log = logging.getLogger(__name__)
 
 
 class Backoff:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from gateway.registry.mlflow_client import MlflowClient
 
-_log = logging.getLogger("gateway.registry")
+_log = logging.getLogger(__name__)
 _UNSAFE_KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 

@@ -16,7 +16,7 @@ from gateway.core.stats import ModelStats
 from gateway.registry.mlflow_client import RegistryError
 from gateway.registry.reporting import SnapshotSource, VersionSnapshot
 
-_log = logging.getLogger("gateway.registry")
+_log = logging.getLogger(__name__)
 
 
 def snapshot_of(model: str, version: str, s: ModelStats, drift: dict[str, float]) -> VersionSnapshot:

@@ -32,7 +32,7 @@ from gateway.registry.health import Backoff, RegistryHealth
 from gateway.registry.mlflow_client import MlflowClient, ModelVersion, RegistryError
 from gateway.registry.reporting import Reporter, SnapshotSource
 
-_log = logging.getLogger("gateway.registry")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

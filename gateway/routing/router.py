@@ -23,7 +23,7 @@ from gateway.routing.compare import ClassDistribution, PairStats, compare_arrays
 from gateway.routing.guard import RollbackGuard
 from gateway.routing.sticky import sticky_choice
 
-_log = logging.getLogger("gateway.routing")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

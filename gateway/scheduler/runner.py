@@ -35,7 +35,7 @@ from gateway.scheduler.batcher import DynamicBatcher
 from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.queue import QueuedRequest
 
-_log = logging.getLogger("gateway.scheduler")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

@@ -12,7 +12,7 @@ from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.tokenizer import TokenizerLoadError, TextTokenizer
 
-_log = logging.getLogger("gateway.generation")
+_log = logging.getLogger(__name__)
 
 
 class GenerationLoadError(Exception):

@@ -26,7 +26,7 @@ from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.service.embedding import EmbeddingLoadError, load_embedding_tokenizer
 from gateway.service.generation import GenerationLoadError, build_generation_engine
 
-_log = logging.getLogger("gateway.models")
+_log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH_SIZE = 32
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}

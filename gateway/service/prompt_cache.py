@@ -25,7 +25,7 @@ from gateway.core.generation import GenerationEvent, GenerationRequest, Generati
 from gateway.core.model_config import GenerationConfig, SemanticCacheConfig
 from gateway.text.chat_template import ChatTemplate, ChatTemplateError
 
-_log = logging.getLogger("gateway.cache.semantic")
+_log = logging.getLogger(__name__)
 
 # Stands in for the last user turn when the chat template is rendered for the scope (private-use
 # characters: no real prompt renders the same).

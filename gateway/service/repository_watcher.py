@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from gateway.core.tasks import cancel_and_wait
 from gateway.service.models import ModelManager
 
-_log = logging.getLogger("gateway.watcher")
+_log = logging.getLogger(__name__)
 
 
 class RepositoryWatcher:

@@ -24,7 +24,7 @@ from gateway.routing.router import Router, ShadowTarget
 from gateway.service.models import ModelManager
 from gateway.service.validation import validate_request
 
-_log = logging.getLogger("gateway.shadow")
+_log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)

@@ -30,7 +30,7 @@ from gateway.routing.router import Router, patched_config
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.shadowing import ShadowDispatcher
 
-_log = logging.getLogger("gateway.routing")
+_log = logging.getLogger(__name__)
 
 # Failures of the version rather than of the request: the fallback may answer these.
 VERSION_FAILURES = (ExecutorError, DeadlineExceededError, ModelNotReadyError, QueueFullError, ModelNotFoundError)

@@ -16,7 +16,7 @@ import os
 from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from gateway.core.tasks import cancel_and_wait
 
-_log = logging.getLogger("gateway.workers")
+_log = logging.getLogger(__name__)
 PUBLISH_INTERVAL_S = 0.5
 
 

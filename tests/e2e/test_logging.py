@@ -40,11 +40,11 @@ def test_json_lines_carry_request_ids(model_repo, start_gateway):
 
 
 def test_module_level_silences_only_that_module(model_repo, start_gateway):
-    gw = start_gateway(model_repo, "--log-levels", "gateway.models=warning")
+    gw = start_gateway(model_repo, "--log-levels", "gateway.service=warning")
     assert gw.http("POST", "/v2/models/simple/infer", body("r1"), {"Content-Type": "application/json"})[0] == 200
     log = gw.log()
     assert "listening grpc=" in log  # gateway at info still logs
-    assert "model simple version 1 loaded" not in log  # gateway.models at warning does not
+    assert "model simple version 1 loaded" not in log  # gateway.service.models at warning does not
     assert "gateway.requests" not in log  # debug request lines are off by default
 
 

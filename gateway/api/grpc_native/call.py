@@ -24,7 +24,7 @@ from gateway.api.grpc_native.status import Status
 if TYPE_CHECKING:
     from gateway.api.grpc_native.engine import Http2Connection
 
-_log = logging.getLogger("gateway.grpc")
+_log = logging.getLogger(__name__)
 
 _SEND_HIGH_WATER = 1 << 20  # a streaming writer waits while this much is queued on its stream
 _END = object()

@@ -26,7 +26,7 @@ from gateway.api.grpc_native.headers import HeadDecoder, table_size_update
 if TYPE_CHECKING:
     from gateway.api.grpc_native.server import NativeGrpcServer
 
-_log = logging.getLogger("gateway.grpc")
+_log = logging.getLogger(__name__)
 # One line per connection a peer made us close: rate-limited by the daemon's logging set-up
 # (monitoring/logs.py RATE_LIMITED_LOGGERS), so a flood of bad connections is no flood of lines.
 _closed_log = logging.getLogger("gateway.grpc.closed")

@@ -37,7 +37,7 @@ from gateway.cache.semantic.index import VectorIndex
 from gateway.cache.semantic.scope import PromptQuery
 from gateway.core.model_config import SemanticCacheConfig
 
-_log = logging.getLogger("gateway.cache.semantic")
+_log = logging.getLogger(__name__)
 
 REDIS_PREFIX = "gw:s:"
 ENTRY_FORMAT = 1

@@ -25,7 +25,7 @@ import onnxruntime as ort
 
 from gateway.cache.semantic.bert_onnx import BertShape, build_bert_encoder
 
-_log = logging.getLogger("gateway.cache.embedder")
+_log = logging.getLogger(__name__)
 
 # Bump when bert_onnx changes the graph it writes, so cached files are rebuilt.
 BUILDER_VERSION = "1"

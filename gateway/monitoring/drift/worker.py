@@ -19,7 +19,7 @@ import numpy as np
 
 from gateway.monitoring.drift.monitor import VersionDrift
 
-_log = logging.getLogger("gateway.drift")
+_log = logging.getLogger(__name__)
 
 
 def coalesce(batches: list[tuple[dict, dict]]) -> list[tuple[dict, dict]]:

@@ -44,7 +44,7 @@ from gateway.text.detokenizer import IncrementalDetokenizer
 from gateway.text.stop import StopMatcher
 from gateway.text.tokenizer import TextTokenizer
 
-_log = logging.getLogger("gateway.generation")
+_log = logging.getLogger(__name__)
 
 
 class FieldError(InvalidInputError):
