@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.core.errors import InvalidInputError
 from gateway.core.stats import Histogram
@@ -79,6 +79,7 @@ class GenerationRequest:
     messages: tuple[dict, ...] | None = None  # chat: rendered with the model's chat template
     user: str = ""
     cache: bool = True  # False: the request opted out of the semantic cache
+    route_key: str = ""  # the X-Route-Key header: the canary's sticky key before `user`
     # Set only when this request is traced; the engine stamps its hops into it.
     trace: GenerationTrace | None = field(default=None, compare=False)
 
@@ -117,36 +118,73 @@ class GenerationStream:
         self.completion_tokens = 0
         self._cancel = cancel
         self._queue: asyncio.Queue = asyncio.Queue()
+        self._held: object | None = None  # the first item, taken by wait_started and not yet read
         self._open = choices
         self._error: BaseException | None = None
-        # Sees every event as it is pushed (the semantic cache keeps the answer this way).
-        self.observer: Callable[[GenerationEvent], None] | None = None
+        # See every event as it is pushed (the semantic cache keeps the answer, shadows compare it).
+        self._observers: list[Callable[[GenerationEvent], None]] = []
+        # Called once when the last choice finishes (None) or the stream fails (the error).
+        self._done_callbacks: list[Callable[[BaseException | None], None]] = []
+        self._ended_with: tuple[BaseException | None] | None = None
         # Set when the answer came from the semantic cache: the similarity of the matched prompt.
         self.cache_similarity: float | None = None
 
     # -- producer side (the engine, on the event loop) ---------------------------------
 
+    def observe(self, observer: Callable[[GenerationEvent], None]) -> None:
+        self._observers.append(observer)
+
+    def add_done_callback(self, callback: Callable[[BaseException | None], None]) -> None:
+        """``callback(None)`` when every choice has finished, ``callback(error)`` when the stream
+        failed; at once when that has already happened."""
+        if self._ended_with is not None:
+            callback(self._ended_with[0])
+        else:
+            self._done_callbacks.append(callback)
+
     def push(self, event: GenerationEvent) -> None:
         self.completion_tokens += len(event.token_ids)
-        if self.observer is not None:
-            self.observer(event)
+        for observer in self._observers:
+            observer(event)
         self._queue.put_nowait(event)
         if event.finish_reason is not None:
             self._open -= 1
             if self._open == 0:
                 self._queue.put_nowait(_END)
+                self._ended(None)
 
     def fail(self, exc: BaseException) -> None:
         self._error = exc
         self._queue.put_nowait(_END)
+        self._ended(exc)
+
+    def _ended(self, error: BaseException | None) -> None:
+        if self._ended_with is not None:
+            return
+        self._ended_with = (error,)
+        callbacks, self._done_callbacks = self._done_callbacks, []
+        for callback in callbacks:
+            callback(error)
 
     # -- consumer side ---------------------------------------------------------------------
 
     def __aiter__(self) -> GenerationStream:
         return self
 
+    async def wait_started(self) -> None:
+        """Wait for the first event (kept for the reader) or the end; raises the failure when the
+        stream failed before its first event (routing falls back on that)."""
+        if self._held is None:
+            self._held = await self._queue.get()
+        if self._held is _END and self._error is not None:
+            raise self._error
+
     async def __anext__(self) -> GenerationEvent:
-        item = await self._queue.get()
+        item: Any  # a GenerationEvent or _END
+        if self._held is not None:
+            item, self._held = self._held, None
+        else:
+            item = await self._queue.get()
         if item is _END:
             self._queue.put_nowait(_END)  # further reads end too
             if self._error is not None:

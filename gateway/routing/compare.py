@@ -8,6 +8,7 @@ argmax classes it answered on compared requests.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +27,8 @@ class Comparison:
     elements: int = 0
     live_classes: np.ndarray | None = None
     shadow_classes: np.ndarray | None = None
+    tokens: int = 0  # generations: token positions compared (the longer answer's length, per choice)
+    tokens_agreed: int = 0
 
 
 def _classes(a: np.ndarray) -> np.ndarray | None:
@@ -54,7 +57,27 @@ def compare_arrays(live: np.ndarray, shadow: np.ndarray) -> Comparison:
     return c
 
 
-def pick_output(live: dict[str, np.ndarray], shadow: dict[str, np.ndarray], preferred: str) -> str | None:
+def compare_generations(
+    live: Sequence[tuple[str, Sequence[int]]], shadow: Sequence[tuple[str, Sequence[int]]]
+) -> Comparison:
+    """Two generations of the same request, as (text, token ids) per choice: exact when every
+    choice's text is the same; token agreement position by position (a missing token disagrees).
+    A row is a choice: one whose text differs is a disagreed row."""
+    rows = max(len(live), len(shadow))
+    c = Comparison(rows=rows, exact=True, disagreed_rows=0)
+    for i in range(rows):
+        (live_text, live_ids) = live[i] if i < len(live) else ("", ())
+        (shadow_text, shadow_ids) = shadow[i] if i < len(shadow) else ("", ())
+        same = min(len(live_ids), len(shadow_ids))
+        c.tokens += max(len(live_ids), len(shadow_ids))
+        c.tokens_agreed += sum(1 for a, b in zip(live_ids[:same], shadow_ids[:same]) if a == b)
+        if live_text != shadow_text or i >= len(live) or i >= len(shadow):
+            c.exact = False
+            c.disagreed_rows += 1
+    return c
+
+
+def pick_output(live: Mapping[str, np.ndarray], shadow: Mapping[str, np.ndarray], preferred: str) -> str | None:
     """The output to compare: ``preferred`` when both have it, else the first output both have."""
     if preferred:
         return preferred if preferred in live and preferred in shadow else None
@@ -76,6 +99,8 @@ class PairStats:
     argmax_agreed: int = 0
     abs_diff_sum: float = 0.0
     elements: int = 0
+    tokens: int = 0
+    tokens_agreed: int = 0
 
     def add(self, c: Comparison) -> None:
         self.compared += 1
@@ -86,6 +111,8 @@ class PairStats:
         self.argmax_agreed += c.argmax_agreed
         self.abs_diff_sum += c.abs_diff_sum
         self.elements += c.elements
+        self.tokens += c.tokens
+        self.tokens_agreed += c.tokens_agreed
 
     def to_json(self) -> dict:
         return {
@@ -97,6 +124,7 @@ class PairStats:
             "agreement_argmax": self.argmax_agreed / self.argmax_rows if self.argmax_rows else None,
             "disagreement": self.disagreed_rows / self.rows if self.rows else None,
             "mean_abs_diff": self.abs_diff_sum / self.elements if self.elements else None,
+            "agreement_tokens": self.tokens_agreed / self.tokens if self.tokens else None,
             "rows": self.rows,
         }
 

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from gateway.core.errors import InvalidInputError
 from gateway.core.model_config import _field_path
 from gateway.core.routing_config import RoutingConfig, internal_problems
-from gateway.routing.compare import ClassDistribution, PairStats, compare_arrays, pick_output
+from gateway.routing.compare import ClassDistribution, Comparison, PairStats, compare_arrays, pick_output
 from gateway.routing.guard import RollbackGuard
 from gateway.routing.sticky import sticky_choice
 
@@ -213,13 +213,16 @@ class Router:
         shadow: Mapping[str, np.ndarray],
         now_ns: int,
     ) -> None:
-        pair = self._pair(live_version, target)
         name = pick_output(live, shadow, self.config.compare_output)
         if name is None:
-            pair.failed += 1
+            self._pair(live_version, target).failed += 1
             return
-        c = compare_arrays(live[name], shadow[name])
-        pair.add(c)
+        self.record_comparison(live_version, target, shadow_version, compare_arrays(live[name], shadow[name]), now_ns)
+
+    def record_comparison(self, live_version: str, target: ShadowTarget, shadow_version: str, c: Comparison, now_ns: int) -> None:
+        """One compared shadow answer (tensors or generations); the rollback guard counts disagreement
+        when the shadow is the champion."""
+        self._pair(live_version, target).add(c)
         if c.live_classes is not None:
             self._distribution(self.model, live_version).add(c.live_classes)
             self._distribution(target.model, shadow_version).add(c.shadow_classes)  # type: ignore[arg-type]

@@ -177,10 +177,16 @@ class InferenceService:
             self.in_flight -= 1
 
     async def generate(self, req: GenerationRequest) -> GenerationStream:
-        """Admit a text-generation request on the model's engine; the stream yields its tokens."""
+        """Admit a text-generation request on the model's engine (the version its routing picks,
+        when the model has a ``routing:`` section); the stream yields its tokens."""
         if not self.accepting:
             raise ShuttingDownError("server is shutting down")
-        loaded = self.models.get(req.model)
+        router = self.routing.router_for(req.model)
+        if router is not None:
+            return await self.routing.generate(router, req, self._generate_on)
+        return await self._generate_on(self.models.get(req.model), req)
+
+    async def _generate_on(self, loaded: LoadedVersion, req: GenerationRequest) -> GenerationStream:
         if loaded.generator is None:
             raise NotAGenerationModelError(
                 f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"

@@ -140,7 +140,7 @@ class PromptCache:
         if result.hit:
             return self._answer(name, version, engine.count_prompt_tokens(req), result)
         stream = engine.submit(req)
-        stream.observer = self._keeper(cache, query, cfg, result, stream.choices)
+        stream.observe(self._keeper(cache, query, cfg, result, stream.choices))
         return stream
 
     @staticmethod

@@ -19,12 +19,39 @@ from dataclasses import dataclass
 
 from gateway.core.errors import GatewayError
 from gateway.core.tasks import cancel_and_wait
+from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream
 from gateway.core.types import InferRequest, InferResponse
+from gateway.routing.compare import compare_generations
 from gateway.routing.router import Router, ShadowTarget
 from gateway.service.models import ModelManager
 from gateway.service.validation import validate_request
 
 _log = logging.getLogger(__name__)
+
+
+class _Collector:
+    """The (text, token ids) of each choice of a generation, as its events arrive."""
+
+    __slots__ = ("texts", "tokens", "open")
+
+    def __init__(self, choices: int) -> None:
+        self.texts = [""] * choices
+        self.tokens: list[list[int]] = [[] for _ in range(choices)]
+        self.open = choices
+
+    def add(self, event: GenerationEvent) -> None:
+        self.texts[event.index] += event.text
+        self.tokens[event.index].extend(event.token_ids)
+        if event.finish_reason is not None:
+            self.open -= 1
+
+    @property
+    def complete(self) -> bool:
+        return self.open == 0
+
+    @property
+    def choices(self) -> list[tuple[str, list[int]]]:
+        return list(zip(self.texts, self.tokens))
 
 
 @dataclass(slots=True)
@@ -44,6 +71,7 @@ class ShadowDispatcher:
         self._queue: asyncio.Queue[ShadowJob] | None = None
         self._task: asyncio.Task | None = None
         self._running: set[asyncio.Future] = set()
+        self._generations: set[asyncio.Task] = set()  # shadow generations running
 
     @property
     def started(self) -> bool:
@@ -63,6 +91,11 @@ class ShadowDispatcher:
             self._release(job)
             job.router.record_shadow_dropped(job.live.version, job.target)
         # Copies already in a scheduler finish (or fail) with it; nobody waits for them.
+        generations, self._generations = self._generations, set()
+        for gen_task in generations:
+            gen_task.cancel()
+        if generations:
+            await asyncio.gather(*generations, return_exceptions=True)
 
     def offer(self, router: Router, targets: tuple[ShadowTarget, ...], request: InferRequest, live: InferResponse) -> None:
         """Queue copies of an answered request; never blocks, never raises."""
@@ -76,6 +109,64 @@ class ShadowDispatcher:
             self.pending[model] += 1
             router.record_shadow_sent(live.version, target)
             self._queue.put_nowait(ShadowJob(router, target, live, request))
+
+    # -- generations ------------------------------------------------------------------------
+
+    def offer_generation(
+        self, router: Router, targets: tuple[ShadowTarget, ...], request: GenerationRequest, live: GenerationStream
+    ) -> None:
+        """Once the live answer has ended well, generate it again on each target (bounded by
+        ``routing.shadow_queue_size`` with the tensor copies) and compare texts and tokens; never
+        blocks the live stream, never raises."""
+        answer = _Collector(live.choices)
+        live.observe(answer.add)
+
+        def ended(error: BaseException | None) -> None:
+            if error is not None or not answer.complete:
+                return  # a failed or abandoned live answer: nothing to compare with
+            for target in targets:
+                if target.model == live.model and target.version == live.version:
+                    continue
+                if self._task is None or self.pending[router.model] >= router.shadow_queue_size:
+                    router.record_shadow_dropped(live.version, target)
+                    continue
+                self.pending[router.model] += 1
+                router.record_shadow_sent(live.version, target)
+                task = asyncio.get_running_loop().create_task(
+                    self._generate(router, target, request, live.version, answer), name="shadow-generation"
+                )
+                self._generations.add(task)
+                task.add_done_callback(self._generations.discard)
+
+        live.add_done_callback(ended)
+
+    async def _generate(
+        self, router: Router, target: ShadowTarget, request: GenerationRequest, live_version: str, live: _Collector
+    ) -> None:
+        try:
+            loaded = self.models.get(target.model, target.version)
+            if loaded.generator is None:
+                raise GatewayError(f"shadow target {target.model} does not generate text")
+            # Not traced, not cached, no sticky key: a copy, not a client's request.
+            copy = dataclasses.replace(request, model=loaded.name, trace=None, cache=False, route_key="")
+            stream = loaded.generator.submit(copy)
+            shadow = _Collector(stream.choices)
+            try:
+                async for event in stream:
+                    shadow.add(event)
+            finally:
+                stream.close()
+        except asyncio.CancelledError:
+            self.pending[router.model] -= 1
+            raise
+        except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
+            _log.debug("shadow generation on %s:%s failed: %s", target.model, target.version, exc)
+            self.pending[router.model] -= 1
+            router.record_shadow_failed(live_version, target)
+            return
+        self.pending[router.model] -= 1
+        router.record_comparison(live_version, target, loaded.version, compare_generations(live.choices, shadow.choices),
+                                 time.monotonic_ns())
 
     async def _work(self) -> None:
         assert self._queue is not None

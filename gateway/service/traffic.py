@@ -24,6 +24,7 @@ from gateway.core.errors import (
     ModelNotReadyError,
     QueueFullError,
 )
+from gateway.core.generation import GenerationRequest, GenerationStream
 from gateway.core.routing_config import RoutingConfig, unserved_versions
 from gateway.core.types import InferRequest, InferResponse
 from gateway.routing.router import Router, patched_config
@@ -36,6 +37,7 @@ _log = logging.getLogger(__name__)
 VERSION_FAILURES = (ExecutorError, DeadlineExceededError, ModelNotReadyError, QueueFullError, ModelNotFoundError)
 
 Attempt = Callable[[LoadedVersion, InferRequest], Awaitable[InferResponse]]
+StartGeneration = Callable[[LoadedVersion, GenerationRequest], Awaitable[GenerationStream]]
 
 
 class _Slot:
@@ -114,6 +116,60 @@ class TrafficRouter:
             raise DeadlineExceededError(
                 f"model '{req.model}' version {version} did not answer within routing.attempt_timeout_us"
             ) from None
+
+    # -- generation ------------------------------------------------------------------------
+
+    async def generate(self, router: Router, req: GenerationRequest, start_on: StartGeneration) -> GenerationStream:
+        """The routed version's stream, once its first token is out (or the fallback's, when the
+        routed version fails before that); shadows generate the same request after the live
+        answer has ended. A failure after the first token reaches the client: it cannot be
+        taken back."""
+        served = self.models.serving[req.model]
+        default = max(served, key=int)
+        # The sticky key: the X-Route-Key header, then OpenAI's `user` field as the parameter.
+        parameters = {router.config.sticky_key_parameter: req.user} if req.user else {}
+        plan = router.plan(router.key_of(req.route_key, parameters), served, default)
+
+        def prepare(stream: GenerationStream) -> None:
+            if plan.shadows:
+                self.shadows.offer_generation(router, plan.shadows, req, stream)
+
+        start = time.monotonic_ns()
+        try:
+            stream = await self._start(req, plan.version, start_on, router.attempt_timeout_s, prepare)
+        except VERSION_FAILURES as exc:
+            now = time.monotonic_ns()
+            router.record_result(plan.version, False, now - start, now)
+            if not plan.fallback or plan.fallback not in served:
+                raise
+            _log.debug("model %s version %s failed (%s); generating on fallback version %s",
+                       req.model, plan.version, exc, plan.fallback)
+            router.record_fallback(plan.version, plan.fallback)
+            return await self._start(req, plan.fallback, start_on, 0.0, prepare)
+        now = time.monotonic_ns()
+        router.record_result(plan.version, True, now - start, now)  # latency: to the first token
+        return stream
+
+    async def _start(
+        self, req: GenerationRequest, version: str, start_on: StartGeneration, timeout_s: float,
+        prepare: Callable[[GenerationStream], None],
+    ) -> GenerationStream:
+        stream = await start_on(self.models.get(req.model, version), req)
+        prepare(stream)
+        try:
+            if timeout_s:
+                await asyncio.wait_for(stream.wait_started(), timeout_s)
+            else:
+                await stream.wait_started()
+        except TimeoutError:
+            stream.close()
+            raise DeadlineExceededError(
+                f"model '{req.model}' version {version} gave no token within routing.attempt_timeout_us"
+            ) from None
+        except BaseException:
+            stream.close()
+            raise
+        return stream
 
     # -- operators ---------------------------------------------------------------------
 

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.http_routes import route_template
+from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
 from gateway.api.openai.completions_protocol import parse_chat, parse_completion
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
 from gateway.api.openai.errors import error_response, sse_error_event
@@ -31,10 +32,12 @@ _CACHE_OFF = frozenset({"off", "no", "false", "bypass"})
 
 
 def _cache_headers(stream) -> dict[str, str]:
-    """A semantic-cache hit says so, and how close the matched prompt was."""
-    if stream.cache_similarity is None:
-        return {}
-    return {CACHE_HEADER: "semantic-hit", "X-Gateway-Cache-Similarity": f"{stream.cache_similarity:.4f}"}
+    """The version that answered (routing may pick it) and, on a semantic-cache hit, how close
+    the matched prompt was."""
+    headers = {MODEL_VERSION_HEADER: stream.version}
+    if stream.cache_similarity is not None:
+        headers.update({CACHE_HEADER: "semantic-hit", "X-Gateway-Cache-Similarity": f"{stream.cache_similarity:.4f}"})
+    return headers
 
 
 def _completion_attributes(stream) -> dict:
@@ -80,6 +83,8 @@ class OpenAICompletionsApi:
             parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)
             if request.headers.get(CACHE_HEADER, "").strip().lower() in _CACHE_OFF:
                 gen = dataclasses.replace(gen, cache=False)
+            if ROUTE_KEY_HEADER in request.headers:
+                gen = dataclasses.replace(gen, route_key=request.headers[ROUTE_KEY_HEADER])
             if trace is not None:
                 trace.span.set_attribute("gateway.model.name", model)
                 gen = dataclasses.replace(gen, trace=trace.attach_generation())
