@@ -8,8 +8,11 @@ re-exported here as the api's type for them) and their state through this facade
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
 
 from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
@@ -18,6 +21,7 @@ from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
 from gateway.monitoring.cache_metrics import CacheCollector
+from gateway.routing.compare import Comparison, compare_arrays
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.prompt_cache import PromptCache
 from gateway.service.shadowing import ShadowDispatcher
@@ -25,6 +29,7 @@ from gateway.service.traffic import TrafficRouter
 from gateway.service.validation import validate_request
 from gateway.service.worker_stats import WorkerStats
 
+T = TypeVar("T")
 SERVER_NAME = "gateway"
 SERVER_VERSION = "0.1.0"
 # KServe v2 extensions this server implements.
@@ -199,6 +204,24 @@ class InferenceService:
                 chat_template=engine.tokenizer.chat_template, generation=loaded.config.generation,
             )
         return loaded.generator.submit(req)
+
+    async def routed_call(
+        self, model: str, call: Callable[[LoadedVersion], Awaitable[T]], array_of: Callable[[T], np.ndarray],
+        version_of: Callable[[T], str], route_key: str = "", user: str = "",
+    ) -> T:
+        """``call`` on the served version the model's routing picks (canary, fallback, shadows whose
+        ``array_of`` answers are compared with the live one's), or on its default version when it
+        has no routing: the door for whole-answer calls other than v2 infer (embeddings)."""
+        if not self.accepting:
+            raise ShuttingDownError("server is shutting down")
+        router = self.routing.router_for(model)
+        if router is None:
+            return await call(self.models.get(model))
+
+        def compare(live: T, shadow: T) -> Comparison:
+            return compare_arrays(array_of(live), array_of(shadow))
+
+        return await self.routing.call(router, model, route_key, user, call, compare, version_of)
 
     # -- repository control -------------------------------------------------------------
 

@@ -15,18 +15,21 @@ import functools
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 from dataclasses import dataclass
 
 from gateway.core.errors import GatewayError
 from gateway.core.tasks import cancel_and_wait
 from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream
 from gateway.core.types import InferRequest, InferResponse
-from gateway.routing.compare import compare_generations
+from gateway.routing.compare import Comparison, compare_generations
 from gateway.routing.router import Router, ShadowTarget
-from gateway.service.models import ModelManager
+from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.validation import validate_request
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class _Collector:
@@ -110,6 +113,42 @@ class ShadowDispatcher:
             router.record_shadow_sent(live.version, target)
             self._queue.put_nowait(ShadowJob(router, target, live, request))
 
+    # -- whole-answer calls (embeddings) ----------------------------------------------------
+
+    def offer_call(
+        self, router: Router, targets: tuple[ShadowTarget, ...], live_version: str, live: T,
+        call: Callable[[LoadedVersion], Awaitable[T]], compare: Callable[[T, T], Comparison],
+    ) -> None:
+        """Run ``call`` again on each target after the live answer and compare the answers (bounded
+        with the other copies); never blocks, never raises."""
+        for target in targets:
+            if target.model == router.model and target.version == live_version:
+                continue
+            if self._task is None or self.pending[router.model] >= router.shadow_queue_size:
+                router.record_shadow_dropped(live_version, target)
+                continue
+            self.pending[router.model] += 1
+            router.record_shadow_sent(live_version, target)
+            self._track(self._call(router, target, live_version, live, call, compare))
+
+    async def _call(self, router: Router, target: ShadowTarget, live_version: str, live: T,
+                    call: Callable[[LoadedVersion], Awaitable[T]], compare: Callable[[T, T], Comparison]) -> None:
+        try:
+            loaded = self.models.get(target.model, target.version)
+            shadow = await call(loaded)
+        except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
+            _log.debug("shadow call on %s:%s failed: %s", target.model, target.version, exc)
+            router.record_shadow_failed(live_version, target)
+            return
+        finally:
+            self.pending[router.model] -= 1
+        router.record_comparison(live_version, target, loaded.version, compare(live, shadow), time.monotonic_ns())
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name="shadow-copy")
+        self._generations.add(task)
+        task.add_done_callback(self._generations.discard)
+
     # -- generations ------------------------------------------------------------------------
 
     def offer_generation(
@@ -132,11 +171,7 @@ class ShadowDispatcher:
                     continue
                 self.pending[router.model] += 1
                 router.record_shadow_sent(live.version, target)
-                task = asyncio.get_running_loop().create_task(
-                    self._generate(router, target, request, live.version, answer), name="shadow-generation"
-                )
-                self._generations.add(task)
-                task.add_done_callback(self._generations.discard)
+                self._track(self._generate(router, target, request, live.version, answer))
 
         live.add_done_callback(ended)
 
@@ -156,15 +191,12 @@ class ShadowDispatcher:
                     shadow.add(event)
             finally:
                 stream.close()
-        except asyncio.CancelledError:
-            self.pending[router.model] -= 1
-            raise
         except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
             _log.debug("shadow generation on %s:%s failed: %s", target.model, target.version, exc)
-            self.pending[router.model] -= 1
             router.record_shadow_failed(live_version, target)
             return
-        self.pending[router.model] -= 1
+        finally:
+            self.pending[router.model] -= 1
         router.record_comparison(live_version, target, loaded.version, compare_generations(live.choices, shadow.choices),
                                  time.monotonic_ns())
 

@@ -14,7 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.core.errors import (
     DeadlineExceededError,
@@ -27,6 +27,7 @@ from gateway.core.errors import (
 from gateway.core.generation import GenerationRequest, GenerationStream
 from gateway.core.routing_config import RoutingConfig, unserved_versions
 from gateway.core.types import InferRequest, InferResponse
+from gateway.routing.compare import Comparison
 from gateway.routing.router import Router, patched_config
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.shadowing import ShadowDispatcher
@@ -38,6 +39,7 @@ VERSION_FAILURES = (ExecutorError, DeadlineExceededError, ModelNotReadyError, Qu
 
 Attempt = Callable[[LoadedVersion, InferRequest], Awaitable[InferResponse]]
 StartGeneration = Callable[[LoadedVersion, GenerationRequest], Awaitable[GenerationStream]]
+T = TypeVar("T")
 
 
 class _Slot:
@@ -115,6 +117,49 @@ class TrafficRouter:
         except TimeoutError:
             raise DeadlineExceededError(
                 f"model '{req.model}' version {version} did not answer within routing.attempt_timeout_us"
+            ) from None
+
+    # -- other calls on a routed version (embeddings) ------------------------------------------
+
+    async def call(
+        self, router: Router, model: str, route_key: str, user: str,
+        call: Callable[[LoadedVersion], Awaitable[T]], compare: Callable[[T, T], Comparison],
+        version_of: Callable[[T], str],
+    ) -> T:
+        """``call`` on the version the router picks, the fallback on a version failure, and the
+        shadows after the answer (compared by ``compare``): what ``infer`` does for tensors, for
+        any whole-answer call."""
+        served = self.models.serving[model]
+        default = max(served, key=int)
+        parameters = {router.config.sticky_key_parameter: user} if user else {}
+        plan = router.plan(router.key_of(route_key, parameters), served, default)
+        start = time.monotonic_ns()
+        try:
+            answer = await self._call_on(model, plan.version, call, router.attempt_timeout_s)
+        except VERSION_FAILURES as exc:
+            now = time.monotonic_ns()
+            router.record_result(plan.version, False, now - start, now)
+            if not plan.fallback or plan.fallback not in served:
+                raise
+            _log.debug("model %s version %s failed (%s); trying fallback version %s", model, plan.version, exc, plan.fallback)
+            router.record_fallback(plan.version, plan.fallback)
+            answer = await self._call_on(model, plan.fallback, call, 0.0)
+        else:
+            now = time.monotonic_ns()
+            router.record_result(plan.version, True, now - start, now)
+        if plan.shadows:
+            self.shadows.offer_call(router, plan.shadows, version_of(answer), answer, call, compare)
+        return answer
+
+    async def _call_on(self, model: str, version: str, call: Callable[[LoadedVersion], Awaitable[T]], timeout_s: float) -> T:
+        loaded = self.models.get(model, version)
+        if not timeout_s:
+            return await call(loaded)
+        try:
+            return await asyncio.wait_for(call(loaded), timeout_s)
+        except TimeoutError:
+            raise DeadlineExceededError(
+                f"model '{model}' version {version} did not answer within routing.attempt_timeout_us"
             ) from None
 
     # -- generation ------------------------------------------------------------------------

@@ -1,10 +1,11 @@
-"""Traffic routing on the /v1 generation routes, with the official ``openai`` client: a canary split
-sticky by ``user`` or X-Route-Key, shadow generations compared off the response path, and the
+"""Traffic routing on the /v1 routes, with the official ``openai`` client: a canary split sticky by
+``user`` or X-Route-Key, shadow generations and embeddings compared off the response path, and the
 fallback answering when the routed version fails before its first token."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.request
 
@@ -18,13 +19,21 @@ GEN = (
     "max_batch_size: 0\nversion_policy: {all: true}\n"
     f"generation:\n  context_length: {tiny_llm.MAX_POSITIONS}\n  default_max_tokens: 16\n  max_sequences: 8\n"
 )
+ALL = "version_policy: {all: true}\n"
 PROMPT = [{"role": "user", "content": "Tell me about the sea"}]
 WAIT_S = 30
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory):
+def gw(tmp_path_factory, minilm_model):
     root = tmp_path_factory.mktemp("openai-routing") / "models"
+    # The embedding model twice over (versions 1 and 2 alike): a canary and a shadow.
+    minilm_yaml = (minilm_model / "model.yaml").read_text() + ALL
+    for name, routing in (("minilm-canary", "routing:\n  weights: {1: 50, 2: 50}\n"),
+                          ("minilm-shadowed", "routing:\n  weights: {1: 1}\n  shadows: [{version: 2}]\n")):
+        for version in ("1", "2"):
+            shutil.copytree(minilm_model / "1", root / name / version, symlinks=True)
+        (root / name / "model.yaml").write_text(minilm_yaml + routing)
     # A canary between two different models (seeds 0 and 1), sticky by key.
     for version, seed in ((1, 0), (2, 1)):
         tiny_llm.write_tiny_llm(root, "canary", GEN + "routing:\n  weights: {1: 50, 2: 50}\n", version=version, seed=seed)
@@ -50,6 +59,15 @@ def _chat(client, model: str, **kw) -> tuple[str, str]:
     """(answering version, text) of one greedy chat completion."""
     raw = client.chat.completions.with_raw_response.create(model=model, messages=PROMPT, temperature=0, max_tokens=8, **kw)
     return raw.headers["x-model-version"], raw.parse().choices[0].message.content
+
+
+def _wait_compared(gw, model: str, count: int) -> dict:
+    deadline = time.monotonic() + WAIT_S
+    while True:  # the shadows run after each live answer: poll their counters, bounded
+        pair = next((p for p in _routing(gw, model)["shadows"] if p["version"] == "2"), None)
+        if pair is not None and pair["compared"] >= count or time.monotonic() > deadline:
+            return pair
+        time.sleep(0.05)
 
 
 def _routing(gw, model: str) -> dict:
@@ -82,12 +100,7 @@ def test_shadow_generations_are_compared_off_the_response_path(gw, client):
     for _ in range(5):
         version, text = _chat(client, "shadowed")
         assert version == "1" and text
-    deadline = time.monotonic() + WAIT_S
-    while True:  # the shadows run after each live answer: poll their counters, bounded
-        pair = next((p for p in _routing(gw, "shadowed")["shadows"] if p["version"] == "2"), None)
-        if pair is not None and pair["compared"] >= 5 or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+    pair = _wait_compared(gw, "shadowed", 5)
     assert pair is not None and pair["compared"] >= 5 and pair["failed"] == 0, pair
     # The same weights, greedy: the shadow's text and every token agree.
     assert pair["agreement_exact"] == 1.0 and pair["agreement_tokens"] == 1.0, pair
@@ -100,3 +113,19 @@ def test_the_fallback_answers_when_the_routed_version_fails_before_its_first_tok
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     status = _routing(gw, "fallback")["versions"]
     assert status["2"]["failed"] >= 2 and status["2"]["fell_back"] >= 2 and status["1"]["answered_as_fallback"] >= 2, status
+
+
+def test_embeddings_follow_the_canary_and_their_shadows_are_compared(gw, client):
+    versions = {}
+    for i in range(16):
+        raw = client.embeddings.with_raw_response.create(model="minilm-canary", input="hello there", user=f"u{i}")
+        versions[f"u{i}"] = raw.headers["x-model-version"]
+    assert set(versions.values()) == {"1", "2"}, versions
+    again = client.embeddings.with_raw_response.create(model="minilm-canary", input="hi", user="u3")
+    assert again.headers["x-model-version"] == versions["u3"]
+    for text in ("one", "two", "three"):
+        raw = client.embeddings.with_raw_response.create(model="minilm-shadowed", input=[text, "and more"])
+        assert raw.headers["x-model-version"] == "1" and len(raw.parse().data) == 2
+    pair = _wait_compared(gw, "minilm-shadowed", 3)
+    assert pair is not None and pair["failed"] == 0, pair
+    assert pair["agreement_exact"] == 1.0 and pair["mean_abs_diff"] == 0.0, pair  # the same model: equal vectors

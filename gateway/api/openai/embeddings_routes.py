@@ -13,6 +13,7 @@ from gateway.api.openai.embeddings_protocol import parse_request, response_docum
 from gateway.api.openai.embeddings_serving import EmbeddingServing
 from gateway.api.openai.errors import error_response
 from gateway.api.openai.wire import read_json
+from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
 from gateway.service import InferenceService
 
 # Above this many floats the JSON body is encoded off the event loop.
@@ -35,7 +36,7 @@ class OpenAIEmbeddingsApi:
             if isinstance(doc, dict) and isinstance(doc.get("model"), str):
                 model = doc["model"]
             parsed = parse_request(doc)
-            result = await self.serving.create(parsed)
+            result = await self.serving.create(parsed, route_key=request.headers.get(ROUTE_KEY_HEADER, ""))
             if result.vectors.size <= _INLINE_ENCODE_FLOATS:
                 body = _encode(result, parsed.encoding_format)
             else:
@@ -48,7 +49,7 @@ class OpenAIEmbeddingsApi:
             )
             return error_response(exc)
         self.service.telemetry.request_done("http", result.model, result.version, "ok", start, time.monotonic_ns(), None)
-        return web.Response(body=body, content_type="application/json")
+        return web.Response(body=body, content_type="application/json", headers={MODEL_VERSION_HEADER: result.version})
 
 
 def _encode(result, encoding_format: str) -> bytes:

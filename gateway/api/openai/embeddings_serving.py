@@ -68,17 +68,27 @@ class EmbeddingServing:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    def embedding_model(self, name: str) -> tuple[LoadedVersion, EmbeddingConfig]:
-        loaded = self.service.loaded(name)  # unknown -> 404, not ready -> 503
+    @staticmethod
+    def embedding_config(loaded: LoadedVersion) -> EmbeddingConfig:
         cfg = loaded.config.embedding
         if cfg is None:
-            raise InvalidFieldError("model", f"model '{name}' does not serve embeddings (its model.yaml has no 'embedding:' section)")
-        return loaded, cfg
+            raise InvalidFieldError(
+                "model", f"model '{loaded.name}' does not serve embeddings (its model.yaml has no 'embedding:' section)"
+            )
+        return cfg
 
-    async def create(self, req: EmbeddingRequest) -> EmbeddingResult:
+    async def create(self, req: EmbeddingRequest, route_key: str = "") -> EmbeddingResult:
+        """The embeddings, on the version the model's routing picks (canary, fallback, shadows)."""
         if not self.service.accepting:
             raise ModelNotReadyError("server is shutting down")
-        loaded, cfg = self.embedding_model(req.model)
+        self.embedding_config(self.service.loaded(req.model))  # unknown -> 404, not ready -> 503, not embeddings -> 400
+        return await self.service.routed_call(
+            req.model, lambda loaded: self._create_on(loaded, req), lambda r: r.vectors, lambda r: r.version,
+            route_key=route_key, user=req.user or "",
+        )
+
+    async def _create_on(self, loaded: LoadedVersion, req: EmbeddingRequest) -> EmbeddingResult:
+        cfg = self.embedding_config(loaded)
         out_name = cfg.output or loaded.outputs[0].name
         if out_name not in loaded.output_index:
             raise InvalidFieldError("model", f"model '{loaded.name}' has no output '{out_name}' (embedding.output)")
