@@ -32,6 +32,22 @@ _log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+async def _generate_once(request: GenerationRequest, loaded: LoadedVersion) -> list[tuple[str, list[int]]]:
+    """The (text, token ids) of each choice of ``request`` generated on ``loaded``."""
+    if loaded.generator is None:
+        raise GatewayError(f"shadow target {loaded.name} does not generate text")
+    # Not traced, not cached, no sticky key: a copy, not a client's request.
+    copy = dataclasses.replace(request, model=loaded.name, trace=None, cache=False, route_key="")
+    stream = loaded.generator.submit(copy)
+    shadow = _Collector(stream.choices)
+    try:
+        async for event in stream:
+            shadow.add(event)
+    finally:
+        stream.close()
+    return shadow.choices
+
+
 class _Collector:
     """The (text, token ids) of each choice of a generation, as its events arrive."""
 
@@ -161,44 +177,11 @@ class ShadowDispatcher:
         live.observe(answer.add)
 
         def ended(error: BaseException | None) -> None:
-            if error is not None or not answer.complete:
-                return  # a failed or abandoned live answer: nothing to compare with
-            for target in targets:
-                if target.model == live.model and target.version == live.version:
-                    continue
-                if self._task is None or self.pending[router.model] >= router.shadow_queue_size:
-                    router.record_shadow_dropped(live.version, target)
-                    continue
-                self.pending[router.model] += 1
-                router.record_shadow_sent(live.version, target)
-                self._track(self._generate(router, target, request, live.version, answer))
+            if error is None and answer.complete:  # a failed or abandoned answer: nothing to compare
+                self.offer_call(router, targets, live.version, answer.choices,
+                                functools.partial(_generate_once, request), compare_generations)
 
         live.add_done_callback(ended)
-
-    async def _generate(
-        self, router: Router, target: ShadowTarget, request: GenerationRequest, live_version: str, live: _Collector
-    ) -> None:
-        try:
-            loaded = self.models.get(target.model, target.version)
-            if loaded.generator is None:
-                raise GatewayError(f"shadow target {target.model} does not generate text")
-            # Not traced, not cached, no sticky key: a copy, not a client's request.
-            copy = dataclasses.replace(request, model=loaded.name, trace=None, cache=False, route_key="")
-            stream = loaded.generator.submit(copy)
-            shadow = _Collector(stream.choices)
-            try:
-                async for event in stream:
-                    shadow.add(event)
-            finally:
-                stream.close()
-        except Exception as exc:  # noqa: BLE001 - a shadow's failure is counted, never raised
-            _log.debug("shadow generation on %s:%s failed: %s", target.model, target.version, exc)
-            router.record_shadow_failed(live_version, target)
-            return
-        finally:
-            self.pending[router.model] -= 1
-        router.record_comparison(live_version, target, loaded.version, compare_generations(live.choices, shadow.choices),
-                                 time.monotonic_ns())
 
     async def _work(self) -> None:
         assert self._queue is not None
