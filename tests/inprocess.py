@@ -30,10 +30,8 @@ from pathlib import Path
 
 import uvloop
 
-from gateway import native
 from gateway.cli import _add_setting_flags, _settings
 from gateway.core.settings import ServerSettings
-from gateway.daemon import raise_open_file_limit, started
 from gateway.monitoring.logs import (
     RATE_LIMITED_LOGGERS,
     TEXT_FORMAT,
@@ -44,10 +42,13 @@ from gateway.monitoring.logs import (
     json_formatter,
 )
 
-# Flags whose effect is process-wide (interpreter, OpenTelemetry globals, stderr format, several
-# processes): a daemon given one of them runs as a subprocess.
+# Flags whose effect is process-wide, so a daemon given one runs as a subprocess: the interpreter
+# (switch interval, gc), OpenTelemetry's global providers, several processes, the stderr format, and
+# --log-level, the root level of every library's logger (the secret-redaction tests read what any
+# library writes at debug; in-process capture follows the "gateway" loggers and --log-levels only).
 PROCESS_FLAGS = frozenset({
-    "--workers", "--gil-switch-interval-us", "--gc-threshold", "--log-format", "--tracing", "--trace-sample-ratio",
+    "--workers", "--gil-switch-interval-us", "--gc-threshold", "--tracing", "--trace-sample-ratio",
+    "--log-format", "--log-level",
 })
 
 BASE_FLAGS = ("--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0")
@@ -317,6 +318,9 @@ class InProcessGateway(GatewayClient):
                 self._changed.notify_all()
 
     async def _main(self) -> None:
+        from gateway import native  # imported here: conftest imports this module, unit tests need no daemon
+        from gateway.daemon import raise_open_file_limit, started
+
         self._stop = asyncio.Event()
         self._task = asyncio.current_task()
         self._loop = asyncio.get_running_loop()

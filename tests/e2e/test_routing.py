@@ -81,7 +81,9 @@ def gw_a(repo):
 
 @pytest.fixture(scope="module")
 def gw_b(repo):
-    g = launch(repo)  # no admin token: admin endpoints are off
+    # No admin token: admin endpoints are off. A process of its own: the split must agree across
+    # processes (a per-process hash seed would not).
+    g = launch(repo, process=True)
     yield g
     g.terminate()
 
