@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import make_models  # noqa: E402
-from inprocess import GatewayClient, InProcessGateway, base_args, needs_process  # noqa: E402
+from inprocess import GatewayClient, InProcessGateway, base_args, needs_process, stop_leftovers  # noqa: E402
 
 _LISTENING = re.compile(r"listening grpc=([\d.]+):(\d+) http=([\d.]+):(\d+)")
 
@@ -172,6 +172,14 @@ def minilm_model(tmp_path_factory) -> Path:
     import embedding_model
 
     return embedding_model.write_minilm(tmp_path_factory.mktemp("embedding"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every fixture terminates the daemons it started; one still running here was leaked."""
+    leaked = stop_leftovers()
+    if leaked:
+        print(f"\nin-process gateway daemons left running (stopped now): {', '.join(leaked)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 
 import uvloop
@@ -194,6 +195,18 @@ class _LoggingState:
 
 _logging_state = _LoggingState()
 
+# Started and not yet terminated: what stop_leftovers finds at the end of the session.
+_live: weakref.WeakSet[InProcessGateway] = weakref.WeakSet()
+
+
+def stop_leftovers() -> list[str]:
+    """Terminate every in-process daemon a test left running; their names (a fixture leaked them)."""
+    names = []
+    for gw in list(_live):
+        names.append(f"{gw.repository} ({gw._thread.name})")
+        gw.terminate(timeout=10)
+    return names
+
 
 class _CaptureHandler(logging.Handler):
     """One daemon's log lines, formatted as its process would write them to stderr.
@@ -286,6 +299,7 @@ class InProcessGateway(GatewayClient):
         logging.getLogger().addHandler(self._handler)
         self._thread = threading.Thread(target=self._run, name=f"gateway-inprocess-{id(self):x}", daemon=True)
         self.proc = _ThreadProcess(self)
+        _live.add(self)
         self._thread.start()
         if not self._ready.wait(start_timeout) or self.error is not None or not self._thread.is_alive():
             error = self.error
@@ -357,6 +371,7 @@ class InProcessGateway(GatewayClient):
                 self._thread.join(10)
             if self._thread.is_alive():
                 raise AssertionError("in-process gateway did not stop; log:\n" + "".join(self.lines[-40:]))
+        _live.discard(self)
         if not self._detached:
             self._detached = True
             logging.getLogger().removeHandler(self._handler)
