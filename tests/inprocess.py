@@ -239,7 +239,7 @@ class _CaptureHandler(logging.Handler):
             line = self.format(record)
         except Exception:  # noqa: BLE001 - as logging.Handler.handleError would, but into the lines
             line = f"(unformattable record {record.name} {record.msg!r})"
-        self.gw._append(line + "\n")
+        self.gw._append(line)
 
 
 def _level_rule(settings: ServerSettings):
@@ -310,9 +310,10 @@ class InProcessGateway(GatewayClient):
         self.grpc_url = f"127.0.0.1:{self.grpc_port}"
         self.http_url = f"127.0.0.1:{self.http_port}"
 
-    def _append(self, line: str) -> None:
+    def _append(self, text: str) -> None:
+        """One record; a traceback becomes several lines, as on the subprocess's stderr."""
         with self._changed:
-            self.lines.append(line)
+            self.lines.extend(part + "\n" for part in text.splitlines())
             self._changed.notify_all()
 
     def _run(self) -> None:
@@ -325,7 +326,7 @@ class InProcessGateway(GatewayClient):
         except BaseException as exc:  # noqa: BLE001 - reported by the constructor or terminate()
             self.error = exc
             self.returncode = 1
-            logging.getLogger("gateway").error("in-process daemon failed: %r", exc)
+            logging.getLogger("gateway").error("in-process daemon failed: %r", exc, exc_info=exc)
         finally:
             self._ready.set()
             with self._changed:
