@@ -1,4 +1,5 @@
-"""Shared fixtures: example model repositories and a real gateway daemon subprocess.
+"""Shared fixtures: example model repositories and real gateway daemons (in this process by
+default, tests/inprocess.py; a subprocess where a test needs one).
 
 gateway._proto keeps its descriptors in a pool of its own, so the test process may import the
 gateway's servicer and tritonclient's stubs (which define the same protobuf symbols) together.
@@ -6,7 +7,6 @@ gateway's servicer and tritonclient's stubs (which define the same protobuf symb
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -14,8 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,22 +22,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "examples"))
 
 import make_models  # noqa: E402
+from inprocess import GatewayClient, InProcessGateway, base_args, needs_process, stop_leftovers  # noqa: E402
 
 _LISTENING = re.compile(r"listening grpc=([\d.]+):(\d+) http=([\d.]+):(\d+)")
 
 
-class Gateway:
-    """A gateway daemon in a subprocess, on ephemeral loopback ports."""
+class Gateway(GatewayClient):
+    """A gateway daemon in a subprocess, on ephemeral loopback ports. Tests that need a process
+    (signals, exit codes, stderr, --workers, environment variables, its pid) use this one;
+    ``launch`` picks the in-process daemon otherwise."""
+
+    process = True
 
     def __init__(self, repository: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.repository = repository
-        cmd = [
-            sys.executable, "-m", "gateway", "serve",
-            "--host", "127.0.0.1", "--grpc-port", "0", "--http-port", "0",
-            "--model-repository", str(repository),
-            "--repository-poll-s", "0.2", "--grace-period-s", "10",
-            *extra,
-        ]
+        cmd = [sys.executable, "-m", "gateway", "serve", *base_args(repository), *extra]
         self.proc = subprocess.Popen(
             cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             env={**os.environ, **(env or {})}, cwd=str(ROOT),
@@ -64,52 +61,11 @@ class Gateway:
         with self._changed:
             self._changed.notify_all()
 
-    def wait_for_log(self, pattern: re.Pattern, timeout: float, start: int = 0) -> re.Match:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            seen = start
-            while True:
-                for line in self.lines[seen:]:
-                    m = pattern.search(line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(
-                        f"gateway log never matched {pattern.pattern!r}; exit={self.proc.poll()}; log:\n"
-                        + "".join(self.lines[-60:])
-                    )
-                self._changed.wait(min(left, 0.5))
+    def _ended(self) -> bool:
+        return self.proc.poll() is not None and not self._reader.is_alive()
 
-    def log(self) -> str:
-        with self._changed:
-            return "".join(self.lines)
-
-    def http(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        """(status, headers, body bytes) of one HTTP request."""
-        req = urllib.request.Request(f"http://{self.http_url}{path}", data=body, method=method, headers=headers or {})
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                return resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as err:
-            return err.code, dict(err.headers), err.read()
-
-    def http_json(self, method: str, path: str, doc=None):
-        body = None if doc is None else json.dumps(doc).encode()
-        status, _, raw = self.http(method, path, body, {"Content-Type": "application/json"} if body else None)
-        return status, (json.loads(raw) if raw else None)
-
-    def wait_until(self, predicate, timeout: float = 30, what: str = "condition"):
-        """Poll a predicate (repository changes are seen at the next scan)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = predicate()
-            if value:
-                return value
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout}s waiting for {what}; log:\n" + "".join(self.lines[-40:]))
-            time.sleep(0.05)
+    def _exit_status(self):
+        return self.proc.poll()
 
     def terminate(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
@@ -123,6 +79,16 @@ class Gateway:
         return self.proc.returncode
 
 
+def launch(
+    repository: Path, *extra: str, env: dict[str, str] | None = None, process: bool = False
+) -> Gateway | InProcessGateway:
+    """A daemon serving ``repository``: in this process unless ``process`` is set or the daemon
+    needs one (environment variables, --workers, flags whose effect is process-wide)."""
+    if process or needs_process(extra, env):
+        return Gateway(repository, *extra, env=env)
+    return InProcessGateway(repository, *extra)  # a failed start stops what it had started
+
+
 @pytest.fixture
 def model_repo(tmp_path: Path) -> Path:
     root = tmp_path / "models"
@@ -134,14 +100,15 @@ def model_repo(tmp_path: Path) -> Path:
 def start_gateway():
     started: list[Gateway] = []
 
-    def start(repository: Path, *extra: str, env: dict[str, str] | None = None) -> Gateway:
-        gw = Gateway(repository, *extra, env=env)
+    def start(
+        repository: Path, *extra: str, env: dict[str, str] | None = None, process: bool = False
+    ) -> Gateway | InProcessGateway:
+        gw = launch(repository, *extra, env=env, process=process)
         started.append(gw)
         return gw
 
     yield start
-    for gw in started:
-        gw.terminate()
+    _terminate_all(started)
 
 
 @pytest.fixture(scope="module")
@@ -149,9 +116,21 @@ def shared_gateway(tmp_path_factory):
     """One daemon on the example repository for read-mostly tests of a module."""
     root = tmp_path_factory.mktemp("shared") / "models"
     make_models.write_repository(str(root))
-    gw = Gateway(root)
+    gw = launch(root)
     yield gw
     gw.terminate()
+
+
+def _terminate_all(daemons) -> None:
+    """Stop every daemon, even when stopping one fails; then report the first failure."""
+    errors = []
+    for gw in daemons:
+        try:
+            gw.terminate()
+        except Exception as exc:  # noqa: BLE001 - the others still have to stop
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 def copy_model(src_root: Path, dst_root: Path, name: str) -> None:
@@ -193,6 +172,14 @@ def minilm_model(tmp_path_factory) -> Path:
     import embedding_model
 
     return embedding_model.write_minilm(tmp_path_factory.mktemp("embedding"))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Every fixture terminates the daemons it started; one still running here was leaked."""
+    leaked = stop_leftovers()
+    if leaked:
+        print(f"\nin-process gateway daemons left running (stopped now): {', '.join(leaked)}", file=sys.stderr)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_collection_modifyitems(config, items):

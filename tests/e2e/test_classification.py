@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import Gateway
+from conftest import launch
 
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven"]
@@ -23,7 +23,7 @@ def gw(tmp_path_factory):
     (root / "mlp" / "labels.txt").write_text("\n".join(LABELS) + "\n")
     cfg = root / "mlp" / "model.yaml"
     cfg.write_text(cfg.read_text() + "outputs:\n  - {name: OUTPUT, datatype: FP32, shape: [8], label_filename: labels.txt}\n")
-    gateway = Gateway(root)
+    gateway = launch(root)
     yield gateway
     gateway.terminate()
 

@@ -14,11 +14,11 @@ from tritonclient.utils import InferenceServerException
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    from conftest import Gateway
+    from conftest import launch
 
     root = tmp_path_factory.mktemp("errors") / "models"
     make_models.write_repository(str(root), ["mlp", "simple"])
-    g = Gateway(root, "--max-request-bytes", "65536")
+    g = launch(root, "--max-request-bytes", "65536")
     yield g
     g.terminate()
 

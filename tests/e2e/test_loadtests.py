@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import make_models
-from conftest import ROOT, Gateway, copy_model
+from conftest import ROOT, Gateway, copy_model, launch
 
 LOCUST = [sys.executable, "-m", "locust"]
 pytestmark = pytest.mark.slow  # each run pays locust's ~4 s start-up
@@ -29,7 +29,7 @@ def gw(tiny_llm_model, tmp_path_factory):
     make_models.write_repository(str(root))
     copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
     embedding_model.write_minilm(root)
-    g = Gateway(root)
+    g = launch(root)
     yield g
     g.terminate()
 

@@ -18,7 +18,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import Gateway, copy_model
+from conftest import copy_model, launch
 
 import make_models
 
@@ -43,7 +43,7 @@ def gw(tmp_path_factory, minilm_model, tiny_llm_model):
     shutil.copytree(minilm_model, root / "minilm-plain", symlinks=True)
     (root / "minilm-plain" / "model.yaml").write_text(PLAIN_YAML)
     copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
-    gateway = Gateway(root)
+    gateway = launch(root)
     yield gateway
     gateway.terminate()
 

@@ -12,7 +12,7 @@ import urllib.request
 import openai
 import pytest
 import tiny_llm
-from conftest import Gateway
+from conftest import Gateway, launch
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.text.tokenizer import TextTokenizer
@@ -42,7 +42,7 @@ def gateway(tiny_llm_model, tmp_path_factory):
     for name, yaml in ((MODEL, YAML), (SMALL, SMALL_YAML)):
         shutil.copytree(tiny_llm_model, root / name)
         (root / name / "model.yaml").write_text(yaml)
-    gw = Gateway(root)
+    gw = launch(root)
     yield gw
     gw.terminate()
 

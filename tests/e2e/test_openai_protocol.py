@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import make_models
-from conftest import Gateway
+from conftest import launch
 
 MODEL = "tiny-gpt"
 MAX_BODY = 64 * 1024
@@ -26,7 +26,7 @@ def gw(tiny_llm_model, tmp_path_factory):
     make_models.write_repository(str(root), ["mlp"])
     shutil.copytree(tiny_llm_model, root / MODEL)
     embedding_model.write_minilm(root)
-    g = Gateway(root, "--max-request-bytes", str(MAX_BODY))
+    g = launch(root, "--max-request-bytes", str(MAX_BODY))
     yield g
     g.terminate()
 

@@ -38,7 +38,7 @@ def perf_analyzer() -> str:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     import make_models
-    from conftest import Gateway
+    from conftest import launch
 
     root = tmp_path_factory.mktemp("perf") / "models"
     make_models.write_repository(str(root))
@@ -46,7 +46,7 @@ def gw(tmp_path_factory):
     # every request is a hit and never reaches the model.
     shutil.copytree(root / "mlp", root / "mlp_cached")
     (root / "mlp_cached" / "model.yaml").write_text("max_batch_size: 32\ncache:\n  exact: true\n  ttl_s: 300\n")
-    g = Gateway(root)
+    g = launch(root)
     yield g
     g.terminate()
 

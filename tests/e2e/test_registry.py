@@ -108,7 +108,8 @@ def test_aliases_drive_the_served_version(mlflow, tmp_path, start_gateway, recor
             "aliases": {"champion": {"role": "live"}, "challenger": {"role": "canary", "weight": 30}},
         },
     }))
-    gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-report-s", "0.5", *POLL)
+    gw = start_gateway(repo, "--registry-url", mlflow.url, "--registry-report-s", "0.5", *POLL,
+                       process=True)  # asserts the pid never changes
 
     # Champion v1 downloaded (atomically, with its reference profile) before the first load:
     # a fresh gateway starts on the registry's champion.

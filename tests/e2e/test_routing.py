@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import make_models
 import tritonclient.grpc as grpcclient
-from conftest import ROOT, Gateway
+from conftest import ROOT, Gateway, launch
 
 TOKEN = "s3cret-admin-token"
 WAIT_S = 60
@@ -74,14 +74,16 @@ def repo(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def gw_a(repo):
-    g = Gateway(repo, env={"GATEWAY_ADMIN_TOKEN": TOKEN})
+    g = launch(repo, "--admin-token", TOKEN)  # GATEWAY_ADMIN_TOKEN from the environment: test_rollback_reset
     yield g
     g.terminate()
 
 
 @pytest.fixture(scope="module")
 def gw_b(repo):
-    g = Gateway(repo)  # no admin token: admin endpoints are off
+    # No admin token: admin endpoints are off. A process of its own: the split must agree across
+    # processes (a per-process hash seed would not).
+    g = launch(repo, process=True)
     yield g
     g.terminate()
 

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from conftest import Gateway
+from conftest import launch
 
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
 
@@ -25,7 +25,7 @@ def gw(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("shm") / "models"
     make_models.write_repository(str(root))
-    gateway = Gateway(root, "--allow-client-shm", "true")
+    gateway = launch(root, "--allow-client-shm", "true")
     yield gateway
     gateway.terminate()
 

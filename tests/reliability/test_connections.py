@@ -215,7 +215,7 @@ def test_daemon_raises_its_open_file_limit_to_the_hard_limit(repo, start_gateway
         pytest.skip(f"needs a finite hard limit above 512 (have {hard})")
     resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))  # inherited by the daemon
     try:
-        gw = start_gateway(repo)
+        gw = start_gateway(repo, process=True)  # reads the daemon's own limits
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert _open_files_limits(gw.proc.pid) == (hard, hard)
@@ -233,7 +233,7 @@ def _ready(gw) -> int | str:
 
 
 def test_silent_connections_beyond_the_file_limit_do_not_wedge_the_server(repo, start_gateway):
-    gw = start_gateway(repo, *TIMEOUTS, "--repository-poll-s", "0")
+    gw = start_gateway(repo, *TIMEOUTS, "--repository-poll-s", "0", process=True)  # limits its descriptors
     # Soft and hard 256 on the running daemon: raising cannot help, descriptors run out.
     resource.prlimit(gw.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
     assert _open_files_limits(gw.proc.pid) == (256, 256)

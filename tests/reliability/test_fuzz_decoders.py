@@ -151,11 +151,11 @@ GRPC_OK = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND"}
 
 @pytest.fixture(scope="module")
 def identity_gateway(tmp_path_factory):
-    from conftest import Gateway
+    from conftest import launch
 
     root = tmp_path_factory.mktemp("fuzz") / "models"
     make_models.write_repository(str(root), ["identity", "simple"])
-    gw = Gateway(root)
+    gw = launch(root)
     channel = grpc.insecure_channel(gw.grpc_url)
     yield gw, grpc_stub(channel)
     channel.close()

@@ -26,12 +26,12 @@ LONG = 2_000_000
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    from conftest import Gateway
+    from conftest import launch
 
     root = tmp_path_factory.mktemp("limits") / "models"
     make_models.write_repository(str(root), ["simple", "mlp"])
     write_slow_model(root, "max_batch_size: 1\ninstances: 1\n")
-    gw = Gateway(root, *LIMIT_ARGS)
+    gw = launch(root, *LIMIT_ARGS)
     yield gw
     gw.terminate()
 

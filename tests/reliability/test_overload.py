@@ -69,7 +69,7 @@ def _recovery_s(gw) -> float:
 def test_burst_is_shed_accepted_complete_and_service_recovers(tmp_path, start_gateway, protocol):
     root = tmp_path / "models"
     write_slow_model(root, SLOW_CONFIG)
-    gw = start_gateway(root, "--admin-token", ADMIN_TOKEN)
+    gw = start_gateway(root, "--admin-token", ADMIN_TOKEN, process=True)  # its RSS is measured
     gw.http("POST", "/v2/models/slow/infer", slow_json(10), {"Content-Type": "application/json"})  # warm
     rss_before = rss_bytes(gw.proc.pid)
     executed_before = executed_rows(gw, "slow")

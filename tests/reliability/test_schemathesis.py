@@ -17,7 +17,7 @@ from pathlib import Path
 
 import make_models
 import pytest
-from conftest import Gateway, copy_model
+from conftest import copy_model, launch
 
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "10"))
 # Short context and answers: a fuzzed request may ask for n=128 choices or stream; each stays cheap.
@@ -87,7 +87,7 @@ def gw(tmp_path_factory, tiny_llm_model, minilm_model):
     copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
     (root / tiny_llm_model.name / "model.yaml").write_text(TINY_GPT_YAML)
     copy_model(minilm_model.parent, root, minilm_model.name)
-    gateway = Gateway(root)
+    gateway = launch(root)
     yield gateway
     gateway.terminate()
 

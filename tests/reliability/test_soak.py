@@ -52,7 +52,8 @@ def test_soak(tmp_path, start_gateway, redis_server):
     make_models.write_repository(str(root), ["simple", "mlp"])
     (root / "mlp" / "model.yaml").write_text(MLP_CONFIG.format(delay=500))
     gw = start_gateway(root, "--admin-token", ADMIN_TOKEN, "--cache-url", redis_server.url,
-                       "--cache-timeout-ms", "200", "--repository-poll-s", "0.5")
+                       "--cache-timeout-ms", "200", "--repository-poll-s", "0.5",
+                       process=True)  # its RSS is sampled
     counts = {"ok": 0, "errors": 0, "reloads": 0, "versions": 1}
     errors: list[str] = []
     rss: list[tuple[float, int]] = []

@@ -35,7 +35,7 @@ IDLE_TIMEOUT_S = 3.0
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     gw = start_transport_gateway(tmp_path_factory, "native", "--header-timeout-s", str(HEADER_TIMEOUT_S),
-                                 "--idle-timeout-s", str(IDLE_TIMEOUT_S))
+                                 "--idle-timeout-s", str(IDLE_TIMEOUT_S), process=True)  # its RSS is measured
     yield gw
     gw.terminate()
 
@@ -77,7 +77,7 @@ def test_rapid_reset_ends_in_enhance_your_calm(gw, good):
 def test_calls_reset_before_their_first_step_give_their_slots_back(tmp_path_factory):
     """With max_concurrent_requests 8, streams admitted and reset in the same write (their tasks
     cancelled before starting) used to keep their slots for good."""
-    gw = start_transport_gateway(tmp_path_factory, "native", "--max-concurrent-requests", "8")
+    gw = start_transport_gateway(tmp_path_factory, "native", "--max-concurrent-requests", "8", process=True)
     try:
         body = slow_grpc_request(200_000).SerializeToString()
         for _ in range(4):

@@ -24,7 +24,9 @@ def daemon(tmp_path_factory):
     started = []
 
     def start(grace_s: float):
-        started.append(start_transport_gateway(tmp_path_factory, "native", "--grace-period-s", str(grace_s)))
+        # A process: the tests send it SIGTERM and read its exit code.
+        started.append(start_transport_gateway(tmp_path_factory, "native", "--grace-period-s", str(grace_s),
+                                               process=True))
         return started[-1]
 
     yield start

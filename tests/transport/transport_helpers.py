@@ -359,11 +359,13 @@ def write_transport_repository(root: Path) -> Path:
     return root
 
 
-def start_transport_gateway(tmp_path_factory, transport: str = "native", *extra: str):
-    from conftest import Gateway  # tests/conftest.py
+def start_transport_gateway(tmp_path_factory, transport: str = "native", *extra: str, process: bool = False):
+    """In this process unless ``process`` (a test that signals the daemon)."""
+    from conftest import launch  # tests/conftest.py
 
     root = write_transport_repository(tmp_path_factory.mktemp(f"transport-{transport}") / "models")
-    return Gateway(root, "--grpc-transport", transport, "--max-request-bytes", str(MAX_REQUEST_BYTES), *extra)
+    return launch(root, "--grpc-transport", transport, "--max-request-bytes", str(MAX_REQUEST_BYTES), *extra,
+                  process=process)
 
 
 @pytest.fixture(scope="module")
