@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import tiny_llm
-from conftest import Gateway
+from conftest import launch
 
 GEN = (
     "max_batch_size: 0\nversion_policy: {all: true}\n"
@@ -45,7 +45,7 @@ def gw(tmp_path_factory, minilm_model):
     for version in (1, 2):
         tiny_llm.write_tiny_llm(root, "fallback", GEN + "routing:\n  weights: {2: 1}\n  fallback: 1\n", version=version)
     tiny_llm.build_decoder(root / "fallback" / "2", max_positions=2)
-    g = Gateway(root)
+    g = launch(root)
     yield g
     g.terminate()
 
