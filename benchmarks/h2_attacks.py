@@ -41,7 +41,7 @@ ATTACKS = [
 
 
 def run_transport(transport: str, repository: Path) -> list[tuple[str, str, str, str]]:
-    from conftest import Gateway  # tests/conftest.py
+    from daemons import Gateway  # tests/conftest.py
 
     gw = Gateway(repository, "--grpc-transport", transport, "--max-request-bytes", str(64 << 20),
                  "--header-timeout-s", "5", "--idle-timeout-s", "30")

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 import machine  # noqa: E402
 import make_models  # noqa: E402
 import onnx  # noqa: E402
-from conftest import Gateway  # noqa: E402  (the daemon subprocess the e2e tests use)
+from daemons import Gateway  # noqa: E402  (the daemon subprocess the e2e tests use)
 from mlflow_server import MlflowServer  # noqa: E402
 
 

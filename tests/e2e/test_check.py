@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import make_models
-from conftest import ROOT
+from daemons import ROOT
 
 MLP_YAML = "max_batch_size: 32\n"
 

@@ -8,7 +8,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from conftest import launch
+from daemons import launch
 
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven"]

@@ -14,7 +14,7 @@ from tritonclient.utils import InferenceServerException
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    from conftest import launch
+    from daemons import launch
 
     root = tmp_path_factory.mktemp("errors") / "models"
     make_models.write_repository(str(root), ["mlp", "simple"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import make_models
-from conftest import ROOT, Gateway, copy_model, launch
+from daemons import ROOT, Gateway, copy_model, launch
 
 LOCUST = [sys.executable, "-m", "locust"]
 pytestmark = pytest.mark.slow  # each run pays locust's ~4 s start-up

@@ -53,7 +53,7 @@ def test_bad_module_levels_are_rejected_at_start(model_repo, value):
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from daemons import ROOT
 
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--model-repository", str(model_repo), "--log-levels", value],

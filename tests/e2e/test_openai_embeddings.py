@@ -18,7 +18,7 @@ import openai
 import pytest
 from tokenizers import Tokenizer
 
-from conftest import copy_model, launch
+from daemons import copy_model, launch
 
 import make_models
 

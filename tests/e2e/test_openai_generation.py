@@ -12,7 +12,7 @@ import urllib.request
 import openai
 import pytest
 import tiny_llm
-from conftest import Gateway, launch
+from daemons import Gateway, launch
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.text.tokenizer import TextTokenizer

@@ -12,7 +12,7 @@ import openai
 import pytest
 
 import make_models
-from conftest import launch
+from daemons import launch
 
 MODEL = "tiny-gpt"
 MAX_BODY = 64 * 1024

@@ -13,7 +13,7 @@ import openai
 import pytest
 
 import tiny_llm
-from conftest import launch
+from daemons import launch
 
 GEN = (
     "max_batch_size: 0\nversion_policy: {all: true}\n"

@@ -17,7 +17,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from daemons import ROOT
 
 RUN_TIMEOUT_S = 60
 SANE_US = 10_000_000  # any average above 10 s is nonsense for the tiny MLP
@@ -38,7 +38,7 @@ def perf_analyzer() -> str:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
     import make_models
-    from conftest import launch
+    from daemons import launch
 
     root = tmp_path_factory.mktemp("perf") / "models"
     make_models.write_repository(str(root))

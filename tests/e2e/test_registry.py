@@ -23,7 +23,7 @@ import pytest
 import yaml
 from onnx import helper
 
-from conftest import ROOT, Gateway
+from daemons import ROOT, Gateway
 from mlflow_server import MlflowServer, free_port, mlflow_binary
 
 import make_models

@@ -12,7 +12,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 import make_models
-from conftest import ROOT
+from daemons import ROOT
 
 
 def mlp_infer(client, version: str = ""):

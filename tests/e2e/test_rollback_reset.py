@@ -15,7 +15,7 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory):
-    from conftest import Gateway
+    from daemons import Gateway
 
     root = tmp_path_factory.mktemp("reset") / "models"
     for v in (1, 2, 3, 4):  # 4 is on disk but not served; 3 is served without a weight

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import make_models
 import tritonclient.grpc as grpcclient
-from conftest import ROOT, Gateway, launch
+from daemons import ROOT, Gateway, launch
 
 TOKEN = "s3cret-admin-token"
 WAIT_S = 60

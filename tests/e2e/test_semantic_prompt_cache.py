@@ -9,7 +9,7 @@ import urllib.request
 
 import openai
 import pytest
-from conftest import ROOT, Gateway
+from daemons import ROOT, Gateway
 from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "tiny-cached"

@@ -14,7 +14,7 @@ import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
-from conftest import launch
+from daemons import launch
 
 PROTOCOLS = {"grpc": grpcclient, "http": httpclient}
 

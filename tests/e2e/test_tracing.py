@@ -37,7 +37,7 @@ def otel_env(receiver: OtlpReceiver, **extra: str) -> dict[str, str]:
 def traced(receiver, tmp_path_factory):
     """A gateway with tracing on (auto: the endpoint is set); mlp batches 4 rows, waiting up to 10 s for them."""
     import make_models
-    from conftest import Gateway
+    from daemons import Gateway
 
     root = tmp_path_factory.mktemp("traced") / "models"
     make_models.write_repository(str(root), ["mlp", "simple"])
@@ -182,7 +182,7 @@ def test_unsupported_otlp_protocol_is_a_clear_startup_error(model_repo, receiver
     import subprocess
     import sys
 
-    from conftest import ROOT
+    from daemons import ROOT
 
     proc = subprocess.run(
         [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--http-port", "0", "--grpc-port", "0",

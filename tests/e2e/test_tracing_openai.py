@@ -24,7 +24,7 @@ def receiver():
 
 @pytest.fixture(scope="module")
 def traced(receiver, tiny_llm_model, tmp_path_factory):
-    from conftest import Gateway
+    from daemons import Gateway
 
     root = tmp_path_factory.mktemp("traced-v1") / "models"
     shutil.copytree(tiny_llm_model, root / MODEL)

@@ -9,7 +9,7 @@ import tritonclient.grpc as grpcclient
 import yaml
 
 import make_models
-from conftest import ROOT
+from daemons import ROOT
 
 
 def test_tune_writes_best_setting_with_backup(tmp_path, start_gateway):

@@ -151,7 +151,7 @@ GRPC_OK = {"OK", "INVALID_ARGUMENT", "RESOURCE_EXHAUSTED", "NOT_FOUND"}
 
 @pytest.fixture(scope="module")
 def identity_gateway(tmp_path_factory):
-    from conftest import launch
+    from daemons import launch
 
     root = tmp_path_factory.mktemp("fuzz") / "models"
     make_models.write_repository(str(root), ["identity", "simple"])

@@ -26,7 +26,7 @@ LONG = 2_000_000
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory):
-    from conftest import launch
+    from daemons import launch
 
     root = tmp_path_factory.mktemp("limits") / "models"
     make_models.write_repository(str(root), ["simple", "mlp"])

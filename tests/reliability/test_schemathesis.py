@@ -17,7 +17,7 @@ from pathlib import Path
 
 import make_models
 import pytest
-from conftest import copy_model, launch
+from daemons import copy_model, launch
 
 MAX_EXAMPLES = int(os.environ.get("GATEWAY_SCHEMATHESIS_EXAMPLES", "10"))
 # Short context and answers: a fuzzed request may ask for n=128 choices or stream; each stays cheap.

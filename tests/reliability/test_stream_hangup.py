@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import socket
 
-from conftest import copy_model
+from daemons import copy_model
 from reliability_helpers import ADMIN_TOKEN, debug_state, metric_value
 
 MODEL = "tiny-gpt"

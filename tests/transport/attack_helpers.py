@@ -160,7 +160,7 @@ def tile_request(payload: bytes):
 
 def start_attack_gateway(tmp_path_factory, transport: str, *extra: str):
     """start_transport_gateway's daemon and repository, with the tile model too."""
-    from conftest import Gateway  # tests/conftest.py
+    from daemons import Gateway  # tests/conftest.py
 
     root = write_transport_repository(tmp_path_factory.mktemp(f"attacks-{transport}") / "models")
     write_tile_model(root)

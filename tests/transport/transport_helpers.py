@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +21,8 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "reliability"))
-
-import make_models  # noqa: E402
-from reliability_helpers import metric_value, slow_grpc_request, write_slow_model  # noqa: E402,F401
+import make_models
+from reliability_helpers import metric_value, slow_grpc_request, write_slow_model  # noqa: F401
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 SERVICE = "/inference.GRPCInferenceService/"
@@ -361,7 +358,7 @@ def write_transport_repository(root: Path) -> Path:
 
 def start_transport_gateway(tmp_path_factory, transport: str = "native", *extra: str, process: bool = False):
     """In this process unless ``process`` (a test that signals the daemon)."""
-    from conftest import launch  # tests/conftest.py
+    from daemons import launch  # tests/conftest.py
 
     root = write_transport_repository(tmp_path_factory.mktemp(f"transport-{transport}") / "models")
     return launch(root, "--grpc-transport", transport, "--max-request-bytes", str(MAX_REQUEST_BYTES), *extra,

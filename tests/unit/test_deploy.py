@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import ROOT
+from daemons import ROOT
 from gateway.core.model_config import parse_model_config
 from gateway.core.settings import ServerSettings
 from gateway.core.stats import ModelStats
