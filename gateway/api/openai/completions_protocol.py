@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.api.openai.completions_tools import TOOLS_AUTO, TOOLS_FORCED, TOOLS_NONE
 from gateway.api.openai.errors import InvalidFieldError, check_unicode
 from gateway.api.openai.wire import without_nulls
 from gateway.core.generation import GenerationRequest, OutputConstraint, SamplingParams
@@ -134,11 +135,6 @@ class ChatCompletionRequest(_SamplingFields):
         if self.tool_choice in (None, "auto"):
             return TOOLS_AUTO
         return TOOLS_FORCED
-
-
-TOOLS_NONE = "none"
-TOOLS_AUTO = "auto"
-TOOLS_FORCED = "forced"
 
 
 # Known OpenAI fields this server does not implement: a 400 when set to anything but their
