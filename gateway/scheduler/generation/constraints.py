@@ -8,6 +8,12 @@ schema (cached by its JSON text). The model's end-of-sequence tokens are the mat
 EOS: allowed only while the output is already a complete document. When the grammar
 admits nothing more (the closing brace of the object), the constraint is ``done`` and the
 choice finishes with "stop".
+
+Masks are computed per step in one batch: a constraint that consumed a token (or is
+new) waits in its engine's pending list, and the first ``mask`` of the next step computes
+the masks of all of them in one ``LLExecutor`` call (llguidance's threads, without the
+GIL) rather than one Python call per sequence: on a small model the mask is otherwise a
+large share of a step.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from functools import lru_cache
 
 import llguidance
 import numpy as np
-from llguidance.numpy import allocate_token_bitmask, fill_next_token_bitmask
+from llguidance.numpy import get_bitmask_shape
 
 from gateway.core.generation import OutputConstraint
 from gateway.text.tokenizer import TextTokenizer
@@ -32,7 +38,7 @@ class ConstraintError(ValueError):
 
 
 class ConstraintViolation(RuntimeError):
-    """The matcher refused a token it had allowed, or allows none: never expected, fails the step."""
+    """The matcher refused a token it had allowed (or allowed none): never expected, fails the step."""
 
 
 @lru_cache(maxsize=256)
@@ -52,41 +58,78 @@ class Constraint:
     """One sequence's grammar state. ``mask(row)`` gives the logits with every token the
     grammar forbids at -inf; ``advance(token)`` records the sampled token."""
 
-    __slots__ = ("_matcher", "_bitmask", "_vocab")
+    __slots__ = ("matcher", "bitmask", "stale", "_vocab", "_batch")
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab: int) -> None:
-        self._matcher = matcher
+    def __init__(self, matcher: llguidance.LLMatcher, vocab: int, batch: _MaskBatch) -> None:
+        self.matcher = matcher
         self._vocab = vocab
-        self._bitmask = allocate_token_bitmask(1, vocab)
+        self._batch = batch
+        self.bitmask: np.ndarray | None = None  # int32 words, one bit per token
+        self.stale = True  # the bitmask is not yet the one for the next token
+        batch.add(self)
 
     def allowed(self) -> np.ndarray:
         """A boolean row over the tokenizer's vocabulary: the tokens the grammar allows next."""
-        fill_next_token_bitmask(self._matcher, self._bitmask)
-        bits = np.unpackbits(self._bitmask[0].view(np.uint8), bitorder="little")
-        return bits[: self._vocab].view(bool)
+        if self.stale:
+            self._batch.fill()
+        return np.unpackbits(self.bitmask.view(np.uint8), count=self._vocab, bitorder="little").view(bool)
 
     def mask(self, row: np.ndarray) -> np.ndarray:
-        """A copy of ``row`` (the model's logits stay as they are, for logprobs) with forbidden tokens at -inf."""
+        """A copy of ``row`` (the model's logits stay as they are, for logprobs) with forbidden tokens at -inf.
+        Should the grammar allow nothing (never expected), all is -inf and ``advance`` refuses the pick."""
         allowed = self.allowed()
-        if not allowed.any():
-            raise ConstraintViolation(f"the grammar allows no next token: {self._matcher.get_error() or 'no reason given'}")
+        if row.shape[0] == self._vocab:
+            return np.where(allowed, row, np.float32(-np.inf)).astype(row.dtype, copy=False)
         out = np.full(row.shape, -np.inf, dtype=row.dtype)
         n = min(row.shape[0], self._vocab)  # logits rows may be padded past the tokenizer's vocabulary
         np.copyto(out[:n], row[:n], where=allowed[:n])
         return out
 
     def advance(self, token: int) -> None:
-        if not self._matcher.consume_token(token):
-            raise ConstraintViolation(f"the grammar refused token {token}: {self._matcher.get_error()}")
+        if not self.matcher.consume_token(token):
+            raise ConstraintViolation(f"the grammar refused token {token}: {self.matcher.get_error() or 'not allowed'}")
+        if not self.matcher.is_stopped():
+            self.stale = True
+            self._batch.add(self)
 
     @property
     def done(self) -> bool:
         """The grammar admits no more tokens: the document is complete."""
-        return self._matcher.is_stopped()
+        return self.matcher.is_stopped()
 
     @property
     def accepting(self) -> bool:
-        return self._matcher.is_accepting()
+        return self.matcher.is_accepting()
+
+
+class _MaskBatch:
+    """The constraints whose next mask is due, computed together by llguidance's thread pool."""
+
+    def __init__(self, vocab: int) -> None:
+        self._words = get_bitmask_shape(1, vocab)[1]
+        self._executor: llguidance.LLExecutor | None = None
+        self._pending: list[Constraint] = []
+        self._lock = threading.Lock()  # constraints are added at submit (event loop) and in steps (worker)
+
+    def add(self, constraint: Constraint) -> None:
+        with self._lock:
+            self._pending.append(constraint)
+
+    def fill(self) -> None:
+        with self._lock:
+            batch, self._pending = self._pending, []
+        batch = [c for c in batch if c.stale]  # a sequence that left may still be listed once
+        if not batch:
+            return
+        if self._executor is None:
+            self._executor = llguidance.LLExecutor()
+        masks = np.empty((len(batch), self._words), dtype=np.int32)
+        self._executor.unsafe_compute_mask_ptr(
+            [(c.matcher, i) for i, c in enumerate(batch)], masks.ctypes.data, self._words * 4, len(batch)
+        )
+        for i, c in enumerate(batch):
+            c.bitmask = masks[i]
+            c.stale = False
 
 
 class ConstraintFactory:
@@ -97,6 +140,7 @@ class ConstraintFactory:
         self._eos_ids = sorted(i for i in eos_ids if 0 <= i < tokenizer.vocab_size)
         self._lltok: llguidance.LLTokenizer | None = None
         self._lock = threading.Lock()
+        self._batch = _MaskBatch(tokenizer.vocab_size)
 
     def _ll_tokenizer(self) -> llguidance.LLTokenizer:
         with self._lock:
@@ -114,11 +158,10 @@ class ConstraintFactory:
     def create(self, spec: OutputConstraint, count: int = 1) -> list[Constraint]:
         grammar = self.check(spec)
         lltok = self._ll_tokenizer()
-        constraints = []
+        matchers = []
         for _ in range(count):
             matcher = llguidance.LLMatcher(lltok, grammar, log_level=0)
             if matcher.is_error():
                 raise ConstraintError(matcher.get_error())
-            constraints.append(Constraint(matcher, self._tokenizer.vocab_size))
-        return constraints
-
+            matchers.append(matcher)
+        return [Constraint(m, self._tokenizer.vocab_size, self._batch) for m in matchers]
