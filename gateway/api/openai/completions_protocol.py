@@ -321,13 +321,13 @@ def _offered_tools(req: ChatCompletionRequest) -> tuple[dict, ...] | None:
             )
     if req.tool_mode == TOOLS_NONE:
         return None
-    names = set()
+    seen: set[str] = set()
     offered = []
     for i, tool in enumerate(req.tools or ()):
         fn = tool.function
-        if fn.name in names:
+        if fn.name in seen:
             raise InvalidFieldError(f"tools[{i}].function.name", f"two tools are named '{fn.name}'")
-        names.add(fn.name)
+        seen.add(fn.name)
         check_unicode(fn.description, f"tools[{i}].function.description")
         function: dict = {"name": fn.name}
         if fn.description is not None:

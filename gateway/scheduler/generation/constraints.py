@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import llguidance
 import numpy as np
@@ -28,9 +29,12 @@ from llguidance.numpy import get_bitmask_shape
 from gateway.core.generation import OutputConstraint
 from gateway.text.tokenizer import TextTokenizer
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions
+
 # Compact JSON: no whitespace between tokens, so a document is as short as it can be and a
 # model cannot spend its max_tokens on spaces and newlines.
-_JSON_OPTIONS = {"whitespace_flexible": False}
+_JSON_OPTIONS: JsonCompileOptions = {"whitespace_flexible": False}
 
 
 class ConstraintError(ValueError):
@@ -72,6 +76,7 @@ class Constraint:
         """A boolean row over the tokenizer's vocabulary: the tokens the grammar allows next."""
         if self.stale:
             self._batch.fill()
+        assert self.bitmask is not None  # filled above
         return np.unpackbits(self.bitmask.view(np.uint8), count=self._vocab, bitorder="little").view(bool)
 
     def mask(self, row: np.ndarray) -> np.ndarray:
