@@ -19,6 +19,7 @@ from gateway.core.stats import Histogram
 
 FINISH_STOP = "stop"
 FINISH_LENGTH = "length"
+FINISH_TOOL_CALLS = "tool_calls"  # set by the api layer when it parsed tool calls from the output
 
 
 class ContextLengthError(InvalidInputError):
@@ -47,6 +48,16 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     n: int = 1
     logprobs: int | None = None  # None = off; k = alternatives per token besides the chosen one
+
+
+@dataclass(frozen=True, slots=True)
+class OutputConstraint:
+    """Decoding restricted to the documents a JSON schema accepts (structured output, forced
+    tool calls): every finished ("stop") output parses and validates; ``max_tokens`` may still
+    cut one short ("length")."""
+
+    schema: str  # the JSON Schema, as JSON text (property order kept: it is the output's order)
+    param: str  # the request field it came from, named in a 400 when the schema cannot be used
 
 
 @dataclass(slots=True)
@@ -80,6 +91,9 @@ class GenerationRequest:
     user: str = ""
     cache: bool = True  # False: the request opted out of the semantic cache
     route_key: str = ""  # the X-Route-Key header: the canary's sticky key before `user`
+    # Chat only: function tools offered to the model (OpenAI's "tools" entries), given to the chat template.
+    tools: tuple[dict, ...] | None = None
+    constraint: OutputConstraint | None = None
     # Set only when this request is traced; the engine stamps its hops into it.
     trace: GenerationTrace | None = field(default=None, compare=False)
 

@@ -252,8 +252,8 @@ def test_unknown_fields_are_ignored_but_unsupported_ones_refused(client):
     assert ok.choices[0].finish_reason in ("length", "stop")
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}],
-                                       tools=[{"type": "function", "function": {"name": "f"}}])
-    assert _error(info)["param"] == "tools"
+                                       functions=[{"name": "f"}])  # the deprecated form of tools
+    assert _error(info)["param"] == "functions"
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(model=MODEL, prompt="hi", logit_bias={"5": 10})
     assert _error(info)["param"] == "logit_bias"

@@ -2,19 +2,25 @@
 
 Unknown fields are ignored, as OpenAI's clients send fields a server may not know; a
 known field of the wrong type is a 400 naming it (no coercion: ``"3"`` is not a
-number); a known field we do not implement (tools, logit_bias, ...) is a 400 too,
+number); a known field we do not implement (logit_bias, audio, ...) is a 400 too,
 rather than silently ignored.
+
+``response_format`` (json_object, json_schema) and forced tool calls (``tool_choice``
+"required" or a named function) become an ``OutputConstraint``: the engine decodes under
+the schema's grammar, so a finished output always parses and validates.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.api.openai.completions_tools import TOOLS_AUTO, TOOLS_FORCED, TOOLS_NONE
 from gateway.api.openai.errors import InvalidFieldError, check_unicode
 from gateway.api.openai.wire import without_nulls
-from gateway.core.generation import GenerationRequest, SamplingParams
+from gateway.core.generation import GenerationRequest, OutputConstraint, SamplingParams
 
 MAX_STOP_STRINGS = 16
 
@@ -59,10 +65,56 @@ class TextPart(_Wire):
     text: str
 
 
+class CalledFunction(_Wire):
+    name: str = Field(min_length=1)
+    arguments: str  # JSON text, as OpenAI sends it back
+
+
+class MessageToolCall(_Wire):
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(_Wire):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[MessageToolCall] | None = None  # assistant: the calls it made
+    tool_call_id: str | None = None  # tool: the call this is the result of
+
+
+class FunctionDefinition(_Wire):
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    description: str | None = None
+    parameters: dict | None = None  # a JSON Schema of the arguments object; absent: no arguments
+    strict: bool | None = None
+
+
+class ToolDefinition(_Wire):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionName(_Wire):
+    name: str
+
+
+class NamedToolChoice(_Wire):
+    type: Literal["function"]
+    function: FunctionName
+
+
+class JsonSchemaFormat(_Wire):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    schema_: dict = Field(alias="schema")
+    strict: bool | None = None
+
+
+class ResponseFormat(_Wire):
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
 
 
 class ChatCompletionRequest(_SamplingFields):
@@ -70,6 +122,19 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = Field(default=None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None
+    tools: list[ToolDefinition] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None  # accepted; a forced call is one call
+
+    @property
+    def tool_mode(self) -> str:
+        """How the output is read: "none" (text), "auto" (text or <tool_call> blocks) or "forced" (one call object)."""
+        if not self.tools or self.tool_choice == "none":
+            return TOOLS_NONE
+        if self.tool_choice in (None, "auto"):
+            return TOOLS_AUTO
+        return TOOLS_FORCED
 
 
 # Known OpenAI fields this server does not implement: a 400 when set to anything but their
@@ -81,12 +146,9 @@ _UNSUPPORTED_COMMON = {
 }
 _UNSUPPORTED_CHAT = {
     **_UNSUPPORTED_COMMON,
-    "tools": lambda v: v in (None, []),
-    "tool_choice": lambda v: v in (None, "none"),
+    # The deprecated single-function API; "tools" replaces it.
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none"),
-    "parallel_tool_calls": lambda v: True,  # meaningless without tools
-    "response_format": lambda v: v is None or (isinstance(v, dict) and v.get("type") == "text"),
     "audio": lambda v: v is None,
     "modalities": lambda v: v in (None, ["text"]),
     "prediction": lambda v: v is None,
@@ -196,17 +258,9 @@ def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
     if req.top_logprobs is not None and not req.logprobs:
         raise InvalidFieldError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
     _check_texts(req)
-    messages = []
-    for i, m in enumerate(req.messages):
-        content = m.content
-        if isinstance(content, list):
-            content = "".join(part.text for part in content)
-        check_unicode(content, f"messages[{i}].content")
-        check_unicode(m.name, f"messages[{i}].name")
-        message = {"role": m.role, "content": content or ""}
-        if m.name is not None:
-            message["name"] = m.name
-        messages.append(message)
+    messages = [_message(i, m) for i, m in enumerate(req.messages)]
+    tools = _offered_tools(req)
+    constraint = _constraint(req)
     max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
     gen = GenerationRequest(
@@ -214,6 +268,103 @@ def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
         sampling=_sampling(req, max_tokens, logprobs),
         messages=tuple(messages),
         user=req.user or "",
-        cache=req.cache,
+        # The semantic cache keys on the conversation and sampling only: a tool or format request stays out.
+        cache=req.cache and tools is None and constraint is None,
+        tools=tools,
+        constraint=constraint,
     )
     return req, gen
+
+
+def _message(i: int, m: ChatMessage) -> dict:
+    """One message as chat templates expect it (transformers' conventions)."""
+    content = m.content
+    if isinstance(content, list):
+        content = "".join(part.text for part in content)
+    check_unicode(content, f"messages[{i}].content")
+    check_unicode(m.name, f"messages[{i}].name")
+    message: dict = {"role": m.role, "content": content or ""}
+    if m.name is not None:
+        message["name"] = m.name
+    if m.tool_calls:
+        if m.role != "assistant":
+            raise InvalidFieldError(f"messages[{i}].tool_calls", "only assistant messages carry 'tool_calls'")
+        calls = []
+        for j, call in enumerate(m.tool_calls):
+            check_unicode(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
+            try:
+                arguments = json.loads(call.function.arguments)
+            except ValueError:
+                raise InvalidFieldError(
+                    f"messages[{i}].tool_calls[{j}].function.arguments", "'arguments' must be a JSON text"
+                ) from None
+            # Templates write arguments with `| tojson`: they get the object, not its text.
+            calls.append({"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}})
+        message["tool_calls"] = calls
+    if m.role == "tool":
+        if m.tool_call_id is None:
+            raise InvalidFieldError(f"messages[{i}].tool_call_id", "a 'tool' message needs the 'tool_call_id' it answers")
+        message["tool_call_id"] = m.tool_call_id
+    return message
+
+
+def _offered_tools(req: ChatCompletionRequest) -> tuple[dict, ...] | None:
+    """The tools the chat template shows the model (none for tool_choice "none")."""
+    if isinstance(req.tool_choice, NamedToolChoice) or req.tool_choice == "required":
+        if not req.tools:
+            raise InvalidFieldError("tool_choice", "'tool_choice' needs 'tools' to choose from")
+    if isinstance(req.tool_choice, NamedToolChoice):
+        names = [t.function.name for t in req.tools or ()]
+        if req.tool_choice.function.name not in names:
+            raise InvalidFieldError(
+                "tool_choice.function.name", f"no tool named '{req.tool_choice.function.name}' in 'tools' ({', '.join(names)})"
+            )
+    if req.tool_mode == TOOLS_NONE:
+        return None
+    seen: set[str] = set()
+    offered = []
+    for i, tool in enumerate(req.tools or ()):
+        fn = tool.function
+        if fn.name in seen:
+            raise InvalidFieldError(f"tools[{i}].function.name", f"two tools are named '{fn.name}'")
+        seen.add(fn.name)
+        check_unicode(fn.description, f"tools[{i}].function.description")
+        function: dict = {"name": fn.name}
+        if fn.description is not None:
+            function["description"] = fn.description
+        function["parameters"] = fn.parameters if fn.parameters is not None else {"type": "object", "properties": {}}
+        offered.append({"type": "function", "function": function})
+    return tuple(offered)
+
+
+def call_schema(name: str, parameters: dict | None) -> dict:
+    """The JSON object a forced call is decoded as: its name, then its arguments (in this order)."""
+    arguments = parameters if parameters is not None else {"type": "object", "properties": {}, "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {"name": {"const": name}, "arguments": arguments},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def _constraint(req: ChatCompletionRequest) -> OutputConstraint | None:
+    fmt = req.response_format
+    if req.tool_mode == TOOLS_FORCED:
+        if fmt is not None and fmt.type != "text":
+            raise InvalidFieldError("response_format", "'response_format' cannot be combined with a forced tool call")
+        tools = req.tools or []
+        if isinstance(req.tool_choice, NamedToolChoice):
+            i = next(i for i, t in enumerate(tools) if t.function.name == req.tool_choice.function.name)
+            fn = tools[i].function
+            return OutputConstraint(json.dumps(call_schema(fn.name, fn.parameters)), f"tools[{i}].function.parameters")
+        variants = [call_schema(t.function.name, t.function.parameters) for t in tools]
+        schema = variants[0] if len(variants) == 1 else {"anyOf": variants}
+        return OutputConstraint(json.dumps(schema), "tools")
+    if fmt is None or fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return OutputConstraint(json.dumps({"type": "object"}), "response_format")
+    if fmt.json_schema is None:
+        raise InvalidFieldError("response_format.json_schema", "'response_format.json_schema' is required for type 'json_schema'")
+    return OutputConstraint(json.dumps(fmt.json_schema.schema_), "response_format.json_schema.schema")

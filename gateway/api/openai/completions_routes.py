@@ -20,6 +20,7 @@ from gateway.api.http_routes import route_template
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
 from gateway.api.openai.completions_protocol import parse_chat, parse_completion
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
+from gateway.api.openai.completions_tools import TOOLS_NONE
 from gateway.api.openai.errors import error_response, sse_error_event
 from gateway.api.openai.wire import read_json
 from gateway.service import InferenceService
@@ -95,9 +96,11 @@ class OpenAICompletionsApi:
                                    {"http.response.status_code": HTTP_STATUS[code]})
             return error_response(exc)
         want_logprobs = gen.sampling.logprobs is not None
+        tool_mode = parsed.tool_mode if kind == CHAT else TOOLS_NONE
+        tool_names = frozenset(t["function"]["name"] for t in gen.tools or ())
         if not parsed.stream:
             try:
-                body = await self.serving.complete(kind, model, stream, want_logprobs)
+                body = await self.serving.complete(kind, model, stream, want_logprobs, tool_mode, tool_names)
             except Exception as exc:  # noqa: BLE001
                 code, message = classify(exc)
                 telemetry.request_done("http", stream.model, stream.version, code.value, start, time.monotonic_ns(),
@@ -116,7 +119,8 @@ class OpenAICompletionsApi:
         try:
             await response.prepare(request)
             try:
-                async for chunk in self.serving.chunks(kind, model, stream, want_logprobs, include_usage):
+                async for chunk in self.serving.chunks(kind, model, stream, want_logprobs, include_usage,
+                                                       tool_mode, tool_names):
                     await response.write(_event(chunk))
             except ConnectionError:
                 raise

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from gateway.api.openai.completions_tools import TOOLS_NONE, ToolCallReader
 from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream, TokenLogprob
 from gateway.service import InferenceService
 
@@ -57,6 +58,7 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     text_len: int = 0  # characters sent so far (text_offset of streamed completion logprobs)
+    tools: ToolCallReader | None = None  # chat with tools: reads tool calls out of the text
 
 
 class CompletionServing:
@@ -67,7 +69,10 @@ class CompletionServing:
         """Admission: raises the typed errors (400, 404, 429) before any byte is sent."""
         return await self.service.generate(request)
 
-    async def complete(self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool) -> dict:
+    async def complete(
+        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool,
+        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(),
+    ) -> dict:
         """Wait for every choice; the whole response object."""
         choices = [_Choice() for _ in range(stream.choices)]
         try:
@@ -90,9 +95,8 @@ class CompletionServing:
                 "choices": [
                     {
                         "index": i,
-                        "message": {"role": "assistant", "content": "".join(c.text), "refusal": None},
+                        **_chat_answer(c, tool_mode, tool_names),
                         "logprobs": _chat_logprobs(c.logprobs) if want_logprobs else None,
-                        "finish_reason": c.finish_reason,
                     }
                     for i, c in enumerate(choices)
                 ],
@@ -117,7 +121,8 @@ class CompletionServing:
         }
 
     async def chunks(
-        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool, include_usage: bool
+        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool, include_usage: bool,
+        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(),
     ) -> AsyncIterator[dict]:
         """The stream's chunk objects in order; the caller closes ``stream`` when it stops reading."""
         created = int(time.time())
@@ -129,6 +134,9 @@ class CompletionServing:
                     "model": model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
         choices = [_Choice() for _ in range(stream.choices)]
+        if kind == CHAT and tool_mode != TOOLS_NONE:
+            for c in choices:
+                c.tools = ToolCallReader(tool_mode, tool_names)
         if kind == CHAT:
             # OpenAI opens each choice with the assistant role and empty content.
             for i in range(stream.choices):
@@ -143,6 +151,8 @@ class CompletionServing:
 
     @staticmethod
     def _chunk(kind: str, event: GenerationEvent, choice: _Choice, want_logprobs: bool) -> dict | None:
+        if choice.tools is not None:
+            return _tool_chunk(event, choice.tools, want_logprobs)
         if not event.text and event.finish_reason is None and not (want_logprobs and event.logprobs):
             return None  # bytes of a character or a possible stop string held back
         if kind == CHAT:
@@ -152,3 +162,37 @@ class CompletionServing:
         logprobs = _text_logprobs(list(event.logprobs), choice.text_len) if want_logprobs else None
         choice.text_len += len(event.text)
         return {"index": event.index, "text": event.text, "logprobs": logprobs, "finish_reason": event.finish_reason}
+
+
+def _chat_answer(c: _Choice, tool_mode: str, tool_names: frozenset[str]) -> dict:
+    """The message and finish_reason of a finished chat choice; tool calls read out of its text."""
+    text = "".join(c.text)
+    reason = c.finish_reason
+    if tool_mode == TOOLS_NONE or reason is None:
+        return {"message": {"role": "assistant", "content": text, "refusal": None}, "finish_reason": reason}
+    reader = ToolCallReader(tool_mode, tool_names)
+    content, _ = reader.feed(text)
+    tail, _, reason = reader.finish(reason)
+    content += tail
+    message: dict = {"role": "assistant", "content": content or (None if reader.calls else ""), "refusal": None}
+    if reader.calls:
+        message["tool_calls"] = [{k: v for k, v in call.items() if k != "index"} for call in reader.calls]
+    return {"message": message, "finish_reason": reason}
+
+
+def _tool_chunk(event: GenerationEvent, reader: ToolCallReader, want_logprobs: bool) -> dict | None:
+    content, calls = reader.feed(event.text)
+    reason = event.finish_reason
+    if reason is not None:
+        tail, more, reason = reader.finish(reason)
+        content += tail
+        calls += more
+    if not content and not calls and reason is None and not (want_logprobs and event.logprobs):
+        return None
+    delta: dict = {}
+    if content:
+        delta["content"] = content
+    if calls:
+        delta["tool_calls"] = calls
+    logprobs = _chat_logprobs(list(event.logprobs)) if want_logprobs else None
+    return {"index": event.index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}

@@ -38,6 +38,7 @@ from gateway.core.generation import (
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.decoder import KvCacheDecoder
 from gateway.scheduler.generation.batcher import ContinuousBatcher, StepPlan, Ticket
+from gateway.scheduler.generation.constraints import Constraint, ConstraintError, ConstraintFactory
 from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.detokenizer import IncrementalDetokenizer
@@ -68,6 +69,7 @@ class Sequence:
     stop: StopMatcher
     admitted_ns: int
     trace: GenerationTrace | None = None
+    constraint: Constraint | None = None  # structured output: the grammar the output must match
     generated: int = 0
     last_token: int = -1
     first_token_ns: int = 0
@@ -102,6 +104,7 @@ class GenerationEngine:
         self.batcher = ContinuousBatcher(config.max_sequences, config.max_waiting_sequences, config.max_kv_tokens)
         self._clock_ns = clock_ns
         self._stop_ids = tokenizer.eos_token_ids | frozenset(config.stop_token_ids)
+        self._constraints = ConstraintFactory(tokenizer, self._stop_ids)
         self._seqs: dict[int, Sequence] = {}
         self._ids = count(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}-{version}")
@@ -126,6 +129,12 @@ class GenerationEngine:
         max_tokens = self._max_tokens(len(prompt_ids), sampling.max_tokens, "messages" if request.messages is not None else "prompt")
         if sampling.logprobs is not None and sampling.logprobs > self.tokenizer.vocab_size:
             raise FieldError("logprobs", f"at most {self.tokenizer.vocab_size} alternatives per token")
+        constraints: list[Constraint | None] = [None] * sampling.n
+        if request.constraint is not None:
+            try:
+                constraints = list(self._constraints.create(request.constraint, sampling.n))
+            except ConstraintError as exc:
+                raise FieldError(request.constraint.param, f"the schema cannot be used for constrained decoding: {exc}") from None
         now = self._clock_ns()
         deadline = now + int(self.config.queue_timeout_s * 1e9) if self.config.queue_timeout_s else 0
         ids = [next(self._ids) for _ in range(sampling.n)]
@@ -142,7 +151,7 @@ class GenerationEngine:
         for index, seq_id in enumerate(ids):
             self._seqs[seq_id] = Sequence(
                 seq_id, index, stream, prompt, max_tokens, sampling, sequence_rng(sampling.seed, index),
-                IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now, trace,
+                IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now, trace, constraints[index],
             )
         self.stats.prompt_tokens += len(prompt_ids) * sampling.n
         self._refresh_gauges()
@@ -161,7 +170,7 @@ class GenerationEngine:
                     "messages", f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions"
                 )
             try:
-                text = template.render(list(request.messages))
+                text = template.render(list(request.messages), tools=list(request.tools) if request.tools else None)
             except ChatTemplateError as exc:
                 raise FieldError("messages", f"the model's chat template rejected the messages: {exc}") from None
             # The template writes the special tokens itself (as transformers' apply_chat_template does).
@@ -340,7 +349,14 @@ class GenerationEngine:
 
     def _next(self, seq: Sequence, row: np.ndarray) -> GenerationEvent:
         """Sample one token for ``seq`` and turn it into its text delta and finish state."""
-        token = sample_token(row, seq.params, seq.rng)
+        constraint = seq.constraint
+        if constraint is None:
+            token = sample_token(row, seq.params, seq.rng)
+        else:
+            # Only tokens that keep the output a prefix of a valid document (EOS only once it is complete).
+            token = sample_token(constraint.mask(row), seq.params, seq.rng)
+            if token not in self._stop_ids:
+                constraint.advance(token)
         logprobs = ()
         if seq.params.logprobs is not None:
             lp = log_softmax(row)
@@ -365,6 +381,10 @@ class GenerationEngine:
             return GenerationEvent(seq.index, text, (token,), (), FINISH_STOP)
         text, stopped = seq.stop.feed(seq.detokenizer.add(token))
         if stopped:
+            return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)
+        if seq.constraint is not None and seq.constraint.done:
+            # The document is complete: nothing but EOS could follow, so the choice ends here.
+            text += seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
             return GenerationEvent(seq.index, text, (token,), logprobs, FINISH_STOP)
         if seq.generated >= seq.max_tokens:
             tail, stopped = seq.stop.feed(seq.detokenizer.flush())
