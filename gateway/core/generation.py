@@ -219,6 +219,10 @@ class GenerationStream:
 class TextGenerator(Protocol):
     """The engine behind ``InferenceService.generate``: one per model version."""
 
+    def prepare(self, request: GenerationRequest) -> None:
+        """Blocking work ``submit`` would otherwise do on the event loop (compiling a schema)."""
+        ...
+
     def submit(self, request: GenerationRequest) -> GenerationStream:
         """Tokenize, check limits and admit; raises ContextLengthError, QueueFullError, InvalidInputError."""
         ...

@@ -7,6 +7,7 @@ re-exported here as the api's type for them) and their state through this facade
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -196,6 +197,8 @@ class InferenceService:
             raise NotAGenerationModelError(
                 f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"
             )
+        if req.constraint is not None:
+            await asyncio.to_thread(loaded.generator.prepare, req)
         semantic = loaded.config.cache.semantic
         if semantic.enabled:
             engine = loaded.generator

@@ -18,7 +18,7 @@ from aiohttp import web
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.http_routes import route_template
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
-from gateway.api.openai.completions_protocol import parse_chat, parse_completion
+from gateway.api.openai.completions_protocol import ChatCompletionRequest, parse_chat, parse_completion
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
 from gateway.api.openai.completions_tools import TOOLS_NONE
 from gateway.api.openai.errors import error_response, sse_error_event
@@ -96,7 +96,7 @@ class OpenAICompletionsApi:
                                    {"http.response.status_code": HTTP_STATUS[code]})
             return error_response(exc)
         want_logprobs = gen.sampling.logprobs is not None
-        tool_mode = parsed.tool_mode if kind == CHAT else TOOLS_NONE
+        tool_mode = parsed.tool_mode if isinstance(parsed, ChatCompletionRequest) else TOOLS_NONE
         tool_names = frozenset(t["function"]["name"] for t in gen.tools or ())
         if not parsed.stream:
             try:

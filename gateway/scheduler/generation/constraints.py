@@ -156,6 +156,11 @@ class ConstraintFactory:
                 )
             return self._lltok
 
+    def warm(self, spec: OutputConstraint) -> None:
+        """Compile ``spec`` (cached) and build the tokenizer: what ``create`` needs, done ahead."""
+        self.check(spec)
+        self._ll_tokenizer()
+
     def check(self, spec: OutputConstraint) -> str:
         """The compiled grammar; raises ConstraintError for a schema llguidance cannot use."""
         return compile_json_schema(spec.schema)

@@ -115,6 +115,16 @@ class GenerationEngine:
 
     # -- admission (event loop) ---------------------------------------------------------------
 
+    def prepare(self, request: GenerationRequest) -> None:
+        """Blocking (a worker thread): compile the request's schema and build the grammar tokenizer,
+        so ``submit`` on the event loop finds both ready (a complex schema or a large vocabulary
+        takes from milliseconds to a second). Raises what ``submit`` would for a bad schema."""
+        if request.constraint is not None:
+            try:
+                self._constraints.warm(request.constraint)
+            except ConstraintError as exc:
+                raise FieldError(request.constraint.param, f"the schema cannot be used for constrained decoding: {exc}") from None
+
     def submit(self, request: GenerationRequest) -> GenerationStream:
         if self._closing:
             raise ModelNotReadyError(f"model '{self.name}' version {self.version} is being unloaded")
