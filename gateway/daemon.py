@@ -109,7 +109,7 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
             service.worker_stats.start(lambda: manager.serving)
             stack.push_async_callback(service.worker_stats.stop)
             # Routing overrides and rollback verdicts are the host's, not this process's.
-            service.routing.join_fleet(FleetState(worker.stats_dir, worker.index))
+            await service.routing.join_fleet(FleetState(worker.stats_dir, worker.index))
             stack.push_async_callback(service.routing.leave_fleet)
 
         shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols

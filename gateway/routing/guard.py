@@ -113,7 +113,7 @@ class RollbackGuard:
         if slow:
             c.slow += 1
             w.totals.slow += 1
-        return self.verdict(w.totals.plus(self._peers.get(version)))
+        return self._judge(version, w.totals)
 
     def record_comparison(self, version: str, now_ns: int, rows: int, disagreed_rows: int) -> str | None:
         """Count one comparison of the canary's answer with the champion's."""
@@ -123,7 +123,11 @@ class RollbackGuard:
         c.disagreed_rows += disagreed_rows
         w.totals.compared_rows += rows
         w.totals.disagreed_rows += disagreed_rows
-        return self.verdict(w.totals.plus(self._peers.get(version)))
+        return self._judge(version, w.totals)
+
+    def _judge(self, version: str, own: WindowCounts) -> str | None:
+        peers = self._peers.get(version)
+        return self.verdict(own if peers is None else own.plus(peers))
 
     def verdict(self, t: WindowCounts) -> str | None:
         cfg = self.cfg

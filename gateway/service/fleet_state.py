@@ -218,23 +218,28 @@ class FleetState:
                     peers.append(got)
         return Snapshot(records, peers)
 
-    def start(self, snapshot: Callable[[], dict], on_poll: Callable[[Snapshot], None]) -> None:
+    async def start(self, snapshot: Callable[[], dict], on_poll: Callable[[Snapshot], None]) -> None:
         """``snapshot`` (on the loop) is this worker's document to publish; ``on_poll`` (on the loop)
-        gets each reading."""
+        gets each reading. The first reading is done when this returns: a worker that has just
+        (re)started routes by the fleet's state from its first request."""
+
+        async def poll() -> None:
+            try:
+                doc = {"pid": self.pid, "index": self.index, "models": snapshot()}
+                got = await asyncio.to_thread(self._poll_blocking, doc)
+                self.records, self.peers = got.records, got.peers
+                on_poll(got)
+            except OSError as exc:
+                _log.warning("fleet routing state: %s", exc)
+            except Exception:  # noqa: BLE001 - the poll must outlive a bad record
+                _log.exception("fleet routing state: poll failed")
 
         async def loop() -> None:
             while True:
-                try:
-                    doc = {"pid": self.pid, "index": self.index, "models": snapshot()}
-                    got = await asyncio.to_thread(self._poll_blocking, doc)
-                    self.records, self.peers = got.records, got.peers
-                    on_poll(got)
-                except OSError as exc:
-                    _log.warning("fleet routing state: %s", exc)
-                except Exception:  # noqa: BLE001 - the poll must outlive a bad record
-                    _log.exception("fleet routing state: poll failed")
                 await asyncio.sleep(POLL_INTERVAL_S)
+                await poll()
 
+        await poll()
         self._task = asyncio.get_running_loop().create_task(loop(), name="fleet-state")
 
     async def stop(self) -> None:

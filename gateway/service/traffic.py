@@ -326,13 +326,13 @@ class TrafficRouter:
 
     # -- the fleet (--workers N) --------------------------------------------------------------
 
-    def join_fleet(self, fleet: FleetState) -> None:
+    async def join_fleet(self, fleet: FleetState) -> None:
         """Follow and feed the host's shared routing state from now on."""
         self.fleet = fleet
         for model, slot in self._slots.items():
             if slot.router is not None:
                 slot.router.on_trip = lambda version, trip, model=model: self._publish_trip(model, version, trip)
-        fleet.start(self._fleet_document, self._on_fleet_poll)
+        await fleet.start(self._fleet_document, self._on_fleet_poll)
 
     async def leave_fleet(self) -> None:
         if self.fleet is not None:

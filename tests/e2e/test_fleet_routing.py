@@ -7,7 +7,9 @@ a routing status says which worker answered (``worker.pid``).
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
 import time
 from pathlib import Path
 
@@ -133,3 +135,19 @@ def test_a_failing_canary_is_rolled_back_once_fleet_wide_on_the_summed_window(fl
     assert doc["versions"]["2"]["rolled_back"] is None
     every_worker(fleet, "lookup_rb", lambda d: d["versions"]["2"]["rolled_back"] is None
                  and d["versions"]["2"]["effective_weight"] == 50, "the reset")
+
+
+def test_a_restarted_worker_starts_from_the_fleets_routing_state(fleet):
+    path = "/v2/admin/models/mlp_admin/routing"
+    admin(fleet, "PUT", path, {"weights": {"1": 1, "2": 4}})
+    before = every_worker(fleet, "mlp_admin", lambda d: d["source"] == "admin", "the admin weights")
+    victim = next(iter(before))
+    start = len(fleet.lines)
+    os.kill(victim, signal.SIGKILL)
+    fleet.wait_for_log(re.compile(r"worker \d is back"), timeout=WAIT_S, start=start)
+    after = every_worker(fleet, "mlp_admin", lambda d: d["worker"]["pid"] != victim, "the new worker")
+    assert victim not in after
+    for d in after.values():  # the new worker has never seen the PUT: it read the record
+        assert d["source"] == "admin" and d["config"]["weights"] == {"1": 1.0, "2": 4.0}
+    admin(fleet, "DELETE", path)
+    every_worker(fleet, "mlp_admin", lambda d: d["source"] == "file", "the file's routing again")

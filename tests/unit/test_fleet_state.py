@@ -156,7 +156,7 @@ def test_two_traffic_routers_on_one_directory_follow_each_others_admin_changes_r
     async def main():
         services = [make_service({"1": FakeExecutor(2.0), "2": FakeExecutor(fails=True)}, ROUTING) for _ in range(2)]
         for i, service in enumerate(services):
-            service.routing.join_fleet(FleetState(str(tmp_path), i))
+            await service.routing.join_fleet(FleetState(str(tmp_path), i))
         one, two = services
         r1, r2 = one.routing.router_for("m"), two.routing.router_for("m")
         try:
