@@ -36,6 +36,7 @@ def fleet(tmp_path_factory):
     g = Gateway(root, "--workers", "2", env={"GATEWAY_ADMIN_TOKEN": TOKEN})
     yield g
     assert g.terminate() == 0
+    assert "Traceback" not in g.log()
 
 
 def status(gw: Gateway, model: str) -> dict:
