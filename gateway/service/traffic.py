@@ -374,9 +374,9 @@ class TrafficRouter:
             return change(record)
 
         record = await self.fleet.update(model, on_record)  # type: ignore[union-attr]
-        slot = self._slots.get(model)
-        if slot is not None and record.version > slot.applied:
-            self._apply(model, slot, record)
+        current = self._slots.get(model)  # a model.yaml change may have replaced it meanwhile
+        if current is not None and record.version > current.applied:
+            self._apply(model, current, record)
         return record
 
     def _publish_trip(self, model: str, version: str, trip: Trip) -> None:

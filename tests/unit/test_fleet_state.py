@@ -205,3 +205,36 @@ def test_record_files_name_any_model(tmp_path, model):
     fleet = FleetState(str(tmp_path), 0)
     fleet.update_blocking(model, lambda rec: rec.set_admin(None))
     assert list(fleet._poll_blocking({"models": {}}).records) == [model]
+
+
+def test_a_changed_model_yaml_voids_the_fleets_overrides_on_every_worker(tmp_path):
+    async def main():
+        services = [make_service({"1": FakeExecutor(), "2": FakeExecutor()}, {"weights": {1: 1}}) for _ in range(2)]
+        for i, service in enumerate(services):
+            await service.routing.join_fleet(FleetState(str(tmp_path), i))
+        one, two = services
+        try:
+            await one.routing.admin_set("m", {"weights": {"2": 1}})
+            await until(lambda: two.routing.router_for("m").source == "admin", "worker 1 to follow")
+            # model.yaml's routing section changes (each worker sees it at its own scan).
+            for service in services:
+                changed = service.models.serving["m"]["1"].config.model_copy(
+                    update={"routing": RoutingConfig.model_validate({"weights": {1: 1, 2: 1}})})
+                for lv in service.models.serving["m"].values():
+                    lv.config = changed
+            for service in services:
+                router = service.routing.router_for("m")
+                assert router.source == "file" and router.config.weights == {1: 1.0, 2: 1.0}
+            # The old record stays void through later polls, and a new change is for the new file.
+            readings = [s.routing.fleet.records for s in services]
+            await until(lambda: all(s.routing.fleet.records is not r for s, r in zip(services, readings)),
+                        "a poll on both workers")
+            assert all(s.routing.router_for("m").source == "file" for s in services)
+            await two.routing.admin_set("m", {"weights": {"1": 1}})
+            await until(lambda: one.routing.router_for("m").config.weights == {1: 1.0}, "worker 0 to follow")
+        finally:
+            for service in services:
+                await service.routing.leave_fleet()
+                await close(service)
+
+    asyncio.run(main())
