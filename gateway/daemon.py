@@ -35,6 +35,7 @@ from gateway.service import InferenceService
 from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 from gateway.service.repository_watcher import RepositoryWatcher
+from gateway.service.fleet_state import FleetState
 from gateway.service.worker_stats import WorkerStats
 
 _log = logging.getLogger(__name__)
@@ -107,6 +108,9 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
             service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
             service.worker_stats.start(lambda: manager.serving)
             stack.push_async_callback(service.worker_stats.stop)
+            # Routing overrides and rollback verdicts are the host's, not this process's.
+            await service.routing.join_fleet(FleetState(worker.stats_dir, worker.index))
+            stack.push_async_callback(service.routing.leave_fleet)
 
         shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols
         stack.callback(shared_memory.close)

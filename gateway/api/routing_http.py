@@ -93,10 +93,10 @@ class RoutingHttp:
     async def _put(self, model: str, request: web.Request) -> dict:
         patch = await self._body(request)
         _log.info("admin: PUT routing of model %s from %s", model, request.remote)
-        return self.service.routing.set_config(model, patch)
+        return await self.service.routing.admin_set(model, patch)
 
     async def _delete(self, model: str, request: web.Request) -> dict:
-        return self.service.routing.clear_config(model)
+        return await self.service.routing.admin_clear(model)
 
     async def _reset(self, model: str, request: web.Request) -> dict:
         body = await self._body(request)
@@ -105,4 +105,4 @@ class RoutingHttp:
             not isinstance(versions, list) or not all(isinstance(v, int | str) for v in versions)
         ):
             raise InvalidInputError("'versions' must be a list of version numbers")
-        return self.service.routing.reset(model, [str(v) for v in versions] if versions is not None else None)
+        return await self.service.routing.admin_reset(model, [str(v) for v in versions] if versions is not None else None)

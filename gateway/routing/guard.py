@@ -4,6 +4,10 @@ The window is cut into slices so that recording is O(1) and old events leave
 in steps of ``window / SLICES``. The p99 latency test needs no distribution:
 p99 exceeds the threshold exactly when more than 1 % of the window's requests
 took longer than it, so only the requests over the threshold are counted.
+
+Under ``--workers N`` each worker sees 1/N of a canary's traffic: the other
+workers' window counts are handed in (``set_peer_counts``) and every verdict is
+on the sum, so ``min_requests`` and the rates count across the fleet.
 """
 
 from __future__ import annotations
@@ -30,6 +34,28 @@ class WindowCounts:
         self.slow += sign * other.slow
         self.compared_rows += sign * other.compared_rows
         self.disagreed_rows += sign * other.disagreed_rows
+
+    def plus(self, other: WindowCounts | None) -> WindowCounts:
+        out = WindowCounts(self.requests, self.errors, self.slow, self.compared_rows, self.disagreed_rows)
+        if other is not None:
+            out.add(other)
+        return out
+
+    def to_json(self) -> dict:
+        return {"requests": self.requests, "errors": self.errors, "slow": self.slow,
+                "compared_rows": self.compared_rows, "disagreed_rows": self.disagreed_rows}
+
+    @classmethod
+    def from_json(cls, doc: dict) -> WindowCounts:
+        return cls(int(doc["requests"]), int(doc["errors"]), int(doc["slow"]),
+                   int(doc["compared_rows"]), int(doc["disagreed_rows"]))
+
+    @classmethod
+    def total(cls, counts) -> WindowCounts:
+        out = cls()
+        for c in counts:
+            out.add(c)
+        return out
 
 
 class SlidingWindow:
@@ -66,6 +92,7 @@ class RollbackGuard:
         self.window_ns = int(cfg.window_s * 1e9)
         self._slow_ns = int(cfg.max_p99_latency_ms * 1e6) if cfg.max_p99_latency_ms is not None else None
         self._windows: dict[str, SlidingWindow] = {}
+        self._peers: dict[str, WindowCounts] = {}  # the other workers' windows, summed
 
     def _window(self, version: str) -> SlidingWindow:
         w = self._windows.get(version)
@@ -86,7 +113,7 @@ class RollbackGuard:
         if slow:
             c.slow += 1
             w.totals.slow += 1
-        return self.verdict(w.totals)
+        return self._judge(version, w.totals)
 
     def record_comparison(self, version: str, now_ns: int, rows: int, disagreed_rows: int) -> str | None:
         """Count one comparison of the canary's answer with the champion's."""
@@ -96,7 +123,11 @@ class RollbackGuard:
         c.disagreed_rows += disagreed_rows
         w.totals.compared_rows += rows
         w.totals.disagreed_rows += disagreed_rows
-        return self.verdict(w.totals)
+        return self._judge(version, w.totals)
+
+    def _judge(self, version: str, own: WindowCounts) -> str | None:
+        peers = self._peers.get(version)
+        return self.verdict(own if peers is None else own.plus(peers))
 
     def verdict(self, t: WindowCounts) -> str | None:
         cfg = self.cfg
@@ -115,11 +146,28 @@ class RollbackGuard:
         return None
 
     def counts(self, version: str, now_ns: int) -> WindowCounts:
+        """This process's own window."""
         w = self._window(version)
         w.expire(now_ns)
         return w.totals
 
+    def fleet_counts(self, version: str, now_ns: int) -> WindowCounts:
+        """The window the verdicts judge: this process's and the other workers'."""
+        return self.counts(version, now_ns).plus(self._peers.get(version))
+
+    def set_peer_counts(self, version: str, counts: WindowCounts | None) -> None:
+        """The other workers' window counts for ``version`` (None: none known)."""
+        if counts is None:
+            self._peers.pop(version, None)
+        else:
+            self._peers[version] = counts
+
+    def judge(self, version: str, now_ns: int) -> str | None:
+        """The verdict on the fleet's window now (peer counts arrive between this process's requests)."""
+        return self.verdict(self.fleet_counts(version, now_ns))
+
     def clear(self, version: str) -> None:
+        self._peers.pop(version, None)
         w = self._windows.get(version)
         if w is not None:
             w.clear()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Container, Mapping
+from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +20,7 @@ from gateway.core.errors import InvalidInputError
 from gateway.core.model_config import _field_path
 from gateway.core.routing_config import RoutingConfig, internal_problems
 from gateway.routing.compare import ClassDistribution, Comparison, PairStats, compare_arrays, pick_output
-from gateway.routing.guard import RollbackGuard
+from gateway.routing.guard import RollbackGuard, WindowCounts
 from gateway.routing.sticky import sticky_choice
 
 _log = logging.getLogger(__name__)
@@ -68,6 +68,8 @@ class Router:
         self.pairs: dict[tuple[str, str, str], PairStats] = {}
         self.predictions: dict[str, ClassDistribution] = {}
         self.guard: RollbackGuard | None = None
+        # Told of each trip this router's own guard decides (the fleet state publishes it).
+        self.on_trip: Callable[[str, Trip], None] | None = None
         self._apply()
 
     # -- configuration ---------------------------------------------------------------
@@ -241,14 +243,35 @@ class Router:
 
     # -- rollback --------------------------------------------------------------------
 
-    def trip(self, version: str, reason: str, now_ns: int) -> None:
+    def trip(self, version: str, reason: str, now_ns: int, *, announce: bool = True) -> None:
+        """Weight 0 for ``version``; ``announce=False`` when the trip was decided elsewhere (another worker)."""
         if version == self.champion or version in self.tripped:
             return
-        self.tripped[version] = Trip(reason, now_ns)
+        self.tripped[version] = trip = Trip(reason, now_ns)
         self.rollbacks += 1
         self._refresh_live()
         _log.warning("rollback: model %s version %s weight set to 0: %s (an operator resets it)",
                      self.model, version, reason)
+        if announce and self.on_trip is not None:
+            self.on_trip(version, trip)
+
+    def guard_windows(self, now_ns: int) -> dict[str, WindowCounts]:
+        """This process's window counts of each guarded canary still in (for the other workers)."""
+        if self.guard is None:
+            return {}
+        return {v: self.guard.counts(v, now_ns) for v in sorted(self._guarded) if v not in self.tripped}
+
+    def judge_fleet(self, peers: Mapping[str, WindowCounts], now_ns: int) -> None:
+        """The other workers' window counts, summed: the guard judges the fleet's window from now on,
+        and judges it at once (the verdict may be due without a request of this process)."""
+        if self.guard is None:
+            return
+        for v in sorted(self._guarded):
+            self.guard.set_peer_counts(v, peers.get(v))
+            if v not in self.tripped and v in peers:
+                reason = self.guard.judge(v, now_ns)
+                if reason:
+                    self.trip(v, reason, now_ns)
 
     def reset(self, versions: list[str] | None = None) -> list[str]:
         """Give tripped versions their weight back (all when ``versions`` is None)."""
@@ -285,7 +308,7 @@ class Router:
                 {"reason": trip.reason, "seconds_ago": round((now_ns - trip.at_ns) / 1e9, 3)} if trip else None
             )
             if self.guard is not None and v in self._guarded:
-                w = self.guard.counts(v, now_ns)
+                w = self.guard.fleet_counts(v, now_ns)
                 doc["window"] = {
                     "requests": w.requests, "errors": w.errors, "slow": w.slow,
                     "compared_rows": w.compared_rows, "disagreed_rows": w.disagreed_rows,

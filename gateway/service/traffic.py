@@ -5,6 +5,10 @@ model has a ``routing:`` section or an operator set one); the chosen version
 answers, or, if it fails for a reason that is the version's and not the
 request's, the fallback answers once. Shadow copies go to the dispatcher after
 the live answer is produced.
+
+Under ``--workers N`` the routers of every worker follow one fleet state
+(gateway.service.fleet_state): admin changes, resets and rollbacks are written
+there and applied by all; the rollback guard judges the workers' summed windows.
 """
 
 from __future__ import annotations
@@ -28,7 +32,18 @@ from gateway.core.generation import GenerationRequest, GenerationStream
 from gateway.core.routing_config import RoutingConfig, unserved_versions
 from gateway.core.types import InferRequest, InferResponse
 from gateway.routing.compare import Comparison
-from gateway.routing.router import Router, patched_config
+from gateway.routing.router import Router, Trip, patched_config
+from gateway.service.fleet_state import (
+    COUNTER_FIELDS,
+    FleetState,
+    RoutingRecord,
+    Snapshot,
+    apply_record,
+    fingerprint,
+    peer_counters,
+    peer_windows,
+    worker_entry,
+)
 from gateway.service.models import LoadedVersion, ModelManager
 from gateway.service.shadowing import ShadowDispatcher
 
@@ -43,11 +58,12 @@ T = TypeVar("T")
 
 
 class _Slot:
-    __slots__ = ("source", "router")
+    __slots__ = ("source", "router", "applied")
 
     def __init__(self, source: RoutingConfig | None, router: Router | None) -> None:
         self.source = source  # the file's routing section last seen (compared by identity)
         self.router = router
+        self.applied = 0  # the fleet record version this router has applied (--workers)
 
 
 class TrafficRouter:
@@ -58,6 +74,8 @@ class TrafficRouter:
         self.shadows = shadows
         self.rng = rng or random.Random()
         self._slots: dict[str, _Slot] = {}
+        self.fleet: FleetState | None = None
+        self._writes: set[asyncio.Task] = set()
 
     # -- which models route -------------------------------------------------------------
 
@@ -79,8 +97,17 @@ class TrafficRouter:
         if router is not None:
             _log.info("model %s: routing changed in model.yaml; runtime overrides and rollbacks cleared", model)
         router = Router(model, source, self.rng) if source is not None else None
-        self._slots[model] = _Slot(source, router)
+        self._new_slot(model, source, router)
         return router
+
+    def _new_slot(self, model: str, source: RoutingConfig | None, router: Router | None) -> _Slot:
+        slot = self._slots[model] = _Slot(source, router)
+        if router is not None and self.fleet is not None:
+            router.on_trip = lambda version, trip: self._publish_trip(model, version, trip)
+            record = self.fleet.records.get(model)
+            if record is not None:
+                self._apply(model, slot, record)  # a new router starts from the fleet's state
+        return slot
 
     # -- inference ------------------------------------------------------------------------
 
@@ -222,6 +249,8 @@ class TrafficRouter:
         router = self._existing(model)
         doc = router.status(time.monotonic_ns())
         doc["shadow_queue"] = {"size": router.shadow_queue_size, "pending": self.shadows.pending.get(model, 0)}
+        if self.fleet is not None:
+            self._fleet_status(model, doc)
         return doc
 
     def _served(self, model: str) -> dict[str, LoadedVersion]:
@@ -248,7 +277,7 @@ class TrafficRouter:
                     raise InvalidInputError(f"routing.shadows[{i}]: {exc}") from None
         if router is None:
             router = Router(model, None, self.rng)
-            self._slots[model] = _Slot(next(iter(versions.values())).config.routing, router)
+            self._new_slot(model, next(iter(versions.values())).config.routing, router)
         before = router.config.model_dump(mode="json")
         router.set_admin_config(cfg)
         _log.warning("admin: routing of model %s set to %s (was %s)", model, cfg.model_dump(mode="json"), before)
@@ -294,3 +323,122 @@ class TrafficRouter:
         if router is None:
             raise ModelNotFoundError(f"model '{model}' has no routing (no routing section in its model.yaml)")
         return router
+
+    # -- the fleet (--workers N) --------------------------------------------------------------
+
+    async def join_fleet(self, fleet: FleetState) -> None:
+        """Follow and feed the host's shared routing state from now on."""
+        self.fleet = fleet
+        for model, slot in self._slots.items():
+            if slot.router is not None:
+                slot.router.on_trip = lambda version, trip, model=model: self._publish_trip(model, version, trip)
+        await fleet.start(self._fleet_document, self._on_fleet_poll)
+
+    async def leave_fleet(self) -> None:
+        if self.fleet is not None:
+            await self.fleet.stop()
+        for task in list(self._writes):
+            await asyncio.wait([task], timeout=1.0)
+
+    async def admin_set(self, model: str, patch: Any) -> dict:
+        """``set_config``, for the whole fleet when there is one."""
+        doc = self.set_config(model, patch)
+        if self.fleet is None:
+            return doc
+        cfg = self._slots[model].router.admin_config  # type: ignore[union-attr]
+        await self._write(model, lambda record: record.set_admin(cfg))
+        return self.status(model)
+
+    async def admin_clear(self, model: str) -> dict:
+        doc = self.clear_config(model)
+        if self.fleet is None:
+            return doc
+        await self._write(model, lambda record: record.set_admin(None))
+        return self.status(model)
+
+    async def admin_reset(self, model: str, versions: list[str] | None) -> dict:
+        doc = self.reset(model, versions)
+        if self.fleet is None:
+            return doc
+        await self._write(model, lambda record: record.reset(versions))
+        return self.status(model)
+
+    async def _write(self, model: str, change) -> RoutingRecord:
+        """Change the fleet's record of ``model`` (made for this worker's model.yaml routing section),
+        then bring this worker to it at once: the answer shows the state every worker converges to."""
+        slot = self._slots[model]
+        file = fingerprint(slot.router.file_config if slot.router is not None else None)
+
+        def on_record(record: RoutingRecord):
+            record.voided_for(file)
+            return change(record)
+
+        record = await self.fleet.update(model, on_record)  # type: ignore[union-attr]
+        current = self._slots.get(model)  # a model.yaml change may have replaced it meanwhile
+        if current is not None and record.version > current.applied:
+            self._apply(model, current, record)
+        return record
+
+    def _publish_trip(self, model: str, version: str, trip: Trip) -> None:
+        """This worker's guard rolled ``version`` back: tell the fleet (the first trip written stands)."""
+        async def publish() -> None:
+            try:
+                await self._write(model, lambda record: record.add_trip(version, trip))
+            except OSError as exc:
+                _log.error("model %s: cannot tell the other workers of the rollback of version %s: %s", model, version, exc)
+
+        task = asyncio.get_running_loop().create_task(publish(), name=f"fleet-trip-{model}-{version}")
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    def _apply(self, model: str, slot: _Slot, record: RoutingRecord) -> None:
+        router = slot.router
+        if router is None or record.file != fingerprint(router.file_config):
+            return  # made for another model.yaml routing section: the file in force clears it
+        if apply_record(router, record, slot.applied) and record.written_by != self.fleet.index:  # type: ignore[union-attr]
+            _log.info("fleet: model %s routing record %d of worker %d applied %.3f s after it was written",
+                      model, record.version, record.written_by, time.time() - record.written_at)
+        slot.applied = max(slot.applied, record.version)
+
+    def _on_fleet_poll(self, snapshot: Snapshot) -> None:
+        for model, record in snapshot.records.items():
+            if model not in self.models.serving:
+                continue
+            router = self.router_for(model)
+            slot = self._slots.get(model)
+            if slot is None or record.version <= slot.applied:
+                continue
+            if router is None:
+                if record.admin is None or record.file is not None:
+                    continue
+                # An operator routed a model without a routing section, on another worker.
+                self._new_slot(model, slot.source, Router(model, None, self.rng))
+            else:
+                self._apply(model, slot, record)
+        now = time.monotonic_ns()
+        for model, slot in list(self._slots.items()):
+            if slot.router is not None and slot.router.guard is not None:
+                slot.router.judge_fleet(peer_windows(snapshot.peers, model, slot.applied), now)
+
+    def _fleet_document(self) -> dict:
+        now = time.monotonic_ns()
+        return {m: worker_entry(slot.router, slot.applied, now)
+                for m, slot in self._slots.items() if slot.router is not None}
+
+    def _fleet_status(self, model: str, doc: dict) -> None:
+        """Counters summed over the workers (the others' as last published); this worker's own apart."""
+        fleet = self.fleet
+        versions = doc["versions"]
+        doc["worker"] = {
+            "index": fleet.index, "pid": fleet.pid, "workers": 1 + len(fleet.peers),  # type: ignore[union-attr]
+            "versions": {v: {f: d[f] for f in COUNTER_FIELDS} for v, d in versions.items()},
+        }
+        for v, totals in peer_counters(fleet.peers, model).items():  # type: ignore[union-attr]
+            entry = versions.get(v)
+            if entry is None:
+                entry = versions[v] = {"weight": 0.0, "effective_weight": 0.0, "champion": False,
+                                       **dict.fromkeys(COUNTER_FIELDS, 0), "rolled_back": None}
+            for f in COUNTER_FIELDS:
+                entry[f] += totals[f]
+        if any(v not in doc["worker"]["versions"] for v in versions):
+            doc["versions"] = {v: versions[v] for v in sorted(versions, key=int)}
