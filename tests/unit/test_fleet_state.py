@@ -22,7 +22,7 @@ from gateway.service.fleet_state import (
     peer_windows,
     worker_entry,
 )
-from test_traffic import WAIT_S, FakeExecutor, close, make_service, req, until
+from traffic_helpers import WAIT_S, FakeExecutor, close, make_service, req, until
 
 S = 1_000_000_000
 ROUTING = {"weights": {1: 50, 2: 50}, "champion": 1, "fallback": 1,
