@@ -10,10 +10,12 @@ admits nothing more (the closing brace of the object), the constraint is ``done`
 choice finishes with "stop".
 
 Masks are computed per step in one batch: a constraint that consumed a token (or is
-new) waits in its engine's pending list, and the first ``mask`` of the next step computes
-the masks of all of them in one ``LLExecutor`` call (llguidance's threads, without the
-GIL) rather than one Python call per sequence: on a small model the mask is otherwise a
-large share of a step.
+new) waits in its engine's pending list, and the engine computes all of them in a thread
+of its own while the model's step runs (llguidance and onnxruntime both release the GIL),
+then applies them to the step's rows together (``mask_rows``). One matcher after another
+in that one thread measured better than llguidance's own thread pool (``LLExecutor``),
+whose threads compete with the model's for the cores (0.72-0.75x against 0.60-0.63x of
+unconstrained tokens/s on tiny-gpt, 2 cores).
 """
 
 from __future__ import annotations
@@ -107,12 +109,30 @@ class Constraint:
         return self.matcher.is_accepting()
 
 
+def mask_rows(constraints: list[Constraint], rows: list[np.ndarray]) -> list[np.ndarray]:
+    """``Constraint.mask`` for many sequences at once (one step's), in a few numpy calls rather
+    than a few per sequence: masked copies of ``rows``, forbidden tokens at -inf."""
+    if not constraints:
+        return []
+    for c in constraints:
+        if c.stale:
+            c._batch.fill()  # noqa: SLF001 - one call fills every mask still due
+            break
+    vocab = constraints[0]._vocab  # noqa: SLF001 - one engine, one vocabulary
+    bits = np.stack([c.bitmask for c in constraints])  # type: ignore[misc]
+    allowed = np.unpackbits(bits.view(np.uint8), axis=1, count=vocab, bitorder="little").view(bool)
+    block = np.stack(rows)
+    n = min(block.shape[1], vocab)  # logits rows may be padded past the tokenizer's vocabulary
+    out = np.full(block.shape, -np.inf, dtype=block.dtype)
+    np.copyto(out[:, :n], block[:, :n], where=allowed[:, :n])
+    return list(out)
+
+
 class _MaskBatch:
     """The constraints whose next mask is due, computed together by llguidance's thread pool."""
 
     def __init__(self, vocab: int) -> None:
         self._words = get_bitmask_shape(1, vocab)[1]
-        self._executor: llguidance.LLExecutor | None = None
         self._pending: list[Constraint] = []
         self._lock = threading.Lock()  # constraints are added at submit (event loop) and in steps (worker)
 
@@ -126,12 +146,9 @@ class _MaskBatch:
         batch = [c for c in batch if c.stale]  # a sequence that left may still be listed once
         if not batch:
             return
-        if self._executor is None:
-            self._executor = llguidance.LLExecutor()
         masks = np.empty((len(batch), self._words), dtype=np.int32)
-        self._executor.unsafe_compute_mask_ptr(
-            [(c.matcher, i) for i, c in enumerate(batch)], masks.ctypes.data, self._words * 4, len(batch)
-        )
+        for i, c in enumerate(batch):
+            c.matcher.unsafe_compute_mask_ptr(masks[i].ctypes.data, self._words * 4)
         for i, c in enumerate(batch):
             c.bitmask = masks[i]
             c.stale = False
@@ -160,6 +177,10 @@ class ConstraintFactory:
         """Compile ``spec`` (cached) and build the tokenizer: what ``create`` needs, done ahead."""
         self.check(spec)
         self._ll_tokenizer()
+
+    def fill_pending(self) -> None:
+        """Compute every mask now due (call it beside the model's step: llguidance runs without the GIL)."""
+        self._batch.fill()
 
     def check(self, spec: OutputConstraint) -> str:
         """The compiled grammar; raises ConstraintError for a schema llguidance cannot use."""

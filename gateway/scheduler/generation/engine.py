@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import count
 
@@ -38,7 +38,7 @@ from gateway.core.generation import (
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.decoder import KvCacheDecoder
 from gateway.scheduler.generation.batcher import ContinuousBatcher, StepPlan, Ticket
-from gateway.scheduler.generation.constraints import Constraint, ConstraintError, ConstraintFactory
+from gateway.scheduler.generation.constraints import Constraint, ConstraintError, ConstraintFactory, mask_rows
 from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.detokenizer import IncrementalDetokenizer
@@ -108,6 +108,7 @@ class GenerationEngine:
         self._seqs: dict[int, Sequence] = {}
         self._ids = count(1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"gen-{name}-{version}")
+        self._mask_pool: ThreadPoolExecutor | None = None  # started with the first constrained sequence
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
         self._closing = False
@@ -334,10 +335,9 @@ class GenerationEngine:
             decoder.release(plan.leaving)
         repad = time.perf_counter_ns() - start
         if plan.decoding:
+            masks = self._masks_beside_the_model([self._seqs[s] for s in plan.decoding])
             logits = decoder.decode({s: self._seqs[s].last_token for s in plan.decoding})
-            for seq_id in plan.decoding:
-                seq = self._seqs[seq_id]
-                result.events.append((seq, self._next(seq, logits[seq_id])))
+            self._sample([self._seqs[s] for s in plan.decoding], logits, masks, result)
         if plan.joining:
             by_length: dict[int, list[Sequence]] = {}
             for seq_id in plan.joining:
@@ -351,20 +351,40 @@ class GenerationEngine:
                     # The join's copy is part of the prefill call's time; attribute a share by size.
                     repad += (time.perf_counter_ns() - t0) * rows // (rows + len(seqs))
                 result.prefill_runs += 1
-                for seq in seqs:
-                    result.events.append((seq, self._next(seq, logits[seq.seq_id])))
+                self._sample(seqs, logits, None, result)
         result.step_ns = time.perf_counter_ns() - start
         result.repad_ns = repad
         return result
 
-    def _next(self, seq: Sequence, row: np.ndarray) -> GenerationEvent:
-        """Sample one token for ``seq`` and turn it into its text delta and finish state."""
+    def _masks_beside_the_model(self, seqs: list[Sequence]) -> Future | None:
+        """The constrained sequences' next masks, computed in a thread while the model's step runs
+        (both release the GIL); None when none of ``seqs`` is constrained."""
+        if all(s.constraint is None for s in seqs):
+            return None
+        if self._mask_pool is None:
+            self._mask_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"mask-{self.name}-{self.version}")
+        return self._mask_pool.submit(self._constraints.fill_pending)
+
+    def _sample(self, seqs: list[Sequence], logits: dict[int, np.ndarray], masks: Future | None,
+                result: _StepResult) -> None:
+        """One token for each of ``seqs``; the constrained ones' rows masked together."""
+        if masks is not None:
+            masks.result()
+        constrained = [s for s in seqs if s.constraint is not None]
+        masked = dict(zip((s.seq_id for s in constrained), mask_rows(
+            [s.constraint for s in constrained], [logits[s.seq_id] for s in constrained])))  # type: ignore[misc]
+        for seq in seqs:
+            result.events.append((seq, self._next(seq, logits[seq.seq_id], masked.get(seq.seq_id))))
+
+    def _next(self, seq: Sequence, row: np.ndarray, masked: np.ndarray | None = None) -> GenerationEvent:
+        """Sample one token for ``seq`` (from ``masked``, its row with the grammar's forbidden tokens
+        out, when it is constrained) and turn it into its text delta and finish state."""
         constraint = seq.constraint
         if constraint is None:
             token = sample_token(row, seq.params, seq.rng)
         else:
             # Only tokens that keep the output a prefix of a valid document (EOS only once it is complete).
-            token = sample_token(constraint.mask(row), seq.params, seq.rng)
+            token = sample_token(masked if masked is not None else constraint.mask(row), seq.params, seq.rng)
             if token not in self._stop_ids:
                 constraint.advance(token)
         logprobs = ()
@@ -422,3 +442,5 @@ class GenerationEngine:
                 seq.stream.fail(ModelNotReadyError(f"model '{self.name}' version {self.version} was unloaded"))
         self._seqs.clear()
         self._pool.shutdown(wait=False)
+        if self._mask_pool is not None:
+            self._mask_pool.shutdown(wait=False)
