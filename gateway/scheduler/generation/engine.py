@@ -387,7 +387,7 @@ class GenerationEngine:
             token = sample_token(masked if masked is not None else constraint.mask(row), seq.params, seq.rng)
             if token not in self._stop_ids:
                 constraint.advance(token)
-        logprobs = ()
+        logprobs: tuple[TokenLogprob, ...] = ()
         if seq.params.logprobs is not None:
             lp = log_softmax(row)
             tok = self.tokenizer
