@@ -18,7 +18,7 @@ from gateway.core.model_state import ModelState
 from gateway.core.repository import ModelEntry, VersionFiles, scan_model, scan_repository
 from gateway.core.stats import ModelStats
 from gateway.core.types import TensorSpec
-from gateway.executors.base import Executor
+from gateway.executors.base import Executor, resolve_max_batch_size
 from gateway.executors.factory import create_executors
 from gateway.monitoring.drift import DriftWorker, VersionDrift, resolve_streams
 from gateway.scheduler.policy import BatchingPolicy
@@ -29,7 +29,6 @@ from gateway.service.reload_plan import FailedLoad, ServingVersion, plan_reload,
 
 _log = logging.getLogger("gateway.models")
 
-DEFAULT_MAX_BATCH_SIZE = 32
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
@@ -108,10 +107,8 @@ def plan_version(
     cfg_file = f"{entry.directory}/model.yaml"
     problems: list[str] = []
     dynamic_batch = all(s.shape and s.shape[0] == -1 for s in graph_in + graph_out)
-    mbs = cfg.max_batch_size
-    if mbs is None:
-        mbs = DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
-    elif mbs > 0 and not dynamic_batch:
+    mbs = resolve_max_batch_size(cfg.max_batch_size, dynamic_batch)
+    if mbs > 0 and not dynamic_batch:  # set by hand: unset, it would be 0
         problems.append(
             f"{cfg_file}: max_batch_size: {mbs} needs a dynamic leading dim on every "
             f"input and output of the model; set max_batch_size: 0"
@@ -136,7 +133,7 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
     cfg = entry.config
     assert cfg is not None
     try:
-        executors: list[Executor] = create_executors(cfg, files.model_file, DEFAULT_MAX_BATCH_SIZE)
+        executors: list[Executor] = create_executors(cfg, files.model_file)
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported file must not stop the daemon
         raise ModelLoadError(f"{files.model_file}: failed to load: {exc}") from exc
     graph_in, graph_out = executors[0].inputs, executors[0].outputs
