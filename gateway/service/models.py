@@ -25,7 +25,7 @@ from gateway.scheduler.policy import BatchingPolicy
 from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
 from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.service.generation import GenerationLoadError, build_generation_engine
-from gateway.service.reload_plan import FailedLoad, ServingVersion, plan_reload, settle
+from gateway.service.reload_plan import FailedLoad, Fingerprint, ServingVersion, plan_reload, settle
 
 _log = logging.getLogger("gateway.models")
 
@@ -209,9 +209,10 @@ class ModelManager:
         self.serving: dict[str, dict[str, LoadedVersion]] = {}
         self.status: dict[str, ModelStatus] = {}
         self._version_status: dict[tuple[str, str], ModelStatus] = {}
-        self._seen: dict[tuple[str, int], tuple[int, int]] = {}
-        # Files that failed to load, so an unchanged bad file is not retried every scan.
-        self._failed: dict[tuple[str, int], FailedLoad] = {}
+        # Per model and version: the fingerprint the last scan saw, and the files that failed
+        # to load (so an unchanged bad file is not retried every scan).
+        self._seen: dict[str, dict[int, Fingerprint]] = {}
+        self._failed: dict[str, dict[int, FailedLoad]] = {}
         self._unloaded: set[str] = set()  # unloaded by an operator: polling leaves them alone
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
@@ -306,11 +307,11 @@ class ModelManager:
         plan = plan_reload(
             entry,
             {v: ServingVersion(old.fingerprint, old.config_digest) for v, old in current.items()},
-            {v: fp for (n, v), fp in self._seen.items() if n == name},
-            {v: f for (n, v), f in self._failed.items() if n == name},
+            self._seen.get(name, {}),
+            self._failed.get(name, {}),
             force=force,
         )
-        self._seen.update({(name, v): fp for v, fp in plan.seen.items()})
+        self._seen.setdefault(name, {}).update(plan.seen)
         if plan.config_error is not None:
             if status.reason != plan.config_error:  # once per distinct problem, not every scan
                 _log.error("invalid model config, keeping the previous good one: %s", plan.config_error)
@@ -336,10 +337,10 @@ class ModelManager:
             _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
                       name, v, loaded.max_batch_size, entry.config.instances)
         result = settle(plan, built, failures)
-        for v, failure in result.failed.items():
-            self._failed[(name, v)] = failure
+        failed = self._failed.setdefault(name, {})
+        failed.update(result.failed)
         for v in result.cleared:
-            self._failed.pop((name, v), None)
+            failed.pop(v, None)
         serving = {str(v): current[v] for v in result.keep_old}
         serving.update({str(v): built[v] for v in result.use_new})
         for v in result.retire:
