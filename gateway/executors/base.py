@@ -12,6 +12,17 @@ import numpy as np
 
 from gateway.core.types import TensorSpec
 
+# The rows a batching model takes when model.yaml leaves max_batch_size unset.
+DEFAULT_MAX_BATCH_SIZE = 32
+
+
+def resolve_max_batch_size(configured: int | None, dynamic_batch: bool) -> int:
+    """``max_batch_size`` as model.yaml sets it; unset, the default when every tensor the
+    caller checks has a dynamic leading dim (the model batches), else 0 (it does not)."""
+    if configured is not None:
+        return configured
+    return DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
+
 
 class Executor(Protocol):
     # As the model file declares them, batch dim included (-1 = dynamic).

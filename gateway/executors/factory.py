@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from gateway.core.model_config import ModelConfig
-from gateway.executors.base import Executor
+from gateway.executors.base import Executor, resolve_max_batch_size
 from gateway.executors.onnxruntime import OnnxRuntimeExecutor
 
 
-def create_executors(cfg: ModelConfig, model_file: str, default_max_batch_size: int) -> list[Executor]:
+def create_executors(cfg: ModelConfig, model_file: str) -> list[Executor]:
     """``cfg.instances`` executors; blocking (call from a worker thread); raises on any load failure."""
     if cfg.backend == "tensorrt":
         from gateway.executors.tensorrt import tensorrt_executors
 
-        return list(tensorrt_executors(model_file, cfg, default_max_batch_size))
+        return list(tensorrt_executors(model_file, cfg))
     if any(p != "cpu" for p in cfg.providers):
         from gateway.executors.onnxruntime_gpu import OnnxRuntimeGpuExecutor
 
@@ -21,8 +21,7 @@ def create_executors(cfg: ModelConfig, model_file: str, default_max_batch_size: 
             from gateway.executors.tensorrt import batch_profile, onnx_input_shapes
 
             graph = onnx_input_shapes(model_file)
-            batching = all(s and s[0] == -1 for s in graph.values())
-            mbs = cfg.max_batch_size if cfg.max_batch_size is not None else (default_max_batch_size if batching else 0)
+            mbs = resolve_max_batch_size(cfg.max_batch_size, all(s and s[0] == -1 for s in graph.values()))
             profile = batch_profile(graph, cfg, mbs)
         return [
             OnnxRuntimeGpuExecutor(

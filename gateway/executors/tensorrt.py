@@ -29,6 +29,7 @@ import numpy as np
 from gateway.core import datatypes
 from gateway.core.model_config import ModelConfig
 from gateway.core.types import TensorSpec
+from gateway.executors.base import resolve_max_batch_size
 from gateway.executors.base import ExecutorUnavailableError
 from gateway.executors.onnxruntime_gpu import engine_cache_dir
 
@@ -150,14 +151,14 @@ def _build(trt, logger, onnx_bytes: bytes, path: str, cfg: ModelConfig, profile)
 class TensorRTEngine:
     """One deserialized engine per model version; ``instance()`` gives each executor its own context."""
 
-    def __init__(self, path: str, cfg: ModelConfig, default_max_batch_size: int) -> None:
+    def __init__(self, path: str, cfg: ModelConfig) -> None:
         self.trt, cudart = load_runtime()
         self.cuda = _Cuda(cudart)
         self.device = cfg.gpu_device
         self.cuda(cudart.cudaSetDevice(self.device))
         trt = self.trt
         self.logger = trt.Logger(trt.Logger.WARNING)
-        plan = self._plan(path, cfg, default_max_batch_size)
+        plan = self._plan(path, cfg)
         self.runtime = trt.Runtime(self.logger)
         self.engine = self.runtime.deserialize_cuda_engine(plan)
         if self.engine is None:
@@ -172,14 +173,13 @@ class TensorRTEngine:
                         f"but max_batch_size is {cfg.max_batch_size}"
                     )
 
-    def _plan(self, path: str, cfg: ModelConfig, default_max_batch_size: int) -> bytes:
+    def _plan(self, path: str, cfg: ModelConfig) -> bytes:
         with open(path, "rb") as fh:
             data = fh.read()
         if path.endswith(PLAN_SUFFIXES):
             return data
         graph = onnx_input_shapes(path)
-        batching = all(s and s[0] == -1 for s in graph.values())
-        mbs = cfg.max_batch_size if cfg.max_batch_size is not None else (default_max_batch_size if batching else 0)
+        mbs = resolve_max_batch_size(cfg.max_batch_size, all(s and s[0] == -1 for s in graph.values()))
         profile = batch_profile(graph, cfg, mbs)
         props = self.cuda(self.cuda.rt.cudaGetDeviceProperties(self.device))
         gpu = props.name.decode(errors="replace") if isinstance(props.name, bytes) else str(props.name)
@@ -286,6 +286,6 @@ class TensorRTExecutor:
         self._context = None
 
 
-def tensorrt_executors(path: str, cfg: ModelConfig, default_max_batch_size: int) -> list[TensorRTExecutor]:
-    engine = TensorRTEngine(path, cfg, default_max_batch_size)
+def tensorrt_executors(path: str, cfg: ModelConfig) -> list[TensorRTExecutor]:
+    engine = TensorRTEngine(path, cfg)
     return [engine.instance() for _ in range(cfg.instances)]

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 from gateway.core.errors import ConfigError, ModelNotFoundError, ModelNotReadyError
 from gateway.core.model_config import ModelConfig
+from gateway.core.model_state import ModelState
 from gateway.core.repository import ModelEntry, VersionFiles, scan_model, scan_repository
 from gateway.core.stats import ModelStats
 from gateway.core.types import TensorSpec
-from gateway.executors.base import Executor
+from gateway.executors.base import Executor, resolve_max_batch_size
 from gateway.executors.factory import create_executors
 from gateway.monitoring.drift import DriftWorker, VersionDrift, resolve_streams
 from gateway.scheduler.policy import BatchingPolicy
@@ -25,10 +26,10 @@ from gateway.scheduler.runner import ModelScheduler, SchedulerSpec
 from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.service.embedding import EmbeddingLoadError, load_embedding_tokenizer
 from gateway.service.generation import GenerationLoadError, build_generation_engine
+from gateway.service.reload_plan import FailedLoad, Fingerprint, ServingVersion, plan_reload, settle
 
 _log = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH_SIZE = 32
 PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}
 
 
@@ -63,7 +64,7 @@ class LoadedVersion:
 
 @dataclass(slots=True)
 class ModelStatus:
-    state: str = "UNAVAILABLE"  # READY | UNAVAILABLE | LOADING | UNLOADING
+    state: ModelState = ModelState.UNAVAILABLE
     reason: str = ""
 
 
@@ -109,10 +110,8 @@ def plan_version(
     cfg_file = f"{entry.directory}/model.yaml"
     problems: list[str] = []
     dynamic_batch = all(s.shape and s.shape[0] == -1 for s in graph_in + graph_out)
-    mbs = cfg.max_batch_size
-    if mbs is None:
-        mbs = DEFAULT_MAX_BATCH_SIZE if dynamic_batch else 0
-    elif mbs > 0 and not dynamic_batch:
+    mbs = resolve_max_batch_size(cfg.max_batch_size, dynamic_batch)
+    if mbs > 0 and not dynamic_batch:  # set by hand: unset, it would be 0
         problems.append(
             f"{cfg_file}: max_batch_size: {mbs} needs a dynamic leading dim on every "
             f"input and output of the model; set max_batch_size: 0"
@@ -137,7 +136,7 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
     cfg = entry.config
     assert cfg is not None
     try:
-        executors: list[Executor] = create_executors(cfg, files.model_file, DEFAULT_MAX_BATCH_SIZE)
+        executors: list[Executor] = create_executors(cfg, files.model_file)
     except Exception as exc:  # noqa: BLE001 - a corrupt or unsupported file must not stop the daemon
         raise ModelLoadError(f"{files.model_file}: failed to load: {exc}") from exc
     graph_in, graph_out = executors[0].inputs, executors[0].outputs
@@ -218,9 +217,10 @@ class ModelManager:
         self.serving: dict[str, dict[str, LoadedVersion]] = {}
         self.status: dict[str, ModelStatus] = {}
         self._version_status: dict[tuple[str, str], ModelStatus] = {}
-        self._seen: dict[tuple[str, int], tuple[int, int]] = {}
-        # Files that failed to load, so an unchanged bad file is not retried every scan.
-        self._failed: dict[tuple[str, int], tuple[tuple[int, int], str]] = {}
+        # Per model and version: the fingerprint the last scan saw, and the files that failed
+        # to load (so an unchanged bad file is not retried every scan).
+        self._seen: dict[str, dict[int, Fingerprint]] = {}
+        self._failed: dict[str, dict[int, FailedLoad]] = {}
         self._unloaded: set[str] = set()  # unloaded by an operator: polling leaves them alone
         self._lock = asyncio.Lock()
         self._draining: set[asyncio.Task] = set()
@@ -254,7 +254,7 @@ class ModelManager:
     @property
     def all_ready(self) -> bool:
         return self.loaded_once and all(
-            st.state == "READY" for n, st in self.status.items() if n not in self._unloaded
+            st.state == ModelState.READY for n, st in self.status.items() if n not in self._unloaded
         )
 
     def index(self) -> list[tuple[str, str, str, str]]:
@@ -308,80 +308,62 @@ class ModelManager:
             await self._unload(name, reason="unloaded by request")
 
     async def _apply(self, entry: ModelEntry, *, force: bool) -> None:
+        """Runs what ``plan_reload`` decides for one model: builds its LOADs, then swaps."""
         name = entry.name
         status = self.status.setdefault(name, ModelStatus())
-        if entry.config is None:
-            assert entry.error is not None
-            if status.reason != str(entry.error):  # once per distinct problem, not every scan
-                _log.error("invalid model config, keeping the previous good one: %s", entry.error)
-            status.reason = str(entry.error)
-            if not self.serving.get(name):
-                status.state = "UNAVAILABLE"
+        current = {int(k): old for k, old in self.serving.get(name, {}).items()}
+        plan = plan_reload(
+            entry,
+            {v: ServingVersion(old.fingerprint, old.config_digest) for v, old in current.items()},
+            self._seen.get(name, {}),
+            self._failed.get(name, {}),
+            force=force,
+        )
+        self._seen.setdefault(name, {}).update(plan.seen)
+        if plan.config_error is not None:
+            if status.reason != plan.config_error:  # once per distinct problem, not every scan
+                _log.error("invalid model config, keeping the previous good one: %s", plan.config_error)
+            status.state, status.reason = plan.state, plan.config_error
             return
-        wanted = entry.config.version_policy.select(list(entry.versions))
-        current = self.serving.get(name, {})
-        new: dict[str, LoadedVersion] = {}
-        problems = []
-        for v in wanted:
-            files = entry.versions[v]
-            key = str(v)
-            old = current.get(key)
-            if old is not None and old.fingerprint == files.fingerprint and old.config_digest == entry.config_digest:
-                new[key] = old
-                continue
-            stable = self._seen.get((name, v)) == files.fingerprint
-            self._seen[(name, v)] = files.fingerprint
-            if not force and self._failed.get((name, v)) == (files.fingerprint, entry.config_digest):
-                problems.append(self._version_status[(name, key)].reason)
-                if old is not None:
-                    new[key] = old
-                continue
-            if not (force or stable or (old is not None and old.fingerprint == files.fingerprint)):
-                if old is not None:
-                    new[key] = old  # keep serving until the new file stops changing
-                continue
-            vstatus = self._version_status.setdefault((name, key), ModelStatus())
-            vstatus.state = "LOADING"
+        built: dict[int, LoadedVersion] = {}
+        failures: dict[int, FailedLoad] = {}
+        for step in plan.loads:
+            v, files = step.version, entry.versions[step.version]
+            vstatus = self._version_status.setdefault((name, str(v)), ModelStatus())
+            vstatus.state = ModelState.LOADING
             try:
                 loaded = await asyncio.to_thread(build_version, entry, files, self.drift_worker)
             except (ModelLoadError, ConfigError) as exc:
-                vstatus.state, vstatus.reason = ("READY", str(exc)) if old else ("UNAVAILABLE", str(exc))
-                problems.append(str(exc))
-                self._failed[(name, v)] = (files.fingerprint, entry.config_digest)
+                # The old build, if any, keeps serving: the version stays READY with the reason.
+                vstatus.state = ModelState.READY if step.has_old else ModelState.UNAVAILABLE
+                vstatus.reason = str(exc)
+                failures[v] = FailedLoad(files.fingerprint, entry.config_digest, str(exc))
                 _log.error("model %s version %s failed to load: %s", name, v, exc)
-                if old is not None:
-                    new[key] = old
                 continue
-            vstatus.state, vstatus.reason = "READY", ""
-            self._failed.pop((name, v), None)
-            new[key] = loaded
+            vstatus.state, vstatus.reason = ModelState.READY, ""
+            built[v] = loaded
             _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
                       name, v, loaded.max_batch_size, entry.config.instances)
-        if len(new) < len(wanted):
-            # A wanted version is still being written or failed to load: keep serving
-            # what served before until its replacement is up.
-            for key, old in current.items():
-                new.setdefault(key, old)
-        for key, old in current.items():
-            if new.get(key) is not old:
-                self._retire(old)
-                if key not in new:
-                    self._version_status.pop((name, key), None)
-        self.serving[name] = new
-        if new:
-            status.state, status.reason = "READY", "; ".join(problems)
-        else:
-            status.state = "UNAVAILABLE"
-            status.reason = "; ".join(problems) or (
-                "no version to serve" if entry.versions else "no version directory with a model file"
-            )
+        result = settle(plan, built, failures)
+        failed = self._failed.setdefault(name, {})
+        failed.update(result.failed)
+        for v in result.cleared:
+            failed.pop(v, None)
+        serving = {str(v): current[v] for v in result.keep_old}
+        serving.update({str(v): built[v] for v in result.use_new})
+        for v in result.retire:
+            self._retire(current[v])
+        for v in result.drop_status:
+            self._version_status.pop((name, str(v)), None)
+        self.serving[name] = serving
+        status.state, status.reason = result.state, result.reason
 
     async def _unload(self, name: str, *, reason: str) -> None:
         for loaded in self.serving.pop(name, {}).values():
             self._retire(loaded)
         for key in [k for k in self._version_status if k[0] == name]:
-            self._version_status[key] = ModelStatus("UNAVAILABLE", reason)
-        self.status[name] = ModelStatus("UNAVAILABLE", reason)
+            self._version_status[key] = ModelStatus(ModelState.UNAVAILABLE, reason)
+        self.status[name] = ModelStatus(ModelState.UNAVAILABLE, reason)
         _log.info("model %s unloaded: %s", name, reason)
 
     def _forget(self, name: str) -> None:

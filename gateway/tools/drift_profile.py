@@ -17,11 +17,10 @@ from gateway.core.errors import ConfigError
 from gateway.core.model_config import load_model_config
 from gateway.core.repository import scan_model
 from gateway.core.types import TensorSpec
+from gateway.executors.base import DEFAULT_MAX_BATCH_SIZE
 from gateway.monitoring.drift.data import DataError, assemble_inputs, read_table
 from gateway.monitoring.drift.profile import build_profile
 from gateway.monitoring.drift.streams import resolve_streams, tensor_rows
-
-DEFAULT_MAX_BATCH_SIZE = 32
 
 
 class ProfileError(Exception):
@@ -51,7 +50,7 @@ def make_profile(repository: str, model: str, data: str, version: str = "") -> t
 
     from gateway.executors.factory import create_executors  # loads onnxruntime: only here
 
-    executor = create_executors(cfg.model_copy(update={"instances": 1}), model_file, DEFAULT_MAX_BATCH_SIZE)[0]
+    executor = create_executors(cfg.model_copy(update={"instances": 1}), model_file)[0]
     try:
         batching = all(s.shape and s.shape[0] == -1 for s in executor.inputs + executor.outputs) and cfg.max_batch_size != 0
         inputs = _strip(executor.inputs) if batching else executor.inputs

@@ -105,7 +105,7 @@ def test_engine_builds_runs_and_is_cached(mlp_path, tmp_path, caplog):
 
     c = cfg(max_batch_size=16, instances=2, dynamic_batching={"preferred_batch_sizes": [8]},
             tensorrt={"engine_cache_dir": str(tmp_path)})
-    executors = tensorrt_executors(mlp_path, c, 32)
+    executors = tensorrt_executors(mlp_path, c)
     assert [s.shape for s in executors[0].inputs] == [(-1, 64)]
     x = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
     for ex in executors:  # each instance has its own context, stream and buffers
@@ -115,15 +115,15 @@ def test_engine_builds_runs_and_is_cached(mlp_path, tmp_path, caplog):
     for ex in executors:
         ex.close()
     caplog.set_level("INFO", logger="gateway.executors.tensorrt")
-    again = tensorrt_executors(mlp_path, c, 32)
+    again = tensorrt_executors(mlp_path, c)
     assert "engine from cache" in caplog.text
     # The cached plan also loads directly as a model file.
     plan_model = tmp_path / "model.plan"
     plan_model.write_bytes((tmp_path / plans[0]).read_bytes())
-    direct = tensorrt_executors(str(plan_model), cfg(max_batch_size=16), 32)[0]
+    direct = tensorrt_executors(str(plan_model), cfg(max_batch_size=16))[0]
     np.testing.assert_allclose(direct.run({"INPUT": x}, ["OUTPUT"])[0], reference(mlp_path, x), rtol=1e-3, atol=1e-3)
     with pytest.raises(ValueError, match="at most 16 rows"):
-        tensorrt_executors(str(plan_model), cfg(max_batch_size=32), 32)
+        tensorrt_executors(str(plan_model), cfg(max_batch_size=32))
     for ex in again + [direct]:
         ex.close()
 
