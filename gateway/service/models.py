@@ -194,13 +194,14 @@ def build_version(entry: ModelEntry, files: VersionFiles, drift_worker: DriftWor
             loaded.embedding_tokenizer = load_embedding_tokenizer(files.model_file)
         except EmbeddingLoadError as exc:
             raise ModelLoadError(str(exc)) from None
-    if watch:
+    if watch and drift_worker is not None:
         _attach_drift(loaded, files, streams, drift_worker)
     return loaded
 
 
 def _attach_drift(loaded: LoadedVersion, files: VersionFiles, streams, worker: DriftWorker) -> None:
     drift_cfg = loaded.config.drift
+    assert drift_cfg is not None  # build_version attaches drift only to versions that watch it
     reference = os.path.join(os.path.dirname(files.model_file), drift_cfg.reference.file)
     monitor = VersionDrift(loaded.name, loaded.version, drift_cfg, streams, reference)
     worker.register(monitor)
@@ -257,9 +258,9 @@ class ModelManager:
             st.state == ModelState.READY for n, st in self.status.items() if n not in self._unloaded
         )
 
-    def index(self) -> list[tuple[str, str, str, str]]:
+    def index(self) -> list[tuple[str, str, ModelState, str]]:
         """(name, version, state, reason) for every model known, as RepositoryIndex shows."""
-        rows = []
+        rows: list[tuple[str, str, ModelState, str]] = []
         for name in sorted(self.status):
             versions = [(v, st) for (n, v), st in self._version_status.items() if n == name]
             if not versions:
@@ -323,6 +324,7 @@ class ModelManager:
         if plan.config_error is not None:
             if status.reason != plan.config_error:  # once per distinct problem, not every scan
                 _log.error("invalid model config, keeping the previous good one: %s", plan.config_error)
+            assert plan.state is not None  # a config error decides the model's state
             status.state, status.reason = plan.state, plan.config_error
             return
         built: dict[int, LoadedVersion] = {}
@@ -343,7 +345,7 @@ class ModelManager:
             vstatus.state, vstatus.reason = ModelState.READY, ""
             built[v] = loaded
             _log.info("model %s version %s loaded (max_batch_size=%d, instances=%d)",
-                      name, v, loaded.max_batch_size, entry.config.instances)
+                      name, v, loaded.max_batch_size, loaded.config.instances)
         result = settle(plan, built, failures)
         failed = self._failed.setdefault(name, {})
         failed.update(result.failed)

@@ -109,7 +109,8 @@ def plan_reload(
         files = entry.versions[v]
         old = serving.get(v)
         has_old = old is not None
-        if has_old and old.fingerprint == files.fingerprint and old.config_digest == entry.config_digest:
+        same_files = old is not None and old.fingerprint == files.fingerprint
+        if old is not None and same_files and old.config_digest == entry.config_digest:
             steps.append(VersionStep(v, Action.KEEP, True))
             continue
         stable = seen.get(v) == files.fingerprint
@@ -123,7 +124,7 @@ def plan_reload(
             steps.append(VersionStep(v, Action.SKIP_FAILED, has_old, failure.reason))
             continue
         # Same files under a changed config need no settling time: only the config changed.
-        if not (force or stable or (has_old and old.fingerprint == files.fingerprint)):
+        if not (force or stable or same_files):
             steps.append(VersionStep(v, Action.WAIT, has_old))
             continue
         steps.append(VersionStep(v, Action.LOAD, has_old))
