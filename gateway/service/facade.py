@@ -11,7 +11,7 @@ from collections.abc import Awaitable
 
 from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
-from gateway.core.generation import GenerationRequest, GenerationStream, NotAGenerationModelError
+from gateway.core.generation import GenerationRequest, GenerationStream
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
@@ -155,8 +155,8 @@ class InferenceService:
             raise ShuttingDownError("server is shutting down")
         loaded = self.models.get(req.model)
         if loaded.generator is None:
-            raise NotAGenerationModelError(
-                f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"
+            raise InvalidInputError(
+                f"model '{req.model}' does not generate text (its model.yaml has no generation: section)", param="model"
             )
         semantic = loaded.config.cache.semantic
         if semantic.enabled:

@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.api.openai.errors import InvalidFieldError, check_unicode
+from gateway.api.openai.errors import check_unicode
 from gateway.api.openai.wire import without_nulls
+from gateway.core.errors import InvalidInputError
 from gateway.core.generation import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -101,7 +102,7 @@ _UNSUPPORTED_COMPLETION = {
 def _check_unsupported(doc: dict, table: dict) -> None:
     for name, harmless in table.items():
         if name in doc and not harmless(doc[name]):
-            raise InvalidFieldError(name, f"'{name}' is not supported by this server")
+            raise InvalidInputError(f"'{name}' is not supported by this server", param=name)
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict"}
@@ -118,17 +119,17 @@ def _param(loc: tuple) -> str:
     return path
 
 
-def _validation_error(exc: ValidationError) -> InvalidFieldError:
+def _validation_error(exc: ValidationError) -> InvalidInputError:
     err = exc.errors()[0]
     param = _param(tuple(err["loc"]))
     if err["type"] == "missing":
-        return InvalidFieldError(param, f"'{param}' is required")
-    return InvalidFieldError(param, f"'{param}': {err['msg']} (got {err.get('input')!r:.80})")
+        return InvalidInputError(f"'{param}' is required", param=param)
+    return InvalidInputError(f"'{param}': {err['msg']} (got {err.get('input')!r:.80})", param=param)
 
 
 def _parse(model_cls, doc: Any, unsupported: dict):
     if not isinstance(doc, dict):
-        raise InvalidFieldError("", "the request body must be a JSON object")
+        raise InvalidInputError("the request body must be a JSON object", param="")
     _check_unsupported(doc, unsupported)
     try:
         return model_cls.model_validate(doc)
@@ -146,9 +147,9 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     if len(stops) > MAX_STOP_STRINGS:
-        raise InvalidFieldError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        raise InvalidInputError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}", param="stop")
     if any(s == "" for s in stops):
-        raise InvalidFieldError("stop", "stop strings must not be empty")
+        raise InvalidInputError("stop strings must not be empty", param="stop")
     return stops
 
 
@@ -170,16 +171,16 @@ def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
     _check_texts(req)
     check_unicode(req.prompt, "prompt")
     if req.best_of is not None and req.best_of != req.n:
-        raise InvalidFieldError("best_of", "'best_of' other than n is not supported by this server")
+        raise InvalidInputError("'best_of' other than n is not supported by this server", param="best_of")
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
-            raise InvalidFieldError("prompt", "a list of several prompts is not supported: send one request per prompt")
+            raise InvalidInputError("a list of several prompts is not supported: send one request per prompt", param="prompt")
         prompt = prompt[0]
     text = prompt if isinstance(prompt, str) else None
     ids = tuple(prompt) if isinstance(prompt, list) else None
     if ids is not None and not ids:
-        raise InvalidFieldError("prompt", "'prompt' must not be empty")
+        raise InvalidInputError("'prompt' must not be empty", param="prompt")
     gen = GenerationRequest(
         model=req.model,
         sampling=_sampling(req, req.max_tokens, req.logprobs),
@@ -194,7 +195,7 @@ def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
 def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
     req: ChatCompletionRequest = _parse(ChatCompletionRequest, doc, _UNSUPPORTED_CHAT)
     if req.top_logprobs is not None and not req.logprobs:
-        raise InvalidFieldError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        raise InvalidInputError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     _check_texts(req)
     messages = []
     for i, m in enumerate(req.messages):
