@@ -103,7 +103,10 @@ class ShuttingDownError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
-class CancelledError(GatewayError):
+class RequestCancelledError(GatewayError):
+    """The client gave up on a request (HTTP 499, gRPC CANCELLED). Named apart from
+    ``asyncio.CancelledError`` so an ``except`` never catches one meaning the other."""
+
     code = ErrorCode.CANCELLED
 
 
