@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from gateway.api.openai.errors import check_unicode
 from gateway.api.openai.wire import without_nulls
 from gateway.core.errors import InvalidInputError
+from gateway.core.field_path import field_path
 from gateway.core.generation import GenerationRequest, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -105,23 +106,9 @@ def _check_unsupported(doc: dict, table: dict) -> None:
             raise InvalidInputError(f"'{name}' is not supported by this server", param=name)
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict"}
-
-
-def _param(loc: tuple) -> str:
-    """``messages[0].content`` from pydantic's location, leaving out the union-member tags it adds."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.isidentifier() and part not in _TYPE_TAGS and not part[0].isupper():
-            path += ("." if path else "") + part
-    return path
-
-
 def _validation_error(exc: ValidationError) -> InvalidInputError:
     err = exc.errors()[0]
-    param = _param(tuple(err["loc"]))
+    param = field_path(tuple(err["loc"]), drop_union_tags=True)  # messages[0].content
     if err["type"] == "missing":
         return InvalidInputError(f"'{param}' is required", param=param)
     return InvalidInputError(f"'{param}': {err['msg']} (got {err.get('input')!r:.80})", param=param)
