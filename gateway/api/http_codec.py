@@ -71,7 +71,6 @@ from __future__ import annotations
 
 import enum
 import json
-import math
 from collections.abc import Collection
 from dataclasses import dataclass
 from itertools import chain
@@ -83,7 +82,7 @@ import numpy as np
 from gateway.api import v2_request_policy as policy
 from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.core import datatypes, tensors
-from gateway.core.errors import InvalidInputError, PayloadTooLargeError
+from gateway.core.errors import InvalidInputError
 from gateway.core.types import InferRequest, InferResponse, ParamValue, RequestedOutput
 
 HEADER_LENGTH_HEADER = "Inference-Header-Content-Length"
@@ -344,16 +343,7 @@ def _tensor_header(
             f"(expected one of {', '.join(datatypes.DATATYPES)})"
         )
     shape = _shape(item.get("shape"), name, role)
-    count = math.prod(shape)
-    if len(shape) > tensors.MAX_RANK:
-        raise InvalidInputError(f"{role} '{name}': shape has {len(shape)} dimensions, more than {tensors.MAX_RANK}")
-    # Non-zero dims alone: an empty tensor with a huge dim is still a shape numpy cannot make.
-    if math.prod(d or 1 for d in shape) > max_elements:
-        raise PayloadTooLargeError(
-            f"{role} '{name}': shape {list(shape)} has {count} elements, "
-            f"more than the limit of {max_elements}"
-        )
-    return name, datatype, shape, count
+    return name, datatype, shape, tensors.element_count(shape, f"{role} '{name}'", max_elements)
 
 
 def _tensor_name(item: Any, index: int, role: str) -> str:
@@ -371,8 +361,6 @@ def _shape(shape: Any, name: str, role: str) -> tuple[int, ...]:
     for dim in shape:
         if type(dim) is not int:
             raise InvalidInputError(f"{role} '{name}': shape {shape} holds a non-integer {dim!r}")
-        if dim < 0:
-            raise InvalidInputError(f"{role} '{name}': shape {shape} has a negative dimension")
     return tuple(shape)
 
 

@@ -8,10 +8,10 @@ tensor and rows per request, plus the number of requests in progress at once.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from gateway.core.errors import InvalidInputError, PayloadTooLargeError, TooManyRequestsError
+from gateway.core.errors import InvalidInputError, TooManyRequestsError
+from gateway.core.tensors import element_count
 from gateway.core.types import InferRequest
 
 
@@ -43,11 +43,7 @@ class ConnectionTimeouts:
 def check_request(req: InferRequest, limits: RequestLimits) -> None:
     """Raises PayloadTooLargeError (elements) or InvalidInputError (rows)."""
     for name, array in req.inputs.items():
-        count = math.prod(array.shape)
-        if count > limits.max_tensor_elements:
-            raise PayloadTooLargeError(
-                f"input '{name}' has {count} elements, more than max_tensor_elements {limits.max_tensor_elements}"
-            )
+        element_count(array.shape, f"input '{name}'", limits.max_tensor_elements)
         if array.ndim and array.shape[0] > limits.max_request_rows:
             raise InvalidInputError(
                 f"input '{name}' has {array.shape[0]} rows, more than max_request_rows {limits.max_request_rows}"

@@ -7,8 +7,9 @@ nothing here knows about an export format.
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
+
+from gateway.core.stats import Histogram
 
 MEMORY = "memory"
 REDIS = "redis"
@@ -31,42 +32,14 @@ class TierCounters:
 
 
 @dataclass(slots=True)
-class Histogram:
-    """Cumulative-free bucket counts: counts[i] holds values <= bounds[i] and > bounds[i-1];
-    the last slot holds values above every bound."""
-
-    bounds: tuple[float, ...]
-    counts: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-    def __post_init__(self) -> None:
-        if not self.counts:
-            self.counts = [0] * (len(self.bounds) + 1)
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def as_dict(self) -> dict:
-        return {
-            "bounds": list(self.bounds),
-            "counts": list(self.counts),
-            "sum": self.total,
-            "count": self.count,
-        }
-
-
-@dataclass(slots=True)
 class SemanticCounters:
     hits: int = 0
     misses: int = 0
     bypassed: int = 0  # not looked up: sampling settings, opt-out
     stores: int = 0
     errors: int = 0
-    similarity: Histogram = field(default_factory=lambda: Histogram(SIMILARITY_BOUNDS))
-    embed_seconds: Histogram = field(default_factory=lambda: Histogram(EMBED_SECONDS_BOUNDS))
+    similarity: Histogram = field(default_factory=lambda: Histogram(SIMILARITY_BOUNDS, total=0.0))
+    embed_seconds: Histogram = field(default_factory=lambda: Histogram(EMBED_SECONDS_BOUNDS, total=0.0))
 
 
 class CacheMetrics:
@@ -108,7 +81,12 @@ class CacheMetrics:
                 "bypassed": s.bypassed,
                 "stores": s.stores,
                 "errors": s.errors,
-                "similarity": s.similarity.as_dict(),
-                "embed_seconds": s.embed_seconds.as_dict(),
+                "similarity": _histogram_dict(s.similarity),
+                "embed_seconds": _histogram_dict(s.embed_seconds),
             }
         return {"models": models}
+
+
+def _histogram_dict(h: Histogram) -> dict:
+    """Non-cumulative buckets, as the JSON endpoint and the Prometheus collector read them."""
+    return {"bounds": list(h.bounds), "counts": list(h.counts), "sum": h.total, "count": h.count}

@@ -36,9 +36,17 @@ class GatewayError(Exception):
 
 
 class InvalidInputError(GatewayError):
-    """A request is malformed: wrong name, datatype, shape, length or value."""
+    """A request is malformed: wrong name, datatype, shape, length or value.
+
+    ``param`` names the request field at fault where there is one (OpenAI's error envelope
+    carries it so clients can point at the field); None when the whole request is wrong.
+    """
 
     code = ErrorCode.INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class ModelNotFoundError(GatewayError):
@@ -95,7 +103,10 @@ class ShuttingDownError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
-class CancelledError(GatewayError):
+class RequestCancelledError(GatewayError):
+    """The client gave up on a request (HTTP 499, gRPC CANCELLED). Named apart from
+    ``asyncio.CancelledError`` so an ``except`` never catches one meaning the other."""
+
     code = ErrorCode.CANCELLED
 
 

@@ -27,16 +27,6 @@ class ContextLengthError(InvalidInputError):
 
     openai_code = "context_length_exceeded"
 
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-class NotAGenerationModelError(InvalidInputError):
-    """The model exists but serves tensors, not text."""
-
-    param = "model"
-
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:

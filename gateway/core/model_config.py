@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from gateway.core import datatypes
 from gateway.core.errors import ConfigError
+from gateway.core.field_path import field_path
 from gateway.core.drift_config import DriftConfig
 from gateway.core.registry_config import RegistryModelConfig
 from gateway.core.routing_config import RoutingConfig, internal_problems, unserved_versions
@@ -321,16 +322,6 @@ def routing_version_problems(cfg: ModelConfig, available: list[int]) -> list[tup
     return unserved_versions(cfg.routing, served, describe_policy(cfg.version_policy))
 
 
-def _field_path(loc: tuple[Any, ...]) -> str:
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        else:
-            path += ("." if path else "") + str(part)
-    return path or "(file)"
-
-
 def validate_model_config(raw: Any, *, file: str, default_name: str) -> tuple[ModelConfig | None, list[ConfigError]]:
     """The config of a parsed YAML document and every problem in it (the config is None when a
     field is invalid; cross-field problems come with the config they were found in)."""
@@ -364,7 +355,7 @@ def _to_config_errors(exc: ValidationError, file: str) -> list[ConfigError]:
     out = []
     for err in exc.errors():
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
-        out.append(ConfigError(file, _field_path(tuple(err["loc"])), reason))
+        out.append(ConfigError(file, field_path(tuple(err["loc"])) or "(file)", reason))
     return out
 
 

@@ -29,21 +29,28 @@ class Duration:
 
 @dataclass(slots=True)
 class Histogram:
-    """Fixed-bucket counts; ``counts[i]`` holds values <= ``bounds[i]``, the last one the rest.
+    """Fixed-bucket counts; ``counts[i]`` holds values <= ``bounds[i]`` and > ``bounds[i-1]``,
+    the last one the rest. The one histogram of the gateway: latencies in ns (ints), cache
+    similarities and seconds (floats) alike.
 
     One bisect and two additions per observation (about 0.2 us), so it can sit on
     the event loop's per-batch path; exporters turn it into cumulative buckets.
     """
 
-    bounds: tuple[int, ...] = LATENCY_BOUNDS_NS
+    bounds: tuple[float, ...] = LATENCY_BOUNDS_NS
     counts: list[int] = field(default_factory=list)
-    total: int = 0
+    total: float = 0  # stays an int while only ints are observed (ns sums exact)
 
     def __post_init__(self) -> None:
         if not self.counts:
             self.counts = [0] * (len(self.bounds) + 1)
 
-    def observe(self, value: int) -> None:
+    @property
+    def count(self) -> int:
+        """Observations so far (each lands in exactly one bucket)."""
+        return sum(self.counts)
+
+    def observe(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 

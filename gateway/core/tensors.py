@@ -13,27 +13,41 @@ import struct
 import numpy as np
 
 from gateway.core import datatypes
-from gateway.core.errors import InvalidInputError
+from gateway.core.errors import InvalidInputError, PayloadTooLargeError
 
 _LEN = struct.Struct("<I")
 
 
 MAX_RANK = 32  # numpy's own limit on the number of dimensions is 32 (numpy 1) or 64 (numpy 2)
+# The decoders' own ceiling, whatever max_tensor_elements says: a shape past it cannot be a real tensor.
+MAX_ELEMENTS = 1 << 31
 
 
-def element_count(shape, what: str, max_elements: int = 1 << 31) -> int:
+def element_count(shape, what: str, max_tensor_elements: int | None = None) -> int:
+    """The element count of a requested shape, after the gateway's one check of its rank, signs and size.
+
+    Size is the product of the non-zero dims: numpy refuses a shape whose extent overflows even
+    when the tensor is empty. Past ``max_tensor_elements`` (the setting, where the caller knows it)
+    is PayloadTooLargeError (HTTP 413, gRPC RESOURCE_EXHAUSTED); past MAX_ELEMENTS, InvalidInputError.
+    """
     if len(shape) > MAX_RANK:
-        raise InvalidInputError(f"{what} has {len(shape)} dimensions, more than the limit of {MAX_RANK}")
+        raise InvalidInputError(f"{what}: shape has {len(shape)} dimensions, more than the limit of {MAX_RANK}")
     count = 1
-    extent = 1  # product of the non-zero dims: numpy refuses a shape whose extent overflows even when empty
+    extent = 1
     for d in shape:
         if d < 0:
-            raise InvalidInputError(f"{what} has a negative dimension in shape {list(shape)}")
+            raise InvalidInputError(f"{what}: shape {list(shape)} has a negative dimension")
         count *= d
         extent *= d or 1
-    if extent > max_elements:
-        raise InvalidInputError(f"{what} has shape {list(shape)}, more than the limit of {max_elements} elements")
+    if max_tensor_elements is not None and extent > max_tensor_elements:
+        raise PayloadTooLargeError(_too_many(shape, count, what, f"{max_tensor_elements} (max_tensor_elements)"))
+    if extent > MAX_ELEMENTS:
+        raise InvalidInputError(_too_many(shape, count, what, str(MAX_ELEMENTS)))
     return count
+
+
+def _too_many(shape, count: int, what: str, limit: str) -> str:
+    return f"{what}: shape {list(shape)} has {count} elements, more than the limit of {limit}"
 
 
 def bytes_from_raw(buf, count: int, what: str) -> np.ndarray:

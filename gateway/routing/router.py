@@ -17,7 +17,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from gateway.core.errors import InvalidInputError
-from gateway.core.model_config import _field_path
+from gateway.core.field_path import field_path
 from gateway.core.routing_config import RoutingConfig, internal_problems
 from gateway.routing.compare import ClassDistribution, Comparison, PairStats, compare_arrays, pick_output
 from gateway.routing.guard import RollbackGuard, WindowCounts
@@ -338,7 +338,7 @@ def patched_config(current: RoutingConfig | None, patch: Any) -> RoutingConfig:
         cfg = RoutingConfig.model_validate(merged)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field = _field_path(tuple(err["loc"]))
+        field = field_path(tuple(err["loc"])) or "(file)"
         reason = "unknown field" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
         raise InvalidInputError(f"routing.{field}: {reason}") from None
     for field, reason in internal_problems(cfg):

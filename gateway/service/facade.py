@@ -17,7 +17,7 @@ import numpy as np
 
 from gateway.cache import ResponseCache
 from gateway.core.errors import GatewayError, InvalidInputError, ModelNotFoundError, ShuttingDownError, VersionRetiredError
-from gateway.core.generation import GenerationRequest, GenerationStream, NotAGenerationModelError
+from gateway.core.generation import GenerationRequest, GenerationStream
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest, InferResponse, ModelMetadata, TensorSpec
 from gateway.monitoring import ModelSample, RequestTrace, Telemetry
@@ -194,8 +194,8 @@ class InferenceService:
 
     async def _generate_on(self, loaded: LoadedVersion, req: GenerationRequest) -> GenerationStream:
         if loaded.generator is None:
-            raise NotAGenerationModelError(
-                f"model '{req.model}' does not generate text (its model.yaml has no generation: section)"
+            raise InvalidInputError(
+                f"model '{req.model}' does not generate text (its model.yaml has no generation: section)", param="model"
             )
         if req.constraint is not None:
             await asyncio.to_thread(loaded.generator.prepare, req)

@@ -1,5 +1,5 @@
 """Property tests of the /v1 request parsers: any JSON document is either a parsed request or a
-typed error naming the field (InvalidFieldError, a GatewayError mapped to a 4xx), never another
+typed error naming the field (InvalidInputError with its param, mapped to a 4xx), never another
 exception. In process, no daemon: the parsers are pure functions of the decoded body."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.openai.completions_protocol import parse_chat, parse_completion
 from gateway.api.openai.embeddings_protocol import parse_request
-from gateway.api.openai.errors import InvalidFieldError, error_document
-from gateway.core.errors import GatewayError
+from gateway.api.openai.errors import error_document
+from gateway.core.errors import GatewayError, InvalidInputError
 from gateway.core.generation import GenerationRequest
 
 SETTINGS = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -59,7 +59,7 @@ def check(parse, doc) -> None:
     # A document that went through the wire is what json.loads returns (inf becomes a float too).
     try:
         result = parse(doc)
-    except InvalidFieldError as exc:
+    except InvalidInputError as exc:
         assert isinstance(exc.param, str)
         status, body = error_document(exc)
         assert status == 400 and body["error"]["param"] == exc.param and body["error"]["message"]
@@ -133,7 +133,7 @@ def test_lone_surrogates_are_refused_naming_the_field():
     for parse, doc, param in cases:
         try:
             parse(doc)
-        except InvalidFieldError as exc:
+        except InvalidInputError as exc:
             assert exc.param == param and "lone surrogate" in str(exc), (doc, exc)
         else:
             raise AssertionError(f"accepted {doc!r}")

@@ -41,3 +41,22 @@ def test_tier_and_semantic_counters_are_exported():
 
 def test_no_cache_use_exports_no_series():
     assert not [k for k in _samples(CacheMetrics()) if k[0].startswith("gateway_")]
+
+
+def test_semantic_histograms_snapshot_as_non_cumulative_buckets():
+    # The cache's histograms are core.stats.Histogram; the JSON shape the endpoint shows is theirs.
+    m = CacheMetrics()
+    empty = m.semantic_for("idle")
+    sem = m.semantic_for("chat")
+    for similarity in (0.5, 0.93, 1.0, 1.2):
+        sem.similarity.observe(similarity)
+    sem.embed_seconds.observe(0.003)
+    models = m.snapshot()["models"]
+    sim = models["chat"]["semantic"]["similarity"]
+    assert sim["bounds"][:3] == [0.80, 0.85, 0.90] and sim["count"] == 4
+    assert sim["counts"] == [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1]  # 0.93 falls in (0.92, 0.94]
+    assert abs(sim["sum"] - 3.63) < 1e-9
+    assert models["chat"]["semantic"]["embed_seconds"]["counts"][2] == 1
+    idle = models["idle"]["semantic"]["embed_seconds"]
+    assert idle["count"] == 0 and idle["sum"] == 0.0 and isinstance(idle["sum"], float)
+    assert empty.similarity.count == 0

@@ -9,8 +9,7 @@ import pytest
 
 from gateway.api.openai.embeddings_protocol import as_items, parse_request, response_document
 from gateway.api.openai.embeddings_serving import BUCKET_TOKENS, bucket_length, pool
-from gateway.api.openai.errors import InvalidFieldError
-from gateway.core.errors import ConfigError
+from gateway.core.errors import ConfigError, InvalidInputError
 from gateway.core.model_config import EmbeddingConfig, parse_model_config
 
 
@@ -32,10 +31,10 @@ def test_unknown_fields_are_ignored_and_wrong_types_name_the_field():
         ({"model": "m", "input": "a", "dimensions": True}, "dimensions"),
         ({"model": "m", "input": "a", "encoding_format": "hex"}, "encoding_format"),  # null is the default
     ]:
-        with pytest.raises(InvalidFieldError) as err:
+        with pytest.raises(InvalidInputError) as err:
             parse_request(doc)
         assert err.value.param == param, doc
-    with pytest.raises(InvalidFieldError):
+    with pytest.raises(InvalidInputError):
         parse_request(["not", "an", "object"])
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from gateway.api.errors import HTTP_STATUS
-from gateway.api.openai.errors import OPENAI_TYPE, InvalidFieldError, error_document, error_response, sse_error_event
-from gateway.core.errors import ErrorCode, ModelNotFoundError, QueueFullError
+from gateway.api.openai.errors import OPENAI_TYPE, error_document, error_response, sse_error_event
+from gateway.core.errors import ErrorCode, InvalidInputError, ModelNotFoundError, QueueFullError
 
 
 def test_every_error_code_has_an_openai_type():
@@ -14,7 +14,7 @@ def test_every_error_code_has_an_openai_type():
 
 
 def test_field_error_names_its_param():
-    status, doc = error_document(InvalidFieldError("temperature", "temperature must be between 0 and 2, got 3"))
+    status, doc = error_document(InvalidInputError("temperature must be between 0 and 2, got 3", param="temperature"))
     assert status == 400
     assert doc == {"error": {"message": "temperature must be between 0 and 2, got 3",
                              "type": "invalid_request_error", "param": "temperature", "code": None}}

@@ -34,7 +34,7 @@ class Call(Stream):
     """One gRPC call on one stream: its request head, messages in, and answer state."""
 
     __slots__ = (
-        "head", "handler", "deadline", "timer", "task", "ctx", "recv", "message", "messages", "cancelled",
+        "head", "handler", "deadline_s", "timer", "task", "ctx", "recv", "message", "messages", "cancelled",
         "counted", "held",
     )
 
@@ -42,7 +42,7 @@ class Call(Stream):
         super().__init__(connection, stream_id)
         self.head = head
         self.handler = None
-        self.deadline: float | None = None  # time.monotonic() seconds
+        self.deadline_s: float | None = None  # on the time.monotonic() clock
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
         self.ctx: ServicerContext | None = None
@@ -272,7 +272,7 @@ def open_call(connection: Http2Connection, stream_id: int, head: RequestHead, en
         return call
     call.handler = handler
     if head.timeout_s is not None:
-        call.deadline = time.monotonic() + head.timeout_s
+        call.deadline_s = time.monotonic() + head.timeout_s
         call.timer = connection.loop.call_later(head.timeout_s, call.deadline_passed)
     if handler.request_streaming:
         if not _takes_a_slot(call):

@@ -34,7 +34,7 @@ class ServicerContext:
         return self._call.head.metadata
 
     def time_remaining(self) -> float | None:
-        deadline = self._call.deadline
+        deadline = self._call.deadline_s
         if deadline is None:
             return None
         return max(0.0, deadline - time.monotonic())

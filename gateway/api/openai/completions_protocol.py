@@ -18,8 +18,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from gateway.api.openai.completions_tools import TOOLS_AUTO, TOOLS_FORCED, TOOLS_NONE
-from gateway.api.openai.errors import InvalidFieldError, check_unicode
+from gateway.api.openai.errors import check_unicode
 from gateway.api.openai.wire import without_nulls
+from gateway.core.errors import InvalidInputError
+from gateway.core.field_path import field_path
 from gateway.core.generation import GenerationRequest, OutputConstraint, SamplingParams
 
 MAX_STOP_STRINGS = 16
@@ -163,34 +165,20 @@ _UNSUPPORTED_COMPLETION = {
 def _check_unsupported(doc: dict, table: dict) -> None:
     for name, harmless in table.items():
         if name in doc and not harmless(doc[name]):
-            raise InvalidFieldError(name, f"'{name}' is not supported by this server")
+            raise InvalidInputError(f"'{name}' is not supported by this server", param=name)
 
 
-_TYPE_TAGS = {"str", "int", "float", "bool", "none", "dict"}
-
-
-def _param(loc: tuple) -> str:
-    """``messages[0].content`` from pydantic's location, leaving out the union-member tags it adds."""
-    path = ""
-    for part in loc:
-        if isinstance(part, int):
-            path += f"[{part}]"
-        elif part.isidentifier() and part not in _TYPE_TAGS and not part[0].isupper():
-            path += ("." if path else "") + part
-    return path
-
-
-def _validation_error(exc: ValidationError) -> InvalidFieldError:
+def _validation_error(exc: ValidationError) -> InvalidInputError:
     err = exc.errors()[0]
-    param = _param(tuple(err["loc"]))
+    param = field_path(tuple(err["loc"]), drop_union_tags=True)  # messages[0].content
     if err["type"] == "missing":
-        return InvalidFieldError(param, f"'{param}' is required")
-    return InvalidFieldError(param, f"'{param}': {err['msg']} (got {err.get('input')!r:.80})")
+        return InvalidInputError(f"'{param}' is required", param=param)
+    return InvalidInputError(f"'{param}': {err['msg']} (got {err.get('input')!r:.80})", param=param)
 
 
 def _parse(model_cls, doc: Any, unsupported: dict):
     if not isinstance(doc, dict):
-        raise InvalidFieldError("", "the request body must be a JSON object")
+        raise InvalidInputError("the request body must be a JSON object", param="")
     _check_unsupported(doc, unsupported)
     try:
         return model_cls.model_validate(doc)
@@ -208,9 +196,9 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
         return ()
     stops = (stop,) if isinstance(stop, str) else tuple(stop)
     if len(stops) > MAX_STOP_STRINGS:
-        raise InvalidFieldError("stop", f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}")
+        raise InvalidInputError(f"at most {MAX_STOP_STRINGS} stop strings, got {len(stops)}", param="stop")
     if any(s == "" for s in stops):
-        raise InvalidFieldError("stop", "stop strings must not be empty")
+        raise InvalidInputError("stop strings must not be empty", param="stop")
     return stops
 
 
@@ -232,16 +220,16 @@ def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
     _check_texts(req)
     check_unicode(req.prompt, "prompt")
     if req.best_of is not None and req.best_of != req.n:
-        raise InvalidFieldError("best_of", "'best_of' other than n is not supported by this server")
+        raise InvalidInputError("'best_of' other than n is not supported by this server", param="best_of")
     prompt = req.prompt
     if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
         if len(prompt) != 1:
-            raise InvalidFieldError("prompt", "a list of several prompts is not supported: send one request per prompt")
+            raise InvalidInputError("a list of several prompts is not supported: send one request per prompt", param="prompt")
         prompt = prompt[0]
     text = prompt if isinstance(prompt, str) else None
     ids = tuple(prompt) if isinstance(prompt, list) else None
     if ids is not None and not ids:
-        raise InvalidFieldError("prompt", "'prompt' must not be empty")
+        raise InvalidInputError("'prompt' must not be empty", param="prompt")
     gen = GenerationRequest(
         model=req.model,
         sampling=_sampling(req, req.max_tokens, req.logprobs),
@@ -256,7 +244,7 @@ def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
 def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:
     req: ChatCompletionRequest = _parse(ChatCompletionRequest, doc, _UNSUPPORTED_CHAT)
     if req.top_logprobs is not None and not req.logprobs:
-        raise InvalidFieldError("top_logprobs", "'top_logprobs' needs 'logprobs': true")
+        raise InvalidInputError("'top_logprobs' needs 'logprobs': true", param="top_logprobs")
     _check_texts(req)
     messages = [_message(i, m) for i, m in enumerate(req.messages)]
     tools = _offered_tools(req)
@@ -288,22 +276,20 @@ def _message(i: int, m: ChatMessage) -> dict:
         message["name"] = m.name
     if m.tool_calls:
         if m.role != "assistant":
-            raise InvalidFieldError(f"messages[{i}].tool_calls", "only assistant messages carry 'tool_calls'")
+            raise InvalidInputError("only assistant messages carry 'tool_calls'", param=f"messages[{i}].tool_calls")
         calls = []
         for j, call in enumerate(m.tool_calls):
             check_unicode(call.function.arguments, f"messages[{i}].tool_calls[{j}].function.arguments")
             try:
                 arguments = json.loads(call.function.arguments)
             except ValueError:
-                raise InvalidFieldError(
-                    f"messages[{i}].tool_calls[{j}].function.arguments", "'arguments' must be a JSON text"
-                ) from None
+                raise InvalidInputError("'arguments' must be a JSON text", param=f"messages[{i}].tool_calls[{j}].function.arguments") from None
             # Templates write arguments with `| tojson`: they get the object, not its text.
             calls.append({"id": call.id, "type": "function", "function": {"name": call.function.name, "arguments": arguments}})
         message["tool_calls"] = calls
     if m.role == "tool":
         if m.tool_call_id is None:
-            raise InvalidFieldError(f"messages[{i}].tool_call_id", "a 'tool' message needs the 'tool_call_id' it answers")
+            raise InvalidInputError("a 'tool' message needs the 'tool_call_id' it answers", param=f"messages[{i}].tool_call_id")
         message["tool_call_id"] = m.tool_call_id
     return message
 
@@ -312,13 +298,11 @@ def _offered_tools(req: ChatCompletionRequest) -> tuple[dict, ...] | None:
     """The tools the chat template shows the model (none for tool_choice "none")."""
     if isinstance(req.tool_choice, NamedToolChoice) or req.tool_choice == "required":
         if not req.tools:
-            raise InvalidFieldError("tool_choice", "'tool_choice' needs 'tools' to choose from")
+            raise InvalidInputError("'tool_choice' needs 'tools' to choose from", param="tool_choice")
     if isinstance(req.tool_choice, NamedToolChoice):
         names = [t.function.name for t in req.tools or ()]
         if req.tool_choice.function.name not in names:
-            raise InvalidFieldError(
-                "tool_choice.function.name", f"no tool named '{req.tool_choice.function.name}' in 'tools' ({', '.join(names)})"
-            )
+            raise InvalidInputError(f"no tool named '{req.tool_choice.function.name}' in 'tools' ({', '.join(names)})", param="tool_choice.function.name")
     if req.tool_mode == TOOLS_NONE:
         return None
     seen: set[str] = set()
@@ -326,7 +310,7 @@ def _offered_tools(req: ChatCompletionRequest) -> tuple[dict, ...] | None:
     for i, tool in enumerate(req.tools or ()):
         fn = tool.function
         if fn.name in seen:
-            raise InvalidFieldError(f"tools[{i}].function.name", f"two tools are named '{fn.name}'")
+            raise InvalidInputError(f"two tools are named '{fn.name}'", param=f"tools[{i}].function.name")
         seen.add(fn.name)
         check_unicode(fn.description, f"tools[{i}].function.description")
         function: dict = {"name": fn.name}
@@ -352,7 +336,7 @@ def _constraint(req: ChatCompletionRequest) -> OutputConstraint | None:
     fmt = req.response_format
     if req.tool_mode == TOOLS_FORCED:
         if fmt is not None and fmt.type != "text":
-            raise InvalidFieldError("response_format", "'response_format' cannot be combined with a forced tool call")
+            raise InvalidInputError("'response_format' cannot be combined with a forced tool call", param="response_format")
         tools = req.tools or []
         if isinstance(req.tool_choice, NamedToolChoice):
             i = next(i for i, t in enumerate(tools) if t.function.name == req.tool_choice.function.name)
@@ -366,5 +350,5 @@ def _constraint(req: ChatCompletionRequest) -> OutputConstraint | None:
     if fmt.type == "json_object":
         return OutputConstraint(json.dumps({"type": "object"}), "response_format")
     if fmt.json_schema is None:
-        raise InvalidFieldError("response_format.json_schema", "'response_format.json_schema' is required for type 'json_schema'")
+        raise InvalidInputError("'response_format.json_schema' is required for type 'json_schema'", param="response_format.json_schema")
     return OutputConstraint(json.dumps(fmt.json_schema.schema_), "response_format.json_schema.schema")

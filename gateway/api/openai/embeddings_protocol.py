@@ -12,8 +12,9 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.api.openai.errors import InvalidFieldError, check_unicode
+from gateway.api.openai.errors import check_unicode
 from gateway.api.openai.wire import without_nulls
+from gateway.core.errors import InvalidInputError
 
 # OpenAI accepts at most this many inputs in one request.
 MAX_INPUTS = 2048
@@ -40,29 +41,29 @@ class EmbeddingRequest(BaseModel):
 
 
 def parse_request(doc: Any) -> EmbeddingRequest:
-    """Validates a decoded JSON body; the first problem becomes an InvalidFieldError."""
+    """Validates a decoded JSON body; the first problem becomes an InvalidInputError naming its param."""
     if not isinstance(doc, dict):
-        raise InvalidFieldError("", "the request body must be a JSON object")
+        raise InvalidInputError("the request body must be a JSON object", param="")
     try:
         req = EmbeddingRequest.model_validate(doc)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = str(err["loc"][0]) if err["loc"] else ""
         if err["type"] == "missing":
-            raise InvalidFieldError(param, f"'{param}' is required") from None
-        raise InvalidFieldError(param, _FIELD_HELP.get(param, f"'{param}': {err['msg']}")) from None
+            raise InvalidInputError(f"'{param}' is required", param=param) from None
+        raise InvalidInputError(_FIELD_HELP.get(param, f"'{param}': {err['msg']}"), param=param) from None
     check_unicode(req.input, "input")
     check_unicode(req.user, "user")
     items = req.input
     if isinstance(items, str):
         items = [items]
     if not items:
-        raise InvalidFieldError("input", "'input' must not be empty")
+        raise InvalidInputError("'input' must not be empty", param="input")
     if len(items) > MAX_INPUTS:
-        raise InvalidFieldError("input", f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request")
+        raise InvalidInputError(f"'input' has {len(items)} items; at most {MAX_INPUTS} are allowed per request", param="input")
     for i, item in enumerate(items):
         if isinstance(item, (str, list)) and len(item) == 0:
-            raise InvalidFieldError("input", f"input[{i}] is empty: each input needs at least one character or token")
+            raise InvalidInputError(f"input[{i}] is empty: each input needs at least one character or token", param="input")
     return req
 
 

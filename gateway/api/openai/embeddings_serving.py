@@ -23,8 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway.api.openai.embeddings_protocol import EmbeddingRequest, as_items
-from gateway.api.openai.errors import InvalidFieldError
-from gateway.core.errors import ModelNotReadyError
+from gateway.core.errors import InvalidInputError, ModelNotReadyError
 from gateway.core.model_config import EmbeddingConfig
 from gateway.core.types import InferRequest, RequestedOutput
 from gateway.service.facade import InferenceService, LoadedVersion
@@ -72,8 +71,8 @@ class EmbeddingServing:
     def embedding_config(loaded: LoadedVersion) -> EmbeddingConfig:
         cfg = loaded.config.embedding
         if cfg is None:
-            raise InvalidFieldError(
-                "model", f"model '{loaded.name}' does not serve embeddings (its model.yaml has no 'embedding:' section)"
+            raise InvalidInputError(
+                f"model '{loaded.name}' does not serve embeddings (its model.yaml has no 'embedding:' section)", param="model"
             )
         return cfg
 
@@ -91,7 +90,7 @@ class EmbeddingServing:
         cfg = self.embedding_config(loaded)
         out_name = cfg.output or loaded.outputs[0].name
         if out_name not in loaded.output_index:
-            raise InvalidFieldError("model", f"model '{loaded.name}' has no output '{out_name}' (embedding.output)")
+            raise InvalidInputError(f"model '{loaded.name}' has no output '{out_name}' (embedding.output)", param="model")
         dim = loaded.output_index[out_name].shape[-1]
         _check_dimensions(req.dimensions, dim, cfg, loaded.name)
         tokenizer = loaded.embedding_tokenizer  # loaded with the version (service/embedding.py)
@@ -118,14 +117,14 @@ class EmbeddingServing:
             for i, ids in enumerate(items):
                 bad = next((t for t in ids if t < 0 or t >= vocab), None)
                 if bad is not None:
-                    raise InvalidFieldError("input", f"input[{i}] has token id {bad}, outside the vocabulary of model '{model}' (0..{vocab - 1})")
+                    raise InvalidInputError(f"input[{i}] has token id {bad}, outside the vocabulary of model '{model}' (0..{vocab - 1})", param="input")
             token_lists = items
         for i, ids in enumerate(token_lists):
             if len(ids) > cfg.max_tokens:
-                raise InvalidFieldError(
-                    "input",
+                raise InvalidInputError(
                     f"This model's maximum context length is {cfg.max_tokens} tokens, however input[{i}] has "
                     f"{len(ids)} tokens. Please shorten the input.",
+                    param="input",
                 )
         return token_lists
 
@@ -134,9 +133,10 @@ class EmbeddingServing:
     async def _embed(self, loaded: LoadedVersion, cfg: EmbeddingConfig, out_name: str, token_lists: list[list[int]]) -> np.ndarray:
         unknown = [s.name for s in loaded.inputs if s.name not in _TOKEN_INPUTS]
         if unknown or "input_ids" not in loaded.input_index:
-            raise InvalidFieldError(
-                "model", f"embedding model '{loaded.name}' takes inputs {[s.name for s in loaded.inputs]}; "
+            raise InvalidInputError(
+                f"embedding model '{loaded.name}' takes inputs {[s.name for s in loaded.inputs]}; "
                 f"the embeddings route feeds input_ids, attention_mask and token_type_ids",
+                param="model",
             )
         # Similar lengths in one chunk waste the least padding; results go back in input order.
         order = sorted(range(len(token_lists)), key=lambda i: len(token_lists[i]))
@@ -177,9 +177,10 @@ def _check_dimensions(requested: int | None, dim: int, cfg: EmbeddingConfig, mod
     if requested is None or dim == -1 or requested == dim:
         return
     if not cfg.matryoshka:
-        raise InvalidFieldError(
-            "dimensions", f"model '{model}' produces {dim}-dimensional embeddings and does not support other "
+        raise InvalidInputError(
+            f"model '{model}' produces {dim}-dimensional embeddings and does not support other "
             f"'dimensions' (set embedding.matryoshka in its model.yaml if it was trained for truncation)",
+            param="dimensions",
         )
     if requested > dim:
-        raise InvalidFieldError("dimensions", f"'dimensions' {requested} exceeds the {dim} dimensions of model '{model}'")
+        raise InvalidInputError(f"'dimensions' {requested} exceeds the {dim} dimensions of model '{model}'", param="dimensions")

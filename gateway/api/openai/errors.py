@@ -37,14 +37,6 @@ OPENAI_CODE: dict[ErrorCode, str] = {
 }
 
 
-class InvalidFieldError(InvalidInputError):
-    """A request field is missing, of the wrong type or out of range; ``param`` names it."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 def check_unicode(value, param: str) -> None:
     """JSON's ``\\ud800`` escapes decode to lone surrogates, which no tokenizer (and no UTF-8
     encoder) takes: refused here as the field's error rather than failing deep inside a model."""
@@ -53,8 +45,9 @@ def check_unicode(value, param: str) -> None:
             value.encode("utf-8")
         except UnicodeEncodeError as exc:
             bad = value[exc.start]
-            raise InvalidFieldError(
-                param, f"'{param}' is not valid Unicode: it holds a lone surrogate \\u{ord(bad):04x} at character {exc.start}"
+            raise InvalidInputError(
+                f"'{param}' is not valid Unicode: it holds a lone surrogate \\u{ord(bad):04x} at character {exc.start}",
+                param=param,
             ) from None
     elif isinstance(value, (list, tuple)):
         for item in value:
@@ -64,8 +57,7 @@ def check_unicode(value, param: str) -> None:
 def error_document(exc: BaseException) -> tuple[int, dict]:
     """The HTTP status and OpenAI-shaped body of ``exc``."""
     code, message = classify(exc)
-    # Field errors raised below the api layer (generation limits) name their param too.
-    param = exc.param if isinstance(exc, InvalidFieldError) else getattr(exc, "param", None)
+    param = exc.param if isinstance(exc, InvalidInputError) else None
     body = {"message": message, "type": OPENAI_TYPE[code], "param": param,
             "code": getattr(exc, "openai_code", None) or OPENAI_CODE.get(code)}
     return HTTP_STATUS[code], {"error": body}

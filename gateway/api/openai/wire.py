@@ -7,8 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.api.openai.errors import InvalidFieldError
-from gateway.core.errors import PayloadTooLargeError
+from gateway.core.errors import InvalidInputError, PayloadTooLargeError
 
 
 def without_nulls(data: Any) -> Any:
@@ -27,4 +26,4 @@ async def read_json(request: web.Request) -> Any:
     try:
         return json.loads(body)
     except ValueError as exc:
-        raise InvalidFieldError("", f"the request body is not valid JSON: {exc}") from None
+        raise InvalidInputError(f"the request body is not valid JSON: {exc}", param="") from None

@@ -48,14 +48,6 @@ from gateway.text.tokenizer import TextTokenizer
 _log = logging.getLogger(__name__)
 
 
-class FieldError(InvalidInputError):
-    """A request field the engine cannot use; ``param`` names it for the client."""
-
-    def __init__(self, param: str, message: str) -> None:
-        super().__init__(message)
-        self.param = param
-
-
 @dataclass(slots=True)
 class Sequence:
     seq_id: int
@@ -124,7 +116,7 @@ class GenerationEngine:
             try:
                 self._constraints.warm(request.constraint)
             except ConstraintError as exc:
-                raise FieldError(request.constraint.param, f"the schema cannot be used for constrained decoding: {exc}") from None
+                raise InvalidInputError(f"the schema cannot be used for constrained decoding: {exc}", param=request.constraint.param) from None
 
     def submit(self, request: GenerationRequest) -> GenerationStream:
         if self._closing:
@@ -139,13 +131,15 @@ class GenerationEngine:
         sampling = request.sampling
         max_tokens = self._max_tokens(len(prompt_ids), sampling.max_tokens, "messages" if request.messages is not None else "prompt")
         if sampling.logprobs is not None and sampling.logprobs > self.tokenizer.vocab_size:
-            raise FieldError("logprobs", f"at most {self.tokenizer.vocab_size} alternatives per token")
+            raise InvalidInputError(f"at most {self.tokenizer.vocab_size} alternatives per token", param="logprobs")
         constraints: list[Constraint | None] = [None] * sampling.n
         if request.constraint is not None:
             try:
                 constraints = list(self._constraints.create(request.constraint, sampling.n))
             except ConstraintError as exc:
-                raise FieldError(request.constraint.param, f"the schema cannot be used for constrained decoding: {exc}") from None
+                raise InvalidInputError(
+                    f"the schema cannot be used for constrained decoding: {exc}", param=request.constraint.param
+                ) from None
         now = self._clock_ns()
         deadline = now + int(self.config.queue_timeout_s * 1e9) if self.config.queue_timeout_s else 0
         ids = [next(self._ids) for _ in range(sampling.n)]
@@ -177,24 +171,25 @@ class GenerationEngine:
         if request.messages is not None:
             template = self.tokenizer.chat_template
             if template is None:
-                raise FieldError(
-                    "messages", f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions"
+                raise InvalidInputError(
+                    f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions",
+                    param="messages",
                 )
             try:
                 text = template.render(list(request.messages), tools=list(request.tools) if request.tools else None)
             except ChatTemplateError as exc:
-                raise FieldError("messages", f"the model's chat template rejected the messages: {exc}") from None
+                raise InvalidInputError(f"the model's chat template rejected the messages: {exc}", param="messages") from None
             # The template writes the special tokens itself (as transformers' apply_chat_template does).
             ids = self.tokenizer.encode(text, add_special_tokens=False)
         elif request.prompt_token_ids is not None:
             ids = list(request.prompt_token_ids)
             bad = [t for t in ids if not 0 <= t < self.tokenizer.vocab_size]
             if bad:
-                raise FieldError("prompt", f"token ids {bad[:5]} are outside the vocabulary 0..{self.tokenizer.vocab_size - 1}")
+                raise InvalidInputError(f"token ids {bad[:5]} are outside the vocabulary 0..{self.tokenizer.vocab_size - 1}", param="prompt")
         else:
             ids = self.tokenizer.encode(request.prompt or "")
         if not ids:
-            raise FieldError("prompt", "the prompt is empty: it needs at least one token")
+            raise InvalidInputError("the prompt is empty: it needs at least one token", param="prompt")
         return ids
 
     def _max_tokens(self, prompt_len: int, asked: int | None, param: str) -> int:
@@ -202,18 +197,18 @@ class GenerationEngine:
         limit = min(ctx, self.config.max_kv_tokens)
         if prompt_len >= limit:
             raise ContextLengthError(
-                param,
                 f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
                 f"Your prompt has {prompt_len} tokens, leaving no room for a completion.",
+                param=param,
             )
         if asked is None:
             return min(self.config.default_max_tokens, limit - prompt_len)
         if prompt_len + asked > limit:
             raise ContextLengthError(
-                "max_tokens",
                 f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
                 f"However, you requested {prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} for the "
                 "completion). Please reduce the prompt or max_tokens.",
+                param="max_tokens",
             )
         return asked
 
