@@ -38,6 +38,7 @@ from gateway.core.generation import (
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.decoder import KvCacheDecoder
 from gateway.scheduler.generation.batcher import ContinuousBatcher, StepPlan, Ticket
+from gateway.scheduler.generation.penalties import SequencePenalties, apply_penalties, penalties_for
 from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.detokenizer import IncrementalDetokenizer
@@ -68,6 +69,7 @@ class Sequence:
     stop: StopMatcher
     admitted_ns: int
     trace: GenerationTrace | None = None
+    penalties: SequencePenalties | None = None  # None: no logit_bias nor penalty (its row is never touched)
     generated: int = 0
     last_token: int = -1
     first_token_ns: int = 0
@@ -126,6 +128,10 @@ class GenerationEngine:
         max_tokens = self._max_tokens(len(prompt_ids), sampling.max_tokens, "messages" if request.messages is not None else "prompt")
         if sampling.logprobs is not None and sampling.logprobs > self.tokenizer.vocab_size:
             raise FieldError("logprobs", f"at most {self.tokenizer.vocab_size} alternatives per token")
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t, _ in sampling.logit_bias if not 0 <= t < vocab]
+        if bad:
+            raise FieldError("logit_bias", f"token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}")
         now = self._clock_ns()
         deadline = now + int(self.config.queue_timeout_s * 1e9) if self.config.queue_timeout_s else 0
         ids = [next(self._ids) for _ in range(sampling.n)]
@@ -143,7 +149,10 @@ class GenerationEngine:
             self._seqs[seq_id] = Sequence(
                 seq_id, index, stream, prompt, max_tokens, sampling, sequence_rng(sampling.seed, index),
                 IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now, trace,
+                penalties_for(sampling, prompt, vocab),
             )
+        if request.echo and request.prompt is None:
+            stream.prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         self.stats.prompt_tokens += len(prompt_ids) * sampling.n
         self._refresh_gauges()
         self._ensure_running()
@@ -316,9 +325,12 @@ class GenerationEngine:
         repad = time.perf_counter_ns() - start
         if plan.decoding:
             logits = decoder.decode({s: self._seqs[s].last_token for s in plan.decoding})
-            for seq_id in plan.decoding:
-                seq = self._seqs[seq_id]
-                result.events.append((seq, self._next(seq, logits[seq_id])))
+            decoding = [self._seqs[s] for s in plan.decoding]
+            _penalize(decoding, logits)
+            for seq in decoding:
+                result.events.append((seq, self._next(seq, logits[seq.seq_id])))
+                if seq.penalties is not None:
+                    seq.penalties.add(seq.last_token)
         if plan.joining:
             by_length: dict[int, list[Sequence]] = {}
             for seq_id in plan.joining:
@@ -332,8 +344,11 @@ class GenerationEngine:
                     # The join's copy is part of the prefill call's time; attribute a share by size.
                     repad += (time.perf_counter_ns() - t0) * rows // (rows + len(seqs))
                 result.prefill_runs += 1
+                _penalize(seqs, logits)
                 for seq in seqs:
                     result.events.append((seq, self._next(seq, logits[seq.seq_id])))
+                    if seq.penalties is not None:
+                        seq.penalties.add(seq.last_token)
         result.step_ns = time.perf_counter_ns() - start
         result.repad_ns = repad
         return result
@@ -392,3 +407,14 @@ class GenerationEngine:
                 seq.stream.fail(ModelNotReadyError(f"model '{self.name}' version {self.version} was unloaded"))
         self._seqs.clear()
         self._pool.shutdown(wait=False)
+
+
+def _penalize(seqs: list[Sequence], logits: dict[int, np.ndarray]) -> None:
+    """logit_bias and the penalties, on the step's rows at once; rows of sequences using none
+    are neither copied nor touched (the common path costs one scan of the list)."""
+    penalized = [s for s in seqs if s.penalties is not None]
+    if not penalized:
+        return
+    rows = apply_penalties(np.stack([logits[s.seq_id] for s in penalized]), [s.penalties for s in penalized])  # type: ignore[misc]
+    for seq, row in zip(penalized, rows):
+        logits[seq.seq_id] = row
