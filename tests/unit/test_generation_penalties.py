@@ -129,3 +129,25 @@ def test_min_p_is_relative_to_the_tempered_distribution():
     keep = set(np.flatnonzero(tempered >= 0.5 * tempered.max()).tolist())
     drawn = {sample_token(row, SamplingParams(temperature=2.0, min_p=0.5), rng) for _ in range(600)}
     assert drawn == keep and len(keep) == 3
+
+
+# ------------------------------------------------------------------------------ semantic cache scope
+
+
+@pytest.mark.parametrize("changed", [
+    {"logit_bias": ((5, 10.0),)}, {"presence_penalty": 1.0}, {"frequency_penalty": 1.0},
+    {"repetition_penalty": 1.3}, {"min_p": 0.2},
+])
+def test_the_prompt_cache_scope_covers_the_new_sampling_fields(changed):
+    """A cached greedy answer must never answer a request whose bias or penalties change the tokens."""
+    from gateway.core.generation import GenerationRequest
+    from gateway.core.model_config import SemanticCacheConfig
+    from gateway.service.prompt_cache import _query
+
+    def scope(**params):
+        req = GenerationRequest("m", SamplingParams(temperature=0, max_tokens=8, **params), prompt="hello")
+        query = _query("m", "1", req, SemanticCacheConfig(enabled=True), None, None)
+        assert query is not None and query.cacheable
+        return query.scope
+
+    assert scope(**changed) != scope()

@@ -1,12 +1,16 @@
 """Serving logic of the completions family: a parsed request goes to the facade's
 ``generate``; its event stream becomes OpenAI's ``text_completion`` /
-``chat.completion`` objects, or the chunks of a stream."""
+``chat.completion`` objects, or the chunks of a stream. Several prompts in one
+completions request are admitted together (so the engine batches them) and read as one
+stream whose choice ``p * n + i`` is choice i of prompt p, as OpenAI numbers them."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.core.generation import GenerationEvent, GenerationRequest, GenerationStream, TokenLogprob
@@ -16,7 +20,70 @@ CHAT = "chat"
 TEXT = "text"
 
 
-def _usage(stream: GenerationStream) -> dict:
+class PromptStreams:
+    """The streams of a request's several prompts read as one: events arrive as the engine makes
+    them (interleaved across prompts), each with its request-wide choice index."""
+
+    def __init__(self, streams: Sequence[GenerationStream]) -> None:
+        self.streams = list(streams)
+        first = self.streams[0]
+        self.model, self.version = first.model, first.version
+        self.choices = sum(s.choices for s in self.streams)
+        self.prompt_tokens = sum(s.prompt_tokens for s in self.streams)
+        self.cache_similarity: float | None = None  # a hit is reported for a single prompt only
+        self._pumps: list[asyncio.Task] = []
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.streams)
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[GenerationEvent]:
+        queue: asyncio.Queue = asyncio.Queue()
+
+        async def pump(offset: int, stream: GenerationStream) -> None:
+            try:
+                async for event in stream:
+                    queue.put_nowait(dataclasses.replace(event, index=offset + event.index))
+            except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+                queue.put_nowait(exc)
+                return
+            queue.put_nowait(None)
+
+        offset = 0
+        for stream in self.streams:
+            self._pumps.append(asyncio.get_running_loop().create_task(pump(offset, stream)))
+            offset += stream.choices
+        try:
+            open_streams = len(self.streams)
+            while open_streams:
+                item = await queue.get()
+                if item is None:
+                    open_streams -= 1
+                elif isinstance(item, Exception):
+                    raise item
+                else:
+                    yield item
+        finally:
+            self._stop_pumps()
+
+    def _stop_pumps(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        self._pumps.clear()
+
+    def close(self) -> None:
+        self._stop_pumps()
+        for stream in self.streams:
+            stream.close()
+
+
+AnyStream = GenerationStream | PromptStreams
+
+
+def _usage(stream: AnyStream) -> dict:
     return {
         "prompt_tokens": stream.prompt_tokens,
         "completion_tokens": stream.completion_tokens,
@@ -57,19 +124,52 @@ class _Choice:
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finish_reason: str | None = None
     text_len: int = 0  # characters sent so far (text_offset of streamed completion logprobs)
+    echo: str = ""  # the prompt, not yet sent (completions with echo)
 
 
 class CompletionServing:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def start(self, request: GenerationRequest) -> GenerationStream:
-        """Admission: raises the typed errors (400, 404, 429) before any byte is sent."""
-        return await self.service.generate(request)
+    async def start(self, requests: Sequence[GenerationRequest]) -> AnyStream:
+        """Admission of every prompt, back to back (no step runs between them when nothing awaits,
+        so they share the first prefill step); raises the typed errors (400, 404, 429) before any
+        byte is sent, after closing the prompts already admitted."""
+        streams: list[GenerationStream] = []
+        try:
+            for request in requests:
+                streams.append(await self.service.generate(request))
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            raise
+        return streams[0] if len(streams) == 1 else PromptStreams(streams)
 
-    async def complete(self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool) -> dict:
-        """Wait for every choice; the whole response object."""
+    @staticmethod
+    def echoes(requests: Sequence[GenerationRequest], stream: AnyStream) -> list[str] | None:
+        """Per choice, the prompt text echo puts before it; None without echo."""
+        if not requests[0].echo:
+            return None
+        streams = stream.streams if isinstance(stream, PromptStreams) else [stream]
+        out: list[str] = []
+        for request, s in zip(requests, streams):
+            text = request.prompt if request.prompt is not None else (s.prompt_text or "")
+            out += [text] * s.choices
+        return out
+
+    @staticmethod
+    def _choices(stream: AnyStream, echo: list[str] | None) -> list[_Choice]:
         choices = [_Choice() for _ in range(stream.choices)]
+        if echo is not None:
+            for c, text in zip(choices, echo):
+                c.echo = text
+        return choices
+
+    async def complete(
+        self, kind: str, model: str, stream: AnyStream, want_logprobs: bool, echo: list[str] | None = None
+    ) -> dict:
+        """Wait for every choice; the whole response object."""
+        choices = self._choices(stream, echo)
         try:
             async for event in stream:
                 c = choices[event.index]
@@ -107,7 +207,7 @@ class CompletionServing:
             "choices": [
                 {
                     "index": i,
-                    "text": "".join(c.text),
+                    "text": c.echo + "".join(c.text),
                     "logprobs": _text_logprobs(c.logprobs, 0) if want_logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
@@ -117,7 +217,8 @@ class CompletionServing:
         }
 
     async def chunks(
-        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool, include_usage: bool
+        self, kind: str, model: str, stream: AnyStream, want_logprobs: bool, include_usage: bool,
+        echo: list[str] | None = None,
     ) -> AsyncIterator[dict]:
         """The stream's chunk objects in order; the caller closes ``stream`` when it stops reading."""
         created = int(time.time())
@@ -128,7 +229,7 @@ class CompletionServing:
             base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created,
                     "model": model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
-        choices = [_Choice() for _ in range(stream.choices)]
+        choices = self._choices(stream, echo)
         if kind == CHAT:
             # OpenAI opens each choice with the assistant role and empty content.
             for i in range(stream.choices):
@@ -143,6 +244,10 @@ class CompletionServing:
 
     @staticmethod
     def _chunk(kind: str, event: GenerationEvent, choice: _Choice, want_logprobs: bool) -> dict | None:
+        if choice.echo:
+            # The choice's first chunk carries the prompt (echo), whatever its event holds.
+            event = dataclasses.replace(event, text=choice.echo + event.text)
+            choice.echo = ""
         if not event.text and event.finish_reason is None and not (want_logprobs and event.logprobs):
             return None  # bytes of a character or a possible stop string held back
         if kind == CHAT:

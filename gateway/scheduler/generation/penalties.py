@@ -98,7 +98,7 @@ def apply_penalties(logits: np.ndarray, states: list[SequencePenalties]) -> np.n
     biased = [i for i, s in enumerate(states) if s.bias_ids is not None]
     if biased:
         r, c, keep = _columns(biased, [states[i].bias_ids for i in biased], width)  # type: ignore[misc]
-        values = np.concatenate([states[i].bias_values for i in biased])[keep]  # type: ignore[misc]
+        values = np.concatenate([states[i].bias_values for i in biased])[keep]
         logits[r, c] += values.astype(logits.dtype, copy=False)
 
     repeating = [i for i, s in enumerate(states) if s.seen is not None and s.seen_ids]
