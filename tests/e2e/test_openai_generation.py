@@ -434,3 +434,14 @@ def test_out_of_range_sampling_fields_are_400s_naming_the_field(client, field, v
             client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
                                            extra_body={field: value})
         assert _error(info)["param"] == field, _error(info)
+
+
+def test_several_prompts_over_capacity_are_one_429_and_free_what_was_admitted(client, gateway):
+    # tiny-one runs one sequence with no waiting room: the second prompt cannot be admitted.
+    with pytest.raises(openai.RateLimitError) as info:
+        client.completions.create(model=SMALL, prompt=["Hello", "World"], max_tokens=50)
+    assert info.value.status_code == 429
+    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) == 0
+                       and metric(gateway, "gateway_generation_waiting_sequences", model=SMALL) == 0,
+                       what="the first prompt's sequence to be freed")
+    assert client.completions.create(model=SMALL, prompt=["Hello"], max_tokens=2).usage.completion_tokens >= 1
