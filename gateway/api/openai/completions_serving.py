@@ -21,8 +21,9 @@ TEXT = "text"
 
 
 class PromptStreams:
-    """The streams of a request's several prompts read as one: events arrive as the engine makes
-    them (interleaved across prompts), each with its request-wide choice index."""
+    """The streams of a request's several prompts read as one, each event with its request-wide
+    choice index. Made on the event loop: its readers start at once, so the events queue in the
+    order the engine made them (interleaved across prompts) however late the reader comes."""
 
     def __init__(self, streams: Sequence[GenerationStream]) -> None:
         self.streams = list(streams)
@@ -31,7 +32,22 @@ class PromptStreams:
         self.choices = sum(s.choices for s in self.streams)
         self.prompt_tokens = sum(s.prompt_tokens for s in self.streams)
         self.cache_similarity: float | None = None  # a hit is reported for a single prompt only
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
         self._pumps: list[asyncio.Task] = []
+        offset = 0
+        for stream in self.streams:
+            self._pumps.append(loop.create_task(self._pump(offset, stream)))
+            offset += stream.choices
+
+    async def _pump(self, offset: int, stream: GenerationStream) -> None:
+        try:
+            async for event in stream:
+                self._queue.put_nowait(dataclasses.replace(event, index=offset + event.index))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            self._queue.put_nowait(exc)
+            return
+        self._queue.put_nowait(None)
 
     @property
     def completion_tokens(self) -> int:
@@ -41,41 +57,20 @@ class PromptStreams:
         return self._events()
 
     async def _events(self) -> AsyncIterator[GenerationEvent]:
-        queue: asyncio.Queue = asyncio.Queue()
-
-        async def pump(offset: int, stream: GenerationStream) -> None:
-            try:
-                async for event in stream:
-                    queue.put_nowait(dataclasses.replace(event, index=offset + event.index))
-            except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
-                queue.put_nowait(exc)
-                return
-            queue.put_nowait(None)
-
-        offset = 0
-        for stream in self.streams:
-            self._pumps.append(asyncio.get_running_loop().create_task(pump(offset, stream)))
-            offset += stream.choices
-        try:
-            open_streams = len(self.streams)
-            while open_streams:
-                item = await queue.get()
-                if item is None:
-                    open_streams -= 1
-                elif isinstance(item, Exception):
-                    raise item
-                else:
-                    yield item
-        finally:
-            self._stop_pumps()
-
-    def _stop_pumps(self) -> None:
-        for task in self._pumps:
-            task.cancel()
-        self._pumps.clear()
+        open_streams = len(self.streams)
+        while open_streams:
+            item = await self._queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, Exception):
+                self.close()
+                raise item
+            else:
+                yield item
 
     def close(self) -> None:
-        self._stop_pumps()
+        for task in self._pumps:
+            task.cancel()
         for stream in self.streams:
             stream.close()
 
