@@ -38,6 +38,12 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     n: int = 1
     logprobs: int | None = None  # None = off; k = alternatives per token besides the chosen one
+    min_p: float = 0.0  # 0 = off; else drop tokens less likely than min_p x the most likely one
+    presence_penalty: float = 0.0  # subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # subtracted per occurrence of a token already generated
+    repetition_penalty: float = 1.0  # 1 = off; divides (multiplies) positive (negative) logits of seen tokens
+    # (token id, bias) pairs added to the logits, sorted by id: a tuple keeps SamplingParams hashable.
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,7 @@ class GenerationRequest:
     prompt: str | None = None  # completions
     prompt_token_ids: tuple[int, ...] | None = None  # completions given token ids
     messages: tuple[dict, ...] | None = None  # chat: rendered with the model's chat template
+    echo: bool = False  # completions: the stream carries the prompt's text (``GenerationStream.prompt_text``)
     user: str = ""
     cache: bool = True  # False: the request opted out of the semantic cache
     route_key: str = ""  # the X-Route-Key header: the canary's sticky key before `user`
@@ -132,6 +139,8 @@ class GenerationStream:
         self._ended_with: tuple[BaseException | None] | None = None
         # Set when the answer came from the semantic cache: the similarity of the matched prompt.
         self.cache_similarity: float | None = None
+        # The prompt as text, when the request asked for echo and gave token ids (the engine decodes them).
+        self.prompt_text: str | None = None
 
     # -- producer side (the engine, on the event loop) ---------------------------------
 

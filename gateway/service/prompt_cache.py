@@ -74,7 +74,9 @@ def _query(
     s = req.sampling
     sampling: dict[str, SamplingValue] = {
         "temperature": s.temperature, "top_p": s.top_p, "top_k": s.top_k, "seed": s.seed,
-        "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens,
+        "stop": list(s.stop), "n": s.n, "max_tokens": s.max_tokens, "min_p": s.min_p,
+        "presence_penalty": s.presence_penalty, "frequency_penalty": s.frequency_penalty,
+        "repetition_penalty": s.repetition_penalty, "logit_bias": json.dumps(s.logit_bias),
     }
     # The model's settings that shape an answer without a new version (model.yaml edits).
     shaping = "" if generation is None else json.dumps(

@@ -255,8 +255,8 @@ def test_unknown_fields_are_ignored_but_unsupported_ones_refused(client):
                                        functions=[{"name": "f"}])  # the deprecated form of tools
     assert _error(info)["param"] == "functions"
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model=MODEL, prompt="hi", logit_bias={"5": 10})
-    assert _error(info)["param"] == "logit_bias"
+        client.completions.create(model=MODEL, prompt="hi", suffix="!")
+    assert _error(info)["param"] == "suffix"
 
 
 def test_unknown_model_is_404_and_tensor_model_400(client):
@@ -291,3 +291,157 @@ def test_over_capacity_is_429_rate_limit_error(client, gateway):
     gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) == 0,
                        what="the first stream to be freed")
     assert client.completions.create(model=SMALL, prompt="Hello", max_tokens=2).usage.completion_tokens >= 1
+
+
+# ------------------------------------------------------------------------------- sampling controls
+
+
+def _tokens(choice) -> list[str]:
+    return choice.logprobs.tokens
+
+
+def _first_plain_token(tokenizer, avoid) -> int:
+    """A token that is not an end-of-sequence token nor in ``avoid``, whose text is plain ASCII."""
+    for t in range(tokenizer.vocab_size):
+        text = tokenizer.token_text(t)
+        if t not in tokenizer.eos_token_ids and t not in avoid and text.isascii() and text.strip().isalpha():
+            return t
+    raise AssertionError("no plain token in the vocabulary")
+
+
+def test_logit_bias_plus_100_forces_its_token_every_step(client, tokenizer):
+    greedy = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=12, temperature=0, logprobs=0)
+    forced = _first_plain_token(tokenizer, set(tokenizer.encode("".join(_tokens(greedy.choices[0])))))
+    resp = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=12, temperature=0, logprobs=0,
+                                     logit_bias={str(forced): 100})
+    assert _tokens(resp.choices[0]) == [tokenizer.token_text(forced)] * 12
+    # Sampling at temperature 1 is forced too: +100 leaves every other token ~e^-100 behind.
+    sampled = client.completions.create(model=MODEL, prompt="Once upon", max_tokens=6, temperature=1.0, seed=3,
+                                        logprobs=0, logit_bias={str(forced): 100})
+    assert _tokens(sampled.choices[0]) == [tokenizer.token_text(forced)] * 6
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=5,
+                                          temperature=0, logprobs=True, logit_bias={str(forced): 100})
+    assert [c.token for c in chat.choices[0].logprobs.content] == [tokenizer.token_text(forced)] * 5
+
+
+def test_logit_bias_minus_100_bans_the_greedy_token(client, tokenizer, tiny_llm_model):
+    prompt = "The weather today"
+    want = reference(tiny_llm_model, tokenizer, tokenizer.encode(prompt), 10)
+    banned = want[0]
+    resp = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0, logprobs=0,
+                                     logit_bias={str(banned): -100})
+    tokens = _tokens(resp.choices[0])
+    assert tokens[0] != tokenizer.token_text(banned)
+    assert tokenizer.token_text(banned) not in tokens
+    assert tokens != [tokenizer.token_text(t) for t in want]
+
+
+def test_frequency_penalty_reduces_repetition_of_a_greedy_run(client, tokenizer):
+    prompt = "a b c"
+    kwargs = dict(model=MODEL, prompt=prompt, max_tokens=48, temperature=0, logprobs=0)
+    plain = _tokens(client.completions.create(**kwargs).choices[0])
+    penalised = _tokens(client.completions.create(**kwargs, frequency_penalty=2.0).choices[0])
+    presence = _tokens(client.completions.create(**kwargs, presence_penalty=2.0).choices[0])
+    repetition = _tokens(client.completions.create(**kwargs, extra_body={"repetition_penalty": 3.0}).choices[0])
+
+    def repeats(tokens):
+        return len(tokens) - len(set(tokens))
+
+    assert repeats(plain) > 0, plain
+    assert repeats(penalised) < repeats(plain)
+    assert repeats(presence) < repeats(plain)
+    assert repeats(repetition) < repeats(plain)
+    # The same request without a penalty is still the plain greedy run (penalties leave no trace).
+    assert _tokens(client.completions.create(**kwargs, frequency_penalty=0).choices[0]) == plain
+
+
+def test_min_p_one_is_greedy(client):
+    greedy = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, temperature=0).choices[0].text
+    kept = client.completions.create(model=MODEL, prompt="Hello", max_tokens=10, temperature=1.5, seed=9,
+                                     extra_body={"min_p": 1.0}).choices[0].text
+    assert kept == greedy
+
+
+def test_echo_prepends_the_prompt(client, tokenizer):
+    prompt = "Once upon a time"
+    plain = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0)
+    echoed = client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, echo=True, n=2)
+    assert [c.text for c in echoed.choices] == [prompt + plain.choices[0].text] * 2
+    assert echoed.usage == plain.usage.model_copy(update={
+        "completion_tokens": 16, "total_tokens": plain.usage.prompt_tokens + 16})
+    ids = tokenizer.encode(prompt)
+    from_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=8, temperature=0, echo=True)
+    assert from_ids.choices[0].text == tokenizer.decode(ids, skip_special_tokens=False) + plain.choices[0].text
+    chunks = [c for c in client.completions.create(model=MODEL, prompt=prompt, max_tokens=8, temperature=0, echo=True,
+                                                   stream=True) if c.choices]
+    assert chunks[0].choices[0].text.startswith(prompt)
+    assert "".join(c.choices[0].text for c in chunks) == prompt + plain.choices[0].text
+
+
+def test_echo_with_logprobs_is_a_400_naming_both(client):
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, prompt="hi", max_tokens=2, echo=True, logprobs=1)
+    assert _error(info)["param"] == "echo" and "logprobs" in _error(info)["message"]
+
+
+def test_several_prompts_are_choices_in_prompt_order(client, tokenizer, gateway):
+    prompts = ["Python is", "The quick brown fox jumps", "Hello"]
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=10, temperature=0) for p in prompts]
+    before = metric(gateway, "gateway_generation_multi_sequence_steps_total")
+    resp = client.completions.create(model=MODEL, prompt=prompts, max_tokens=10, temperature=0)
+    assert [c.index for c in resp.choices] == [0, 1, 2]
+    assert [c.text for c in resp.choices] == [a.choices[0].text for a in alone]
+    assert resp.usage.prompt_tokens == sum(a.usage.prompt_tokens for a in alone)
+    assert resp.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    assert metric(gateway, "gateway_generation_multi_sequence_steps_total") > before  # they ran batched
+    # Token-id prompts, n per prompt: index = prompt * n + i.
+    ids = [tokenizer.encode(p) for p in prompts[:2]]
+    two = client.completions.create(model=MODEL, prompt=ids, max_tokens=10, temperature=0, n=2, echo=True)
+    assert [c.index for c in two.choices] == [0, 1, 2, 3]
+    assert [c.text for c in two.choices] == [
+        tokenizer.decode(ids[p], skip_special_tokens=False) + alone[p].choices[0].text for p in (0, 0, 1, 1)]
+
+
+def test_several_prompts_stream_interleaved_with_their_indexes(client):
+    prompts = ["Python is", "The quick brown fox jumps", "Hello"]
+    alone = [client.completions.create(model=MODEL, prompt=p, max_tokens=10, temperature=0).choices[0].text
+             for p in prompts]
+    chunks = list(client.completions.create(model=MODEL, prompt=prompts, max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True}))
+    texts = {i: "" for i in range(3)}
+    order = []
+    for c in chunks:
+        for choice in c.choices:
+            texts[choice.index] += choice.text
+            order.append(choice.index)
+    assert [texts[i] for i in range(3)] == alone
+    assert order != sorted(order)  # interleaved as the engine made them, not prompt after prompt
+    assert chunks[-1].usage.completion_tokens == 30
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    ("presence_penalty", 2.5), ("frequency_penalty", -2.01), ("repetition_penalty", 0), ("min_p", 1.5),
+    ("logit_bias", {"5": 101}), ("logit_bias", {"five": 1}), ("logit_bias", {"99999999": 1}),
+    ("logit_bias", {"5": 1, "05": 2}), ("prompt", []), ("prompt", ["a", []]),
+])
+def test_out_of_range_sampling_fields_are_400s_naming_the_field(client, field, value):
+    args = {"prompt": value} if field == "prompt" else {"prompt": "hi", "extra_body": {field: value}}
+    with pytest.raises(openai.BadRequestError) as info:
+        client.completions.create(model=MODEL, max_tokens=2, **args)
+    assert _error(info)["param"] == field, _error(info)
+    if field != "prompt":
+        with pytest.raises(openai.BadRequestError) as info:
+            client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                           extra_body={field: value})
+        assert _error(info)["param"] == field, _error(info)
+
+
+def test_several_prompts_over_capacity_are_one_429_and_free_what_was_admitted(client, gateway):
+    # tiny-one runs one sequence with no waiting room: the second prompt cannot be admitted.
+    with pytest.raises(openai.RateLimitError) as info:
+        client.completions.create(model=SMALL, prompt=["Hello", "World"], max_tokens=50)
+    assert info.value.status_code == 429
+    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) == 0
+                       and metric(gateway, "gateway_generation_waiting_sequences", model=SMALL) == 0,
+                       what="the first prompt's sequence to be freed")
+    assert client.completions.create(model=SMALL, prompt=["Hello"], max_tokens=2).usage.completion_tokens >= 1

@@ -68,9 +68,11 @@ def test_models_say_what_each_model_can_do(client):
 
 NULL_CHAT_FIELDS = ("n", "stream", "logprobs", "top_logprobs", "temperature", "top_p", "top_k", "max_tokens",
                     "max_completion_tokens", "stop", "user", "seed", "stream_options", "presence_penalty",
-                    "frequency_penalty", "cache", "tools", "tool_choice", "response_format", "logit_bias")
-NULL_COMPLETION_FIELDS = ("n", "stream", "logprobs", "echo", "suffix", "best_of", "temperature", "top_p",
-                          "max_tokens", "stop", "user", "seed", "stream_options")
+                    "frequency_penalty", "cache", "tools", "tool_choice", "response_format", "logit_bias",
+                    "repetition_penalty", "min_p")
+NULL_COMPLETION_FIELDS = ("n", "stream", "logprobs", "echo", "suffix", "best_of", "temperature", "top_p", "top_k",
+                          "max_tokens", "stop", "user", "seed", "stream_options", "presence_penalty",
+                          "frequency_penalty", "logit_bias", "repetition_penalty", "min_p", "cache")
 
 
 def test_every_optional_chat_field_null_is_its_default_raw_json(gw):
@@ -105,11 +107,12 @@ def test_nulls_sent_by_the_openai_client(client):
         model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3,
         temperature=None, top_p=None, n=None, stop=None, user=None, seed=None, logprobs=None, top_logprobs=None,
         stream_options=None, presence_penalty=None, frequency_penalty=None, response_format=None, tools=None,
-        extra_body={"top_k": None, "cache": None},
+        logit_bias=None, extra_body={"top_k": None, "cache": None, "repetition_penalty": None, "min_p": None},
     )
     assert chat.choices[0].message.role == "assistant" and chat.usage.completion_tokens >= 1
     text = client.completions.create(model=MODEL, prompt="hi", max_tokens=2, echo=None, logprobs=None, suffix=None,
-                                     best_of=None, n=None, temperature=None, stop=None, seed=None)
+                                     best_of=None, n=None, temperature=None, stop=None, seed=None, logit_bias=None,
+                                     presence_penalty=None, frequency_penalty=None)
     assert len(text.choices) == 1
     emb = client.embeddings.create(model="minilm", input="hello", extra_body={"dimensions": None, "user": None})
     assert len(emb.data[0].embedding) == 384

@@ -40,7 +40,8 @@ messages = st.lists(
 ) | edgy
 
 GENERATION_FIELDS = ["model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "n", "stream",
-                     "stream_options", "user", "presence_penalty", "frequency_penalty", "cache", "logit_bias"]
+                     "stream_options", "user", "presence_penalty", "frequency_penalty", "cache", "logit_bias",
+                     "repetition_penalty", "min_p"]
 COMPLETION_FIELDS = GENERATION_FIELDS + ["prompt", "logprobs", "echo", "suffix", "best_of"]
 CHAT_FIELDS = GENERATION_FIELDS + ["max_completion_tokens", "logprobs", "top_logprobs", "tools", "tool_choice",
                                    "functions", "function_call", "parallel_tool_calls", "response_format", "audio",
@@ -94,10 +95,12 @@ def _assert_encodable(value) -> None:
 def test_parse_completion_accepts_or_names_the_field(doc):
     parsed = check(parse_completion, doc)
     if parsed is not None:
-        req, gen = parsed
-        assert isinstance(gen, GenerationRequest) and gen.model == doc["model"]
-        assert (gen.prompt is None) != (gen.prompt_token_ids is None)
-        assert gen.sampling.n >= 1 and (gen.sampling.max_tokens is None or gen.sampling.max_tokens >= 1)
+        req, gens = parsed
+        assert gens
+        for gen in gens:
+            assert isinstance(gen, GenerationRequest) and gen.model == doc["model"]
+            assert (gen.prompt is None) != (gen.prompt_token_ids is None)
+            assert gen.sampling.n >= 1 and (gen.sampling.max_tokens is None or gen.sampling.max_tokens >= 1)
 
 
 @SETTINGS

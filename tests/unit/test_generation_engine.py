@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tiny_llm
 
-from gateway.core.errors import QueueFullError
+from gateway.core.errors import InvalidInputError, QueueFullError
 from gateway.core.generation import ContextLengthError, GenerationRequest, SamplingParams
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.decoder import KvCacheDecoder
@@ -107,5 +107,45 @@ def test_a_closed_stream_leaves_at_the_next_step(tiny_llm_model):
             await asyncio.sleep(0.005)
         assert engine.stats.active == 0 and engine.stats.cancelled == 1
         assert engine.decoder.rows == 0
+
+    asyncio.run(run())
+
+
+def test_penalised_and_plain_sequences_share_steps(tiny_llm_model):
+    """A batch mixing sequences with and without logit_bias/penalties: the plain ones still equal
+    the reference, the biased one emits its token every step, the penalised one repeats less."""
+    engine = _engine(tiny_llm_model)
+    stop = tuple(engine.tokenizer.eos_token_ids)
+    prompt = "a b c"
+    ids = engine.tokenizer.encode(prompt)
+    want = tiny_llm.reference_greedy(tiny_llm_model / "1", ids, 24, stop)
+    forced = next(t for t in range(engine.tokenizer.vocab_size) if t not in stop and t != want[0])
+
+    async def run():
+        def submit(**params):
+            return _collect(engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=24, temperature=0, **params),
+                                                            prompt=prompt)))
+
+        return await asyncio.gather(
+            submit(), submit(logit_bias=((forced, 100.0),)), submit(frequency_penalty=2.0), submit(),
+        )
+
+    plain, biased, penalised, plain2 = asyncio.run(run())
+    assert plain[0] == want and plain2[0] == want
+    assert biased[0] == [forced] * 24
+    repeats = len(want) - len(set(want))
+    assert repeats > 0, "the reference must repeat itself for this test to mean anything"
+    assert len(penalised[0]) - len(set(penalised[0])) < repeats
+    assert engine.stats.steps_multi > 0
+
+
+def test_logit_bias_outside_the_vocabulary_is_refused_at_submit(tiny_llm_model):
+    engine = _engine(tiny_llm_model)
+    vocab = engine.tokenizer.vocab_size
+
+    async def run():
+        with pytest.raises(InvalidInputError, match="outside the vocabulary") as info:
+            engine.submit(GenerationRequest("tiny", SamplingParams(logit_bias=((vocab, 1.0),)), prompt="hi"))
+        assert info.value.param == "logit_bias"
 
     asyncio.run(run())

@@ -2,8 +2,8 @@
 
 Unknown fields are ignored, as OpenAI's clients send fields a server may not know; a
 known field of the wrong type is a 400 naming it (no coercion: ``"3"`` is not a
-number); a known field we do not implement (logit_bias, audio, ...) is a 400 too,
-rather than silently ignored.
+number); a known field we do not implement (audio, suffix, ...) is a 400 too,
+rather than silently ignored. A JSON ``null`` is the field's default, everywhere.
 
 ``response_format`` (json_object, json_schema) and forced tool calls (``tool_choice``
 "required" or a named function) become an ``OutputConstraint``: the engine decodes under
@@ -13,7 +13,7 @@ the schema's grammar, so a finished output always parses and validates.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -25,6 +25,7 @@ from gateway.core.field_path import field_path
 from gateway.core.generation import GenerationRequest, OutputConstraint, SamplingParams
 
 MAX_STOP_STRINGS = 16
+MAX_PROMPTS = 128  # prompts in one /v1/completions request (each runs n sequences)
 
 
 class _Wire(BaseModel):
@@ -51,6 +52,9 @@ class _SamplingFields(_Wire):
     user: str | None = None
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    repetition_penalty: float | None = Field(default=None, gt=0)  # vLLM's extension; 1 = off
+    min_p: float | None = Field(default=None, ge=0, le=1)  # vLLM's extension; 0 = off
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None  # token id (as a string) -> bias
     cache: bool = True  # our extension: false keeps this request out of the semantic cache
 
 
@@ -141,13 +145,7 @@ class ChatCompletionRequest(_SamplingFields):
 
 # Known OpenAI fields this server does not implement: a 400 when set to anything but their
 # no-op value, so a client never believes it got what it asked for.
-_UNSUPPORTED_COMMON = {
-    "logit_bias": lambda v: v in (None, {}),
-    "presence_penalty": lambda v: v in (None, 0, 0.0),
-    "frequency_penalty": lambda v: v in (None, 0, 0.0),
-}
 _UNSUPPORTED_CHAT = {
-    **_UNSUPPORTED_COMMON,
     # The deprecated single-function API; "tools" replaces it.
     "functions": lambda v: v in (None, []),
     "function_call": lambda v: v in (None, "none"),
@@ -156,8 +154,6 @@ _UNSUPPORTED_CHAT = {
     "prediction": lambda v: v is None,
 }
 _UNSUPPORTED_COMPLETION = {
-    **_UNSUPPORTED_COMMON,
-    "echo": lambda v: v in (None, False),
     "suffix": lambda v: v is None,
 }
 
@@ -202,6 +198,22 @@ def _stops(stop: str | list[str] | None) -> tuple[str, ...]:
     return stops
 
 
+def _logit_bias(bias: dict[str, float] | None) -> tuple[tuple[int, float], ...]:
+    """OpenAI's {"token id": bias} as sorted (id, bias) pairs; the engine checks the ids against its vocabulary."""
+    if not bias:
+        return ()
+    pairs: dict[int, float] = {}
+    for key, value in bias.items():
+        text = key.strip()
+        if not (text.isascii() and text.isdecimal()):
+            raise InvalidInputError(f"'logit_bias' keys are token ids, got {key!r:.40}", param="logit_bias")
+        token = int(text)
+        if token in pairs:
+            raise InvalidInputError(f"'logit_bias' names token {token} twice", param="logit_bias")
+        pairs[token] = float(value)
+    return tuple(sorted(pairs.items()))
+
+
 def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
     return SamplingParams(
         max_tokens=max_tokens,
@@ -212,33 +224,58 @@ def _sampling(req: _SamplingFields, max_tokens: int | None, logprobs: int | None
         stop=_stops(req.stop),
         n=req.n,
         logprobs=logprobs,
+        min_p=0.0 if req.min_p is None else float(req.min_p),
+        presence_penalty=0.0 if req.presence_penalty is None else float(req.presence_penalty),
+        frequency_penalty=0.0 if req.frequency_penalty is None else float(req.frequency_penalty),
+        repetition_penalty=1.0 if req.repetition_penalty is None else float(req.repetition_penalty),
+        logit_bias=_logit_bias(req.logit_bias),
     )
 
 
-def parse_completion(doc: Any) -> tuple[CompletionRequest, GenerationRequest]:
+def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[str | tuple[int, ...]]:
+    """OpenAI's four prompt shapes as a list of prompts: text, or token ids."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if not prompt:
+        raise InvalidInputError("'prompt' must not be empty", param="prompt")
+    if isinstance(prompt[0], int):
+        return [tuple(prompt)]
+    if len(prompt) > MAX_PROMPTS:
+        raise InvalidInputError(f"at most {MAX_PROMPTS} prompts in one request, got {len(prompt)}", param="prompt")
+    prompts: list[str | tuple[int, ...]] = []
+    for i, p in enumerate(prompt):
+        if isinstance(p, list):
+            if not p:
+                raise InvalidInputError(f"'prompt[{i}]' must not be empty", param="prompt")
+            prompts.append(tuple(p))
+        else:
+            prompts.append(p)  # type: ignore[arg-type]
+    return prompts
+
+
+def parse_completion(doc: Any) -> tuple[CompletionRequest, list[GenerationRequest]]:
+    """One generation request per prompt (a list of prompts is several), all with the same sampling."""
     req: CompletionRequest = _parse(CompletionRequest, doc, _UNSUPPORTED_COMPLETION)
     _check_texts(req)
     check_unicode(req.prompt, "prompt")
     if req.best_of is not None and req.best_of != req.n:
         raise InvalidInputError("'best_of' other than n is not supported by this server", param="best_of")
-    prompt = req.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
-        if len(prompt) != 1:
-            raise InvalidInputError("a list of several prompts is not supported: send one request per prompt", param="prompt")
-        prompt = prompt[0]
-    text = prompt if isinstance(prompt, str) else None
-    ids = tuple(prompt) if isinstance(prompt, list) else None
-    if ids is not None and not ids:
-        raise InvalidInputError("'prompt' must not be empty", param="prompt")
-    gen = GenerationRequest(
-        model=req.model,
-        sampling=_sampling(req, req.max_tokens, req.logprobs),
-        prompt=text,
-        prompt_token_ids=ids,
-        user=req.user or "",
-        cache=req.cache,
-    )
-    return req, gen
+    if req.echo and req.logprobs is not None:
+        raise InvalidInputError("'echo' together with 'logprobs' (the prompt's own logprobs) is not supported by this server", param="echo")
+    sampling = _sampling(req, req.max_tokens, req.logprobs)
+    gens = [
+        GenerationRequest(
+            model=req.model,
+            sampling=sampling,
+            prompt=p if isinstance(p, str) else None,
+            prompt_token_ids=p if isinstance(p, tuple) else None,
+            echo=req.echo,
+            user=req.user or "",
+            cache=req.cache,
+        )
+        for p in _prompts(req.prompt)
+    ]
+    return req, gens
 
 
 def parse_chat(doc: Any) -> tuple[ChatCompletionRequest, GenerationRequest]:

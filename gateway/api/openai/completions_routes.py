@@ -18,7 +18,12 @@ from aiohttp import web
 from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.http_routes import route_template
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
-from gateway.api.openai.completions_protocol import ChatCompletionRequest, parse_chat, parse_completion
+from gateway.api.openai.completions_protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    parse_chat,
+    parse_completion,
+)
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
 from gateway.api.openai.completions_tools import TOOLS_NONE
 from gateway.api.openai.errors import error_response, sse_error_event
@@ -81,26 +86,33 @@ class OpenAICompletionsApi:
             doc = await read_json(request)
             if isinstance(doc, dict) and isinstance(doc.get("model"), str):
                 model = doc["model"]
-            parsed, gen = parse_chat(doc) if kind == CHAT else parse_completion(doc)
+            parsed: ChatCompletionRequest | CompletionRequest
+            if kind == CHAT:
+                parsed, gen = parse_chat(doc)
+                gens = [gen]
+            else:
+                parsed, gens = parse_completion(doc)
             if request.headers.get(CACHE_HEADER, "").strip().lower() in _CACHE_OFF:
-                gen = dataclasses.replace(gen, cache=False)
+                gens = [dataclasses.replace(g, cache=False) for g in gens]
             if ROUTE_KEY_HEADER in request.headers:
-                gen = dataclasses.replace(gen, route_key=request.headers[ROUTE_KEY_HEADER])
+                gens = [dataclasses.replace(g, route_key=request.headers[ROUTE_KEY_HEADER]) for g in gens]
             if trace is not None:
                 trace.span.set_attribute("gateway.model.name", model)
-                gen = dataclasses.replace(gen, trace=trace.attach_generation())
-            stream = await self.serving.start(gen)
+                # One trace per HTTP request: with several prompts it follows the first one's steps.
+                gens[0] = dataclasses.replace(gens[0], trace=trace.attach_generation())
+            stream = await self.serving.start(gens)
         except Exception as exc:  # noqa: BLE001 - every failure becomes a status, never a crash
             code, message = classify(exc)
             telemetry.request_done("http", model, "", code.value, start, time.monotonic_ns(), trace, message,
                                    {"http.response.status_code": HTTP_STATUS[code]})
             return error_response(exc)
-        want_logprobs = gen.sampling.logprobs is not None
+        want_logprobs = gens[0].sampling.logprobs is not None
+        echo = self.serving.echoes(gens, stream)
         tool_mode = parsed.tool_mode if isinstance(parsed, ChatCompletionRequest) else TOOLS_NONE
-        tool_names = frozenset(t["function"]["name"] for t in gen.tools or ())
+        tool_names = frozenset(t["function"]["name"] for t in gens[0].tools or ())
         if not parsed.stream:
             try:
-                body = await self.serving.complete(kind, model, stream, want_logprobs, tool_mode, tool_names)
+                body = await self.serving.complete(kind, model, stream, want_logprobs, tool_mode, tool_names, echo)
             except Exception as exc:  # noqa: BLE001
                 code, message = classify(exc)
                 telemetry.request_done("http", stream.model, stream.version, code.value, start, time.monotonic_ns(),
@@ -120,7 +132,7 @@ class OpenAICompletionsApi:
             await response.prepare(request)
             try:
                 async for chunk in self.serving.chunks(kind, model, stream, want_logprobs, include_usage,
-                                                       tool_mode, tool_names):
+                                                       tool_mode, tool_names, echo):
                     await response.write(_event(chunk))
             except ConnectionError:
                 raise

@@ -1,12 +1,16 @@
 """Serving logic of the completions family: a parsed request goes to the facade's
 ``generate``; its event stream becomes OpenAI's ``text_completion`` /
-``chat.completion`` objects, or the chunks of a stream."""
+``chat.completion`` objects, or the chunks of a stream. Several prompts in one
+completions request are admitted together (so the engine batches them) and read as one
+stream whose choice ``p * n + i`` is choice i of prompt p, as OpenAI numbers them."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 from gateway.api.openai.completions_tools import TOOLS_NONE, ToolCallReader
@@ -17,7 +21,65 @@ CHAT = "chat"
 TEXT = "text"
 
 
-def _usage(stream: GenerationStream) -> dict:
+class PromptStreams:
+    """The streams of a request's several prompts read as one, each event with its request-wide
+    choice index. Made on the event loop: its readers start at once, so the events queue in the
+    order the engine made them (interleaved across prompts) however late the reader comes."""
+
+    def __init__(self, streams: Sequence[GenerationStream]) -> None:
+        self.streams = list(streams)
+        first = self.streams[0]
+        self.model, self.version = first.model, first.version
+        self.choices = sum(s.choices for s in self.streams)
+        self.prompt_tokens = sum(s.prompt_tokens for s in self.streams)
+        self.cache_similarity: float | None = None  # a hit is reported for a single prompt only
+        self._queue: asyncio.Queue = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        self._pumps: list[asyncio.Task] = []
+        offset = 0
+        for stream in self.streams:
+            self._pumps.append(loop.create_task(self._pump(offset, stream)))
+            offset += stream.choices
+
+    async def _pump(self, offset: int, stream: GenerationStream) -> None:
+        try:
+            async for event in stream:
+                self._queue.put_nowait(dataclasses.replace(event, index=offset + event.index))
+        except Exception as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            self._queue.put_nowait(exc)
+            return
+        self._queue.put_nowait(None)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.completion_tokens for s in self.streams)
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]:
+        return self._events()
+
+    async def _events(self) -> AsyncIterator[GenerationEvent]:
+        open_streams = len(self.streams)
+        while open_streams:
+            item = await self._queue.get()
+            if item is None:
+                open_streams -= 1
+            elif isinstance(item, Exception):
+                self.close()
+                raise item
+            else:
+                yield item
+
+    def close(self) -> None:
+        for task in self._pumps:
+            task.cancel()
+        for stream in self.streams:
+            stream.close()
+
+
+AnyStream = GenerationStream | PromptStreams
+
+
+def _usage(stream: AnyStream) -> dict:
     return {
         "prompt_tokens": stream.prompt_tokens,
         "completion_tokens": stream.completion_tokens,
@@ -59,22 +121,53 @@ class _Choice:
     finish_reason: str | None = None
     text_len: int = 0  # characters sent so far (text_offset of streamed completion logprobs)
     tools: ToolCallReader | None = None  # chat with tools: reads tool calls out of the text
+    echo: str = ""  # the prompt, not yet sent (completions with echo)
 
 
 class CompletionServing:
     def __init__(self, service: InferenceService) -> None:
         self.service = service
 
-    async def start(self, request: GenerationRequest) -> GenerationStream:
-        """Admission: raises the typed errors (400, 404, 429) before any byte is sent."""
-        return await self.service.generate(request)
+    async def start(self, requests: Sequence[GenerationRequest]) -> AnyStream:
+        """Admission of every prompt, back to back (no step runs between them when nothing awaits,
+        so they share the first prefill step); raises the typed errors (400, 404, 429) before any
+        byte is sent, after closing the prompts already admitted."""
+        streams: list[GenerationStream] = []
+        try:
+            for request in requests:
+                streams.append(await self.service.generate(request))
+        except BaseException:
+            for stream in streams:
+                stream.close()
+            raise
+        return streams[0] if len(streams) == 1 else PromptStreams(streams)
+
+    @staticmethod
+    def echoes(requests: Sequence[GenerationRequest], stream: AnyStream) -> list[str] | None:
+        """Per choice, the prompt text echo puts before it; None without echo."""
+        if not requests[0].echo:
+            return None
+        streams = stream.streams if isinstance(stream, PromptStreams) else [stream]
+        out: list[str] = []
+        for request, s in zip(requests, streams):
+            text = request.prompt if request.prompt is not None else (s.prompt_text or "")
+            out += [text] * s.choices
+        return out
+
+    @staticmethod
+    def _choices(stream: AnyStream, echo: list[str] | None) -> list[_Choice]:
+        choices = [_Choice() for _ in range(stream.choices)]
+        if echo is not None:
+            for c, text in zip(choices, echo):
+                c.echo = text
+        return choices
 
     async def complete(
-        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool,
-        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(),
+        self, kind: str, model: str, stream: AnyStream, want_logprobs: bool,
+        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(), echo: list[str] | None = None,
     ) -> dict:
         """Wait for every choice; the whole response object."""
-        choices = [_Choice() for _ in range(stream.choices)]
+        choices = self._choices(stream, echo)
         try:
             async for event in stream:
                 c = choices[event.index]
@@ -111,7 +204,7 @@ class CompletionServing:
             "choices": [
                 {
                     "index": i,
-                    "text": "".join(c.text),
+                    "text": c.echo + "".join(c.text),
                     "logprobs": _text_logprobs(c.logprobs, 0) if want_logprobs else None,
                     "finish_reason": c.finish_reason,
                 }
@@ -121,8 +214,8 @@ class CompletionServing:
         }
 
     async def chunks(
-        self, kind: str, model: str, stream: GenerationStream, want_logprobs: bool, include_usage: bool,
-        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(),
+        self, kind: str, model: str, stream: AnyStream, want_logprobs: bool, include_usage: bool,
+        tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(), echo: list[str] | None = None,
     ) -> AsyncIterator[dict]:
         """The stream's chunk objects in order; the caller closes ``stream`` when it stops reading."""
         created = int(time.time())
@@ -133,7 +226,7 @@ class CompletionServing:
             base = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": created,
                     "model": model, "system_fingerprint": None}
         extra = {"usage": None} if include_usage else {}
-        choices = [_Choice() for _ in range(stream.choices)]
+        choices = self._choices(stream, echo)
         if kind == CHAT and tool_mode != TOOLS_NONE:
             for c in choices:
                 c.tools = ToolCallReader(tool_mode, tool_names)
@@ -153,6 +246,10 @@ class CompletionServing:
     def _chunk(kind: str, event: GenerationEvent, choice: _Choice, want_logprobs: bool) -> dict | None:
         if choice.tools is not None:
             return _tool_chunk(event, choice.tools, want_logprobs)
+        if choice.echo:
+            # The choice's first chunk carries the prompt (echo), whatever its event holds.
+            event = dataclasses.replace(event, text=choice.echo + event.text)
+            choice.echo = ""
         if not event.text and event.finish_reason is None and not (want_logprobs and event.logprobs):
             return None  # bytes of a character or a possible stop string held back
         if kind == CHAT:

@@ -39,6 +39,7 @@ from gateway.core.model_config import GenerationConfig
 from gateway.executors.decoder import KvCacheDecoder
 from gateway.scheduler.generation.batcher import ContinuousBatcher, StepPlan, Ticket
 from gateway.scheduler.generation.constraints import Constraint, ConstraintError, ConstraintFactory, mask_rows
+from gateway.scheduler.generation.penalties import SequencePenalties, apply_penalties, penalties_for
 from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.detokenizer import IncrementalDetokenizer
@@ -62,6 +63,7 @@ class Sequence:
     admitted_ns: int
     trace: GenerationTrace | None = None
     constraint: Constraint | None = None  # structured output: the grammar the output must match
+    penalties: SequencePenalties | None = None  # None: no logit_bias nor penalty (its row is never touched)
     generated: int = 0
     last_token: int = -1
     first_token_ns: int = 0
@@ -137,9 +139,11 @@ class GenerationEngine:
             try:
                 constraints = list(self._constraints.create(request.constraint, sampling.n))
             except ConstraintError as exc:
-                raise InvalidInputError(
-                    f"the schema cannot be used for constrained decoding: {exc}", param=request.constraint.param
-                ) from None
+                raise InvalidInputError(f"the schema cannot be used for constrained decoding: {exc}", param=request.constraint.param) from None
+        vocab = self.tokenizer.vocab_size
+        bad = [t for t, _ in sampling.logit_bias if not 0 <= t < vocab]
+        if bad:
+            raise InvalidInputError(f"token ids {bad[:5]} are outside the vocabulary 0..{vocab - 1}", param="logit_bias")
         now = self._clock_ns()
         deadline = now + int(self.config.queue_timeout_s * 1e9) if self.config.queue_timeout_s else 0
         ids = [next(self._ids) for _ in range(sampling.n)]
@@ -157,7 +161,10 @@ class GenerationEngine:
             self._seqs[seq_id] = Sequence(
                 seq_id, index, stream, prompt, max_tokens, sampling, sequence_rng(sampling.seed, index),
                 IncrementalDetokenizer(self.tokenizer), StopMatcher(sampling.stop), now, trace, constraints[index],
+                penalties_for(sampling, prompt, vocab),
             )
+        if request.echo and request.prompt is None:
+            stream.prompt_text = self.tokenizer.decode(prompt_ids, skip_special_tokens=False)
         self.stats.prompt_tokens += len(prompt_ids) * sampling.n
         self._refresh_gauges()
         self._ensure_running()
@@ -171,10 +178,7 @@ class GenerationEngine:
         if request.messages is not None:
             template = self.tokenizer.chat_template
             if template is None:
-                raise InvalidInputError(
-                    f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions",
-                    param="messages",
-                )
+                raise InvalidInputError(f"model '{self.name}' has no chat_template in its tokenizer_config.json; use /v1/completions", param="messages")
             try:
                 text = template.render(list(request.messages), tools=list(request.tools) if request.tools else None)
             except ChatTemplateError as exc:
@@ -196,20 +200,14 @@ class GenerationEngine:
         ctx = self.config.context_length
         limit = min(ctx, self.config.max_kv_tokens)
         if prompt_len >= limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
-                f"Your prompt has {prompt_len} tokens, leaving no room for a completion.",
-                param=param,
-            )
+            raise ContextLengthError(f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
+                f"Your prompt has {prompt_len} tokens, leaving no room for a completion.", param=param)
         if asked is None:
             return min(self.config.default_max_tokens, limit - prompt_len)
         if prompt_len + asked > limit:
-            raise ContextLengthError(
-                f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
+            raise ContextLengthError(f"This model's maximum context length is {ctx} tokens (max_kv_tokens {self.config.max_kv_tokens}). "
                 f"However, you requested {prompt_len + asked} tokens ({prompt_len} in the prompt, {asked} for the "
-                "completion). Please reduce the prompt or max_tokens.",
-                param="max_tokens",
-            )
+                "completion). Please reduce the prompt or max_tokens.", param="max_tokens")
         return asked
 
     def _cancel(self, ids: list[int]) -> None:
@@ -362,7 +360,9 @@ class GenerationEngine:
 
     def _sample(self, seqs: list[Sequence], logits: dict[int, np.ndarray], masks: Future | None,
                 result: _StepResult) -> None:
-        """One token for each of ``seqs``; the constrained ones' rows masked together."""
+        """One token for each of ``seqs``: logit_bias and penalties on their rows together, then the
+        constrained ones' rows masked together."""
+        _penalize(seqs, logits)
         if masks is not None:
             masks.result()
         constrained = [s for s in seqs if s.constraint is not None]
@@ -370,6 +370,8 @@ class GenerationEngine:
             [s.constraint for s in constrained], [logits[s.seq_id] for s in constrained])))  # type: ignore[misc]
         for seq in seqs:
             result.events.append((seq, self._next(seq, logits[seq.seq_id], masked.get(seq.seq_id))))
+            if seq.penalties is not None:
+                seq.penalties.add(seq.last_token)
 
     def _next(self, seq: Sequence, row: np.ndarray, masked: np.ndarray | None = None) -> GenerationEvent:
         """Sample one token for ``seq`` (from ``masked``, its row with the grammar's forbidden tokens
@@ -439,3 +441,14 @@ class GenerationEngine:
         self._pool.shutdown(wait=False)
         if self._mask_pool is not None:
             self._mask_pool.shutdown(wait=False)
+
+
+def _penalize(seqs: list[Sequence], logits: dict[int, np.ndarray]) -> None:
+    """logit_bias and the penalties, on the step's rows at once; rows of sequences using none
+    are neither copied nor touched (the common path costs one scan of the list)."""
+    penalized = [s for s in seqs if s.penalties is not None]
+    if not penalized:
+        return
+    rows = apply_penalties(np.stack([logits[s.seq_id] for s in penalized]), [s.penalties for s in penalized])  # type: ignore[misc]
+    for seq, row in zip(penalized, rows):
+        logits[seq.seq_id] = row

@@ -1,9 +1,10 @@
-"""Choosing the next token from a logits row, in numpy: greedy, temperature, top-k, top-p.
+"""Choosing the next token from a logits row, in numpy: greedy, temperature, top-k, top-p, min-p.
 
 Each sequence has its own ``numpy.random.Generator`` (seeded from the request's seed and
 the choice index), so a seeded request draws the same tokens whatever else shares its
-steps. Logprobs are of the model's own distribution (before temperature and filters),
-as OpenAI reports them.
+steps. Logprobs are of the model's distribution before temperature and filters, as OpenAI
+reports them (after logit_bias and the penalties, which change the model's row itself; see
+``penalties.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,10 @@ def sample_token(row: np.ndarray, params: SamplingParams, rng: np.random.Generat
         kept = np.zeros_like(probs)
         kept[keep] = probs[keep]
         probs = kept / kept.sum()
+    if params.min_p > 0.0:
+        # vLLM's min-p: keep tokens at least min_p times as likely as the most likely one.
+        probs = np.where(probs < params.min_p * probs.max(), 0.0, probs)
+        probs /= probs.sum()
     cdf = np.cumsum(probs)
     return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), vocab - 1))
 
