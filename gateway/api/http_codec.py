@@ -669,7 +669,7 @@ def _raw_data(array: np.ndarray, datatype: str) -> bytes | memoryview:
     if dtype is None:
         return tensors.bytes_to_raw(array)
     flat = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
-    return memoryview(flat).cast("B")
+    return memoryview(flat.data).cast("B")
 
 
 def _as_text(item: Any) -> str:

@@ -41,13 +41,13 @@ class Call(Stream):
     def __init__(self, connection: Http2Connection, stream_id: int, head: RequestHead) -> None:
         super().__init__(connection, stream_id)
         self.head = head
-        self.handler = None
+        self.handler: grpc.RpcMethodHandler | None = None  # set by dispatch, before any message
         self.deadline_s: float | None = None  # on the time.monotonic() clock
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task | None = None
         self.ctx: ServicerContext | None = None
         self.recv: bytearray | None = None  # a message split across DATA frames
-        self.message = None  # the request of a unary call
+        self.message: object = None  # the request of a unary call
         self.messages: asyncio.Queue | None = None  # the requests of a streaming call
         self.cancelled = False
         self.counted = False  # holds one of the server's call slots
@@ -153,6 +153,7 @@ class Call(Stream):
             except _Undecodable as exc:
                 self.finish(exc.code, str(exc))
                 return
+        assert self.handler is not None  # messages reach only dispatched calls
         deserializer = self.handler.request_deserializer
         if deserializer is not None:
             try:
@@ -189,6 +190,7 @@ class Call(Stream):
     async def write(self, message) -> None:
         if self.finished:
             raise asyncio.InvalidStateError("the call has ended")
+        assert self.handler is not None  # only a dispatched call's handler writes
         serializer = self.handler.response_serializer
         body = serializer(message) if serializer else message
         if not self._send(_message_prefix(body) + body):
@@ -300,6 +302,7 @@ def _takes_a_slot(call: Call) -> bool:
 
 async def _serve(call: Call) -> None:
     handler = call.handler
+    assert handler is not None  # dispatch sets it before it starts the task
     ctx = call.ctx = ServicerContext(call)
     try:
         request = _RequestStream(call) if handler.request_streaming else call.message

@@ -7,7 +7,7 @@ Unknown fields are ignored, as OpenAI's clients expect; a known field of the wro
 from __future__ import annotations
 
 import base64
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -73,8 +73,8 @@ def as_items(req: EmbeddingRequest) -> list[str] | list[list[int]]:
     if isinstance(items, str):
         return [items]
     if items and isinstance(items[0], int):
-        return [items]  # one input given as token ids
-    return items
+        return [cast(list[int], items)]  # one input given as token ids
+    return cast("list[str] | list[list[int]]", items)
 
 
 def response_document(model: str, vectors: np.ndarray, encoding_format: str, prompt_tokens: int) -> dict:
