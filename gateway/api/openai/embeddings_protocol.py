@@ -73,7 +73,7 @@ def as_items(req: EmbeddingRequest) -> list[str] | list[list[int]]:
     if isinstance(items, str):
         return [items]
     if items and isinstance(items[0], int):
-        return [cast(list[int], items)]  # one input given as token ids
+        return [items]  # one input given as token ids
     return cast("list[str] | list[list[int]]", items)
 
 
