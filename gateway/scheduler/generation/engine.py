@@ -341,7 +341,7 @@ class GenerationEngine:
     def _next(self, seq: Sequence, row: np.ndarray) -> GenerationEvent:
         """Sample one token for ``seq`` and turn it into its text delta and finish state."""
         token = sample_token(row, seq.params, seq.rng)
-        logprobs = ()
+        logprobs: tuple[TokenLogprob, ...] = ()
         if seq.params.logprobs is not None:
             lp = log_softmax(row)
             tok = self.tokenizer
@@ -357,7 +357,7 @@ class GenerationEngine:
         seq.trace.detokenized_tokens += 1
         return event
 
-    def _text_event(self, seq: Sequence, token: int, logprobs: tuple) -> GenerationEvent:
+    def _text_event(self, seq: Sequence, token: int, logprobs: tuple[TokenLogprob, ...]) -> GenerationEvent:
         """The token's text delta (held back while it may be part of a stop string) and finish state."""
         if token in self._stop_ids:
             text = seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
