@@ -6,6 +6,7 @@ import argparse
 import os
 import sys
 import typing
+from collections.abc import Callable
 
 from gateway.core.errors import ConfigError
 from gateway.core.settings import ENV_PREFIX, FIELDS, ServerSettings, load_settings
@@ -16,10 +17,15 @@ def _add_setting_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in FIELDS.items():
         kind = field.annotation
         choices = typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else None
+        # The text as given for bool and Literal flags: pydantic parses them (bool("false") is True).
+        parse: Callable[[str], object] = str
+        if not choices and kind is not bool:
+            assert isinstance(kind, type), f"setting {name}: a flag needs a plain type, not {kind!r}"
+            parse = kind
         parser.add_argument(
             "--" + name.replace("_", "-"),
             dest=name,
-            type=None if choices or kind is bool else kind,  # bool("false") is True: pydantic parses the text
+            type=parse,
             choices=choices,
             default=None,
             help=f"{field.description} (default {field.default!r}; env {ENV_PREFIX}{name.upper()})",

@@ -16,7 +16,8 @@ import signal
 import socket
 import tempfile
 import time
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 
 from gateway.core.settings import ServerSettings
 from gateway.monitoring.logs import configure_logging
@@ -59,8 +60,8 @@ class Supervisor:
         self.count = settings.workers
         self.stats_dir = tempfile.mkdtemp(prefix="gateway-workers-")
         self.ctx = multiprocessing.get_context("spawn")
-        self.procs: dict[int, multiprocessing.Process] = {}
-        self.pipes: dict[int, object] = {}
+        self.procs: dict[int, BaseProcess] = {}
+        self.pipes: dict[int, Connection] = {}
         self.restarts: dict[int, int] = {}
         self.stopping = False
 
@@ -84,6 +85,7 @@ class Supervisor:
             if left <= 0:
                 return False
             for conn in wait(list(pending), timeout=min(left, 1.0)):
+                assert isinstance(conn, Connection)  # wait() hands back the pipes it was given
                 index = pending.pop(conn)
                 try:
                     conn.recv()
@@ -109,6 +111,7 @@ class Supervisor:
         while not self.stopping:
             sentinels = {p.sentinel: i for i, p in self.procs.items()}
             for sentinel in wait(list(sentinels), timeout=1.0):
+                assert isinstance(sentinel, int)  # wait() hands back the sentinels it was given
                 if self.stopping:
                     break
                 self._restart(sentinels[sentinel])
@@ -132,7 +135,7 @@ class Supervisor:
     def stop(self) -> int:
         self.stopping = True
         for proc in self.procs.values():
-            if proc.is_alive():
+            if proc.is_alive() and proc.pid is not None:  # alive: started, so it has a pid
                 os.kill(proc.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.settings.grace_period_s + 10
         code = 0

@@ -191,7 +191,7 @@ class ResponseCache:
     ) -> _Filled:
         shared_key = f"{REDIS_PREFIX}{model}:{version}:{key.hex()}"
         if self.shared is not None:
-            found = await self._shared_get(model, shared_key)
+            found = await self._shared_get(self.shared, model, shared_key)
             if found is not None:
                 entry, ttl_ms = found
                 now = time.monotonic_ns()
@@ -214,12 +214,12 @@ class ResponseCache:
             counters.stores += 1
             counters.bytes_stored += entry.nbytes
         if self.shared is not None:
-            self._store_shared(model, shared_key, entry, max(1, ttl_ns // 1_000_000))
+            self._store_shared(self.shared, model, shared_key, entry, max(1, ttl_ns // 1_000_000))
         return _Filled(entry, False, response)
 
     # -- the shared tier ----------------------------------------------------------
 
-    async def _shared_get(self, model: str, shared_key: str) -> tuple[CachedResponse, int] | None:
+    async def _shared_get(self, shared: RedisStore, model: str, shared_key: str) -> tuple[CachedResponse, int] | None:
         counters = self.metrics.tier(model, REDIS)
 
         async def get_with_ttl(r):
@@ -229,7 +229,7 @@ class ResponseCache:
             return await pipe.execute()
 
         try:
-            blob, ttl_ms = await self.shared.call(get_with_ttl)
+            blob, ttl_ms = await shared.call(get_with_ttl)
         except TierDown:
             counters.bypassed += 1
             return None
@@ -250,16 +250,16 @@ class ResponseCache:
         counters.bytes_served += len(blob)
         return entry, ttl_ms
 
-    def _store_shared(self, model: str, shared_key: str, entry: CachedResponse, ttl_ms: int) -> None:
+    def _store_shared(self, shared: RedisStore, model: str, shared_key: str, entry: CachedResponse, ttl_ms: int) -> None:
         counters = self.metrics.tier(model, REDIS)
-        if len(self._pending_stores) >= self.max_pending_stores or not self.shared.up:
+        if len(self._pending_stores) >= self.max_pending_stores or not shared.up:
             counters.bypassed += 1  # a slow tier must not pile up work; this answer is just not shared
             return
         blob = codec.pack(entry)
 
         async def store() -> None:
             try:
-                await self.shared.call(lambda r: r.set(shared_key, blob, px=ttl_ms))
+                await shared.call(lambda r: r.set(shared_key, blob, px=ttl_ms))
             except TierDown:
                 counters.bypassed += 1
             except TierError as exc:

@@ -7,8 +7,8 @@ deadline passed) neither cancels it nor loses it for the others.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
-from typing import Generic, TypeVar
+from collections.abc import Callable, Coroutine, Hashable
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -20,7 +20,7 @@ class SingleFlight(Generic[T]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def join(self, key: Hashable, start: Callable[[], Awaitable[T]]) -> tuple[asyncio.Task[T], bool]:
+    def join(self, key: Hashable, start: Callable[[], Coroutine[Any, Any, T]]) -> tuple[asyncio.Task[T], bool]:
         """The flight for ``key`` and whether this caller started it."""
         task = self._flights.get(key)
         if task is not None:

@@ -122,7 +122,7 @@ class DriftWindowConfig(_Strict):
             raise ValueError(f"step must be in the size's unit: use step_{unit}")
         if step is None:
             raise ValueError(f"a sliding window needs step_{unit}")
-        size = self.size_s if by_time else self.rows
+        size = self.size_s if self.size_s is not None else self.rows
         panes = size / step
         if abs(panes - round(panes)) > 1e-9 or round(panes) < 1:
             raise ValueError(f"size_{unit} ({size:g}) must be a whole multiple of step_{unit} ({step:g})")
@@ -146,11 +146,32 @@ class DriftWindowConfig(_Strict):
         return self.size_rows if self.size_rows is not None else 1000
 
     @property
+    def pane_s(self) -> float | None:
+        """Seconds per pane of a time window (its size when tumbling, else its step); None for a count window."""
+        if self.size_s is None:
+            return None
+        step = self.size_s if self.kind == "tumbling" else self.step_s
+        assert step is not None  # _shape: a sliding window has a step in its size's unit
+        return step
+
+    @property
+    def pane_rows(self) -> int | None:
+        """Rows per pane of a count window (its size when tumbling, else its step); None for a time window."""
+        if self.size_s is not None:
+            return None
+        step = self.rows if self.kind == "tumbling" else self.step_rows
+        assert step is not None  # _shape: a sliding window has a step in its size's unit
+        return step
+
+    @property
     def panes(self) -> int:
         if self.kind == "tumbling":
             return 1
-        if self.by_time:
+        # _shape guarantees a sliding window a step in its size's unit.
+        if self.size_s is not None:
+            assert self.step_s is not None
             return round(self.size_s / self.step_s)
+        assert self.step_rows is not None
         return round(self.rows / self.step_rows)
 
 

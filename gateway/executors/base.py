@@ -6,7 +6,7 @@ and run one batch of named arrays synchronously in a worker thread.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -35,8 +35,13 @@ class Executor(Protocol):
 
     def close(self) -> None: ...
 
-    # Optional: ``abort()`` stops the run in progress from another thread (the run then
-    # raises). Executors without it keep their thread until the run returns by itself.
+
+@runtime_checkable
+class Abortable(Protocol):
+    """Optional for an executor: ``abort()`` stops the run in progress from another thread (the
+    run then raises). Executors without it keep their thread until the run returns by itself."""
+
+    def abort(self) -> None: ...
 
 
 class ExecutorUnavailableError(RuntimeError):

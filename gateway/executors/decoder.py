@@ -71,8 +71,9 @@ def read_layout(executor: Executor) -> DecoderLayout:
             "(export with --task text-generation-with-past)"
         )
     past_names, present_names = [], []
-    heads = head_dim = None
-    kv_type = None
+    heads: int | None = None
+    head_dim: int | None = None
+    kv_type: str | None = None
     for layer in layers:
         for kind in ("key", "value"):
             past = inputs.get(f"past_key_values.{layer}.{kind}")
@@ -87,6 +88,8 @@ def read_layout(executor: Executor) -> DecoderLayout:
             heads, head_dim, kv_type = past.shape[1], past.shape[3], past.datatype
             past_names.append(past.name)
             present_names.append(present)
+    # Set by the loop, which ran: layers is not empty.
+    assert heads is not None and head_dim is not None and kv_type is not None
     return DecoderLayout(
         layers=len(layers),
         heads=heads,

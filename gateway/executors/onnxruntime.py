@@ -51,9 +51,11 @@ class OnnxRuntimeExecutor:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        chosen = resolve_providers(providers)
+        names = resolve_providers(providers)
+        # Plain provider names, or (name, options) pairs when options are given.
+        chosen: list[str] | list[tuple[str, dict]] = names
         if provider_options:
-            chosen = [(name, provider_options.get(name, {})) for name in chosen]
+            chosen = [(name, provider_options.get(name, {})) for name in names]
         self._session = ort.InferenceSession(path, sess_options=options, providers=chosen)
         self.inputs = tuple(_spec(i) for i in self._session.get_inputs())
         self.outputs = tuple(_spec(o) for o in self._session.get_outputs())

@@ -17,6 +17,9 @@ from gateway.executors.onnxruntime import PROVIDER_NAMES, OnnxRuntimeExecutor
 
 ENGINE_CACHE_ENV = "GATEWAY_ENGINE_CACHE_DIR"
 
+# Input name -> its (min, opt, max) shapes in a TensorRT optimization profile.
+ShapeProfile = dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]
+
 
 def engine_cache_dir(configured: str) -> str:
     return configured or os.environ.get(ENGINE_CACHE_ENV) or os.path.join(
@@ -30,7 +33,7 @@ def _shape_list(shapes: dict[str, tuple[int, ...]]) -> str:
 
 
 def provider_options(
-    device_id: int, trt: TensorRTConfig, profile: dict[str, tuple[tuple[int, ...], ...]] | None
+    device_id: int, trt: TensorRTConfig, profile: ShapeProfile | None
 ) -> dict[str, dict]:
     """Options per ORT provider name; ``profile`` maps input -> (min, opt, max) shapes."""
     trt_options = {
@@ -60,7 +63,7 @@ class OnnxRuntimeGpuExecutor(OnnxRuntimeExecutor):
         intra_op_threads: int,
         device_id: int,
         trt: TensorRTConfig,
-        profile: dict[str, tuple[tuple[int, ...], ...]] | None = None,
+        profile: ShapeProfile | None = None,
     ) -> None:
         super().__init__(
             path,

@@ -31,7 +31,7 @@ from gateway.core.model_config import ModelConfig
 from gateway.core.types import TensorSpec
 from gateway.executors.base import resolve_max_batch_size
 from gateway.executors.base import ExecutorUnavailableError
-from gateway.executors.onnxruntime_gpu import engine_cache_dir
+from gateway.executors.onnxruntime_gpu import ShapeProfile, engine_cache_dir
 
 _log = logging.getLogger(__name__)
 
@@ -91,12 +91,12 @@ def onnx_input_shapes(path: str) -> dict[str, tuple[int, ...]]:
 
 def batch_profile(
     graph_shapes: dict[str, tuple[int, ...]], cfg: ModelConfig, max_batch_size: int
-) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+) -> ShapeProfile:
     """(min, opt, max) shape per input; raises ValueError for dims the profile cannot fix."""
     declared = {t.name: tuple(t.shape) for t in cfg.inputs}
     preferred = [s for s in cfg.dynamic_batching.preferred_batch_sizes if s <= max_batch_size]
     opt_rows = max(preferred) if preferred else max_batch_size
-    profile = {}
+    profile: ShapeProfile = {}
     for name, shape in graph_shapes.items():
         rest = shape[1:] if max_batch_size > 0 else shape
         if name in declared and len(declared[name]) == len(rest):
@@ -120,7 +120,7 @@ def cache_key(model_bytes: bytes, gpu_name: str, trt_version: str, settings: dic
     return h.hexdigest()[:32]
 
 
-def _build(trt, logger, onnx_bytes: bytes, path: str, cfg: ModelConfig, profile) -> bytes:
+def _build(trt, logger, onnx_bytes: bytes, path: str, cfg: ModelConfig, profile: ShapeProfile) -> bytes:
     builder = trt.Builder(logger)
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
@@ -205,7 +205,8 @@ class TensorRTEngine:
 
     def _io_specs(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
         trt, engine = self.trt, self.engine
-        inputs, outputs = [], []
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))

@@ -84,8 +84,8 @@ def configure_logging(level: str, fmt: str, module_levels: dict[str, str], role:
         logging.getLogger(name).setLevel(lvl.upper())
     for name in RATE_LIMITED_LOGGERS:
         logger = logging.getLogger(name)
-        for old in [f for f in logger.filters if isinstance(f, RateLimitFilter)]:
-            logger.removeFilter(old)
+        for stale in [f for f in logger.filters if isinstance(f, RateLimitFilter)]:
+            logger.removeFilter(stale)
         logger.addFilter(RateLimitFilter())
 
 

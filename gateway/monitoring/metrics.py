@@ -65,7 +65,8 @@ class RequestMetrics:
 
 
 def _seconds_buckets(h: Histogram) -> list[tuple[str, float]]:
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     for bound, n in zip(h.bounds, h.counts):
         running += n
         out.append((floatToGoString(bound / 1e9), running))
@@ -78,7 +79,8 @@ def _batch_buckets(stats: ModelStats) -> list[tuple[str, float]]:
     for size, per in stats.batches.items():
         i = next((i for i, b in enumerate(BATCH_SIZE_BOUNDS) if size <= b), len(BATCH_SIZE_BOUNDS))
         counts[i] += per.compute_infer.count
-    out, running = [], 0
+    out: list[tuple[str, float]] = []
+    running = 0
     for bound, n in zip(BATCH_SIZE_BOUNDS, counts):
         running += n
         out.append((floatToGoString(bound), running))

@@ -7,6 +7,7 @@ every restart sees the same thing, which an in-memory override would not give).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,7 +31,7 @@ class Assignment:
         return sorted({self.live, *self.canaries, *self.shadows})
 
 
-def assign(reg: RegistryModelConfig, resolved: dict[str, int | None]) -> Assignment | None:
+def assign(reg: RegistryModelConfig, resolved: Mapping[str, int | None]) -> Assignment | None:
     """None when the live alias points nowhere: then nothing is changed and what serves keeps serving.
 
     A version named by several aliases takes the strongest role (live > canary > shadow).

@@ -9,9 +9,10 @@ scatter all happen there, and the results come back in one callback.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,7 +30,7 @@ from gateway.core.errors import (
 )
 from gateway.core.stats import ModelStats
 from gateway.core.types import InferRequest
-from gateway.executors.base import Executor
+from gateway.executors.base import Abortable, Executor
 from gateway.scheduler.adaptive import AdaptiveDelay, smooth
 from gateway.scheduler.batcher import DynamicBatcher
 from gateway.scheduler.policy import BatchingPolicy
@@ -53,6 +54,8 @@ class _Dispatch:
 
     executor: Executor
     pending: list[Pending]
+    # The executor's abort(), when it has one.
+    abort: Callable[[], None] | None = None
     timed_out: bool = False
     # Every caller went away (cancelled) while the batch ran: the run was aborted.
     abandoned: bool = False
@@ -61,7 +64,7 @@ class _Dispatch:
 
 @dataclass(slots=True)
 class _BatchResult:
-    outputs: list[dict[str, np.ndarray] | BaseException]
+    outputs: Sequence[dict[str, np.ndarray] | BaseException]
     input_ns: int = 0
     infer_ns: int = 0
     output_ns: int = 0
@@ -96,6 +99,8 @@ class ModelScheduler:
         self._batcher = DynamicBatcher(policy)
         self._executors = list(executors)
         self._free: list[Executor] = list(executors)
+        # Looked up once: a runtime protocol check costs microseconds, too much per batch.
+        self._aborts: dict[int, Callable[[], None]] = {id(e): e.abort for e in executors if isinstance(e, Abortable)}
         self._pool = ThreadPoolExecutor(max_workers=len(executors), thread_name_prefix=f"exec-{spec.name}-{spec.version}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -164,12 +169,18 @@ class ModelScheduler:
         self._loop = asyncio.get_running_loop()
         return self._loop
 
+    @property
+    def _bound_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop of the first submit(): every timer, dispatch and completion comes after one."""
+        assert self._loop is not None, "no request was submitted yet"
+        return self._loop
+
     # -- the pump: runs on the loop, never blocks ------------------------------
 
     def _pump(self) -> None:
         now = time.monotonic_ns()
         for item in self._batcher.expire(now):
-            self._fail_expired(item.payload)
+            self._fail_expired(_pending(item))
         if self._adaptive is not None and self._free:
             b = self._batcher
             b.set_queue_delay(self._adaptive.delay_ns(b.queued_rows, b.target_rows, not self._in_flight))
@@ -177,7 +188,7 @@ class ModelScheduler:
             batch = self._batcher.next_batch(now)
             if not batch:
                 break
-            pending = [item.payload for item in batch if not item.payload.future.done()]
+            pending = [p for p in map(_pending, batch) if not p.future.done()]
             if pending:
                 self._dispatch(pending, now)
         self._arm_timer(now)
@@ -197,7 +208,7 @@ class ModelScheduler:
                 return
             self._timer.cancel()
         self._timer_at = wake
-        self._timer = self._loop.call_later(max(0, wake - now) / 1e9, self._on_timer)
+        self._timer = self._bound_loop.call_later(max(0, wake - now) / 1e9, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -222,36 +233,37 @@ class ModelScheduler:
         for p in pending:
             p.dispatch_ns = now
             self.stats.record_queue(now - p.enqueue_ns)
-        dispatch = _Dispatch(executor, pending)
+        dispatch = _Dispatch(executor, pending, self._aborts.get(id(executor)))
+        loop = self._bound_loop
         if inline:
             # Run at the end of this loop pass: requests arriving in the same pass queue behind
             # it (the instance counts as busy) and go to the executor thread as one batch.
-            self._loop.call_soon(self._execute_inline, dispatch)
+            loop.call_soon(self._execute_inline, dispatch)
             return
         if self.spec.execute_timeout_s > 0:
-            dispatch.timer = self._loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
-        if hasattr(executor, "abort"):
+            dispatch.timer = loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
+        if dispatch.abort is not None:
             for p in pending:
-                p.future.add_done_callback(lambda f, d=dispatch: self._on_caller_gone(d, f))
-        work = self._loop.run_in_executor(self._pool, self._execute, dispatch)
-        work.add_done_callback(lambda f, d=dispatch: self._complete(d, f))
+                p.future.add_done_callback(functools.partial(self._on_caller_gone, dispatch))
+        work = loop.run_in_executor(self._pool, self._execute, dispatch)
+        work.add_done_callback(functools.partial(self._complete, dispatch))
 
     def _execute_inline(self, dispatch: _Dispatch) -> None:
         # Blocks the loop for about inline_execute_ns: less than the loop would spend on the
         # hand-off to an executor thread and back.
-        work = self._loop.create_future()
+        work: asyncio.Future[_BatchResult] = self._bound_loop.create_future()
         work.set_result(self._execute(dispatch))
         self._complete(dispatch, work)
 
     def _on_caller_gone(self, dispatch: _Dispatch, fut: asyncio.Future) -> None:
         """Once every caller of a running batch has cancelled, nobody wants its answer: abort the run."""
-        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out:
+        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out or dispatch.abort is None:
             return
         if all(p.future.cancelled() for p in dispatch.pending):
             dispatch.abandoned = True
             _log.debug("model %s:%s: every caller of a running batch cancelled; aborting it",
                        self.spec.name, self.spec.version)
-            dispatch.executor.abort()
+            dispatch.abort()
 
     def _on_execute_timeout(self, dispatch: _Dispatch) -> None:
         """The batch's callers get their answer now; the instance stays out until its thread returns.
@@ -272,15 +284,14 @@ class ModelScheduler:
         for p in dispatch.pending:
             if not p.future.done():
                 p.future.set_exception(error)
-        abort = getattr(dispatch.executor, "abort", None)
-        if abort is not None:
-            abort()
+        if dispatch.abort is not None:
+            dispatch.abort()
         if self.wedged:
             reason = self._wedged_reason()
             _log.error("%s", reason)
-            for item in self._batcher.drain_all():
-                if not item.payload.future.done():
-                    item.payload.future.set_exception(ModelNotReadyError(reason))
+            for p in map(_pending, self._batcher.drain_all()):
+                if not p.future.done():
+                    p.future.set_exception(ModelNotReadyError(reason))
 
     @property
     def wedged(self) -> bool:
@@ -291,7 +302,7 @@ class ModelScheduler:
         return (f"model '{self.spec.name}' version {self.spec.version} is not ready: all {len(self._executors)} "
                 f"instances are stuck past execute_timeout_s={self.spec.execute_timeout_s:g}s")
 
-    def _complete(self, dispatch: _Dispatch, work: asyncio.Future) -> None:
+    def _complete(self, dispatch: _Dispatch, work: asyncio.Future[_BatchResult]) -> None:
         executor, pending = dispatch.executor, dispatch.pending
         if dispatch.timer is not None:
             dispatch.timer.cancel()
@@ -420,14 +431,21 @@ class ModelScheduler:
         except TimeoutError:
             _log.warning("model %s:%s drain timed out; failing %d queued requests",
                          self.spec.name, self.spec.version, len(self._batcher))
-        for item in self._batcher.drain_all():
-            if not item.payload.future.done():
-                item.payload.future.set_exception(ModelNotReadyError(f"model '{self.spec.name}' was unloaded"))
+        for p in map(_pending, self._batcher.drain_all()):
+            if not p.future.done():
+                p.future.set_exception(ModelNotReadyError(f"model '{self.spec.name}' was unloaded"))
         if self._timer is not None:
             self._timer.cancel()
         self._pool.shutdown(wait=False)
         for ex in self._executors:
             ex.close()
+
+
+def _pending(item: QueuedRequest) -> Pending:
+    """The Pending that submit() queued (the queue keeps its payloads opaque)."""
+    p = item.payload
+    assert isinstance(p, Pending)
+    return p
 
 
 def _select(p: Pending, names: list[str], arrays: list[np.ndarray]) -> dict[str, np.ndarray]:

@@ -100,16 +100,18 @@ def _self_started(repository: str) -> tuple[subprocess.Popen, str]:
          "--model-repository", repository, "--repository-poll-s", "0.2"],
         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
     )
+    stderr = proc.stderr
+    assert stderr is not None  # stderr=PIPE
     deadline = time.monotonic() + 120
     target = ""
     while time.monotonic() < deadline:
-        line = proc.stderr.readline()
+        line = stderr.readline()
         m = re.search(r"listening grpc=([\d.]+:\d+)", line)
         if m:
             target = m.group(1)
         if target and " ready: " in line:
             # Keep draining stderr so the daemon never blocks on a full pipe.
-            threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
+            threading.Thread(target=lambda: [None for _ in stderr], daemon=True).start()
             return proc, target
         if not line and proc.poll() is not None:
             break
@@ -131,7 +133,7 @@ async def tune(
     path = os.path.join(model_dir, CONFIG_FILENAME)
     load_model_config(model_dir)  # refuse to start from an invalid file
     original_text = None
-    original = {}
+    original: dict = {}  # model.yaml as parsed
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             original_text = fh.read()

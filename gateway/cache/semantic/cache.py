@@ -20,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import numpy as np
 import xxhash
+from redis.asyncio import Redis
 
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.redis_store import RedisStore, TierDown, TierError
@@ -38,6 +39,7 @@ from gateway.cache.semantic.scope import PromptQuery
 from gateway.core.model_config import SemanticCacheConfig
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REDIS_PREFIX = "gw:s:"
 ENTRY_FORMAT = 1
@@ -115,7 +117,7 @@ class SemanticCache:
         vector = await self.embed(query.model, query.prompt)
         index = self.index_for(query.model, cfg)
         if self.shared is not None:
-            await self._pull_scope(query, index)
+            await self._pull_scope(self.shared, query, index)
         match = index.search(query.scope, vector, self._clock_ns())
         if match is None:
             counters.misses += 1
@@ -145,7 +147,7 @@ class SemanticCache:
         counters = self.metrics.semantic_for(query.model)
         counters.stores += 1
         if self.shared is not None:
-            await self._push(query, cfg, entry_id, result.vector, blob, ttl_ns // 1_000_000)
+            await self._push(self.shared, query, cfg, entry_id, result.vector, blob, ttl_ns // 1_000_000)
         return True
 
     # -- Redis ------------------------------------------------------------------------------
@@ -153,7 +155,7 @@ class SemanticCache:
     def _scope_key(self, query: PromptQuery) -> str:
         return f"{REDIS_PREFIX}{query.model}:{query.version}:{query.scope.hex()}"
 
-    async def _push(self, query: PromptQuery, cfg: SemanticCacheConfig, entry_id: str, vector: np.ndarray,
+    async def _push(self, shared: RedisStore, query: PromptQuery, cfg: SemanticCacheConfig, entry_id: str, vector: np.ndarray,
                     blob: bytes, ttl_ms: int) -> None:
         zkey = self._scope_key(query)
         expires_ms = self._wall_ms() + ttl_ms
@@ -170,9 +172,9 @@ class SemanticCache:
             pipe.pexpire(zkey, ttl_ms)
             return await pipe.execute()
 
-        await self._shared_call(query.model, push)
+        await self._shared_call(shared, query.model, push)
 
-    async def _pull_scope(self, query: PromptQuery, index: VectorIndex) -> None:
+    async def _pull_scope(self, shared: RedisStore, query: PromptQuery, index: VectorIndex) -> None:
         zkey = self._scope_key(query)
         now_ms = self._wall_ms()
 
@@ -182,13 +184,13 @@ class SemanticCache:
             pipe.zrangebyscore(zkey, now_ms, "+inf")
             return await pipe.execute()
 
-        found = await self._shared_call(query.model, live_ids)
+        found = await self._shared_call(shared, query.model, live_ids)
         if not found:
             return
         unseen = [i.decode() for i in found[1] if not index.contains(query.scope, i.decode())][-MAX_PULL:]
         if not unseen:
             return
-        blobs = await self._shared_call(query.model, lambda r: r.mget([f"{zkey}:{i}" for i in unseen]))
+        blobs = await self._shared_call(shared, query.model, lambda r: r.mget([f"{zkey}:{i}" for i in unseen]))
         if not blobs:
             return
         now_ns = self._clock_ns()
@@ -207,9 +209,9 @@ class SemanticCache:
                 self.metrics.semantic_for(query.model).errors += 1
                 _log.warning("unreadable semantic cache entry %s:%s skipped: %s", zkey, entry_id, exc)
 
-    async def _shared_call(self, model: str, op):
+    async def _shared_call(self, shared: RedisStore, model: str, op: Callable[[Redis], Awaitable[T]]) -> T | None:
         try:
-            return await self.shared.call(op)
+            return await shared.call(op)
         except TierDown:
             return None
         except TierError as exc:

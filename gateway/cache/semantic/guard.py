@@ -25,7 +25,7 @@ _NEGATIONS = frozenset({
     "not", "no", "never", "none", "nothing", "nobody", "nowhere", "neither", "nor", "without", "cannot",
 })
 # Number words by value, so "second" and "II" and "2" are the same number.
-_NUMBER_WORDS = {
+_NUMBER_WORDS: dict[str, float] = {
     w: v
     for v, names in enumerate([
         ("zero",), ("one", "first", "single"), ("two", "second", "double", "twice"), ("three", "third", "triple"),
@@ -68,8 +68,8 @@ def _number(word: str) -> float | str | None:
     return None
 
 
-def _numbers(ws: list[str]) -> Counter:
-    found = Counter()
+def _numbers(ws: list[str]) -> Counter[float]:
+    found: Counter[float] = Counter()
     for w in ws:
         n = _number(w)
         if n is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gateway import native
-from gateway.core.drift_config import DriftConfig
+from gateway.core.drift_config import DriftConfig, PageHinkleyConfig
 from gateway.monitoring.drift.histograms import HistogramLayout
 from gateway.monitoring.drift.judge import SEVERITY_NAMES, StreamResult, judge_group
 from gateway.monitoring.drift.profile import ReferenceProfile, build_profile
@@ -71,8 +71,9 @@ class VersionDrift:
         self.errors = 0
         self._captured: list[np.ndarray] = []
         self._captured_rows = 0
-        ph = cfg.page_hinkley
-        self.ph_state = np.zeros(6, dtype=np.float64) if ph is not None else None
+        self.ph = cfg.page_hinkley
+        # [n, mean, up, up_min, down, down_max] of the Page-Hinkley detector (unused without one).
+        self.ph_state = np.zeros(6, dtype=np.float64)
         self.ph_alarms = 0
         self._alerted: dict[tuple[str, str], int] = {}  # (stream, statistic) -> severity last logged
         self._load_reference()
@@ -106,13 +107,9 @@ class VersionDrift:
         self.profile = profile
         self.layout = HistogramLayout(self.streams, profile)
         w = self.cfg.window
-        pane_rows = pane_ns = None
-        if w.by_time:
-            step_s = w.size_s if w.kind == "tumbling" else w.step_s
-            pane_ns = round(step_s * 1e9)
-        else:
-            pane_rows = w.rows if w.kind == "tumbling" else w.step_rows
-        self.window = PaneWindow(self.layout.width, panes=w.panes, pane_rows=pane_rows, pane_ns=pane_ns, start_ns=self.clock())
+        pane_s = w.pane_s
+        pane_ns = round(pane_s * 1e9) if pane_s is not None else None
+        self.window = PaneWindow(self.layout.width, panes=w.panes, pane_rows=w.pane_rows, pane_ns=pane_ns, start_ns=self.clock())
         self.state = "monitoring"
         self.reason = f"unprofiled streams: {', '.join(self.layout.unprofiled)}" if self.layout.unprofiled else ""
 
@@ -145,6 +142,11 @@ class VersionDrift:
             self._use(profile)
         return take
 
+    def _monitoring(self) -> tuple[PaneWindow, HistogramLayout]:
+        """The window and layout of state "monitoring" (``_use`` sets the three together)."""
+        assert self.state == "monitoring" and self.window is not None and self.layout is not None
+        return self.window, self.layout
+
     # -- the drift thread ---------------------------------------------------------------
 
     def observe(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
@@ -154,15 +156,15 @@ class VersionDrift:
             return
         rows = first.shape[0] if first.ndim else 1
         self.rows_seen += rows
-        if self.ph_state is not None:
-            self._page_hinkley(outputs)
+        if self.ph is not None:
+            self._page_hinkley(self.ph, outputs)
         start = 0
         if self.state == "capturing":
             start = self._capture(feeds, outputs, rows)
         if self.state != "monitoring" or start >= rows:
             return
         now = self.clock()
-        window, layout = self.window, self.layout
+        window, layout = self._monitoring()
         closed = window.advance(now)
         values = layout.batch_values(feeds, outputs)
         while start < rows:
@@ -172,7 +174,7 @@ class VersionDrift:
             closed += window.add_rows(stop - start, now)
             start = stop
         for w in closed:
-            self._judge(w)
+            self._judge(w, layout)
 
     def tick(self) -> None:
         """Close time windows that ended while no batch came; pick up a new or changed profile."""
@@ -181,12 +183,13 @@ class VersionDrift:
             self.latest = None
             self._alerted.clear()
             self._load_reference()
-        if self.state == "monitoring" and self.window.pane_ns is not None:
-            for w in self.window.advance(self.clock()):
-                self._judge(w)
+        if self.state == "monitoring":
+            window, layout = self._monitoring()
+            if window.pane_ns is not None:
+                for w in window.advance(self.clock()):
+                    self._judge(w, layout)
 
-    def _page_hinkley(self, outputs: dict[str, np.ndarray]) -> None:
-        ph = self.cfg.page_hinkley
+    def _page_hinkley(self, ph: PageHinkleyConfig, outputs: dict[str, np.ndarray]) -> None:
         array = outputs.get(ph.output)
         if array is None:
             return
@@ -204,13 +207,13 @@ class VersionDrift:
                        "statistic": "page_hinkley", "value": float(self.ph_alarms), "severity": "critical"},
             )
 
-    def _judge(self, w: ClosedWindow) -> None:
+    def _judge(self, w: ClosedWindow, layout: HistogramLayout) -> None:
         self.windows_closed = w.index
         if w.rows < self.cfg.window.judged_rows:
             return
         results = tuple(
             r
-            for profiles, ref_counts, counts, missing in self.layout.per_group(w.counts)
+            for profiles, ref_counts, counts, missing in layout.per_group(w.counts)
             for r in judge_group(profiles, ref_counts, counts, missing, self.cfg.thresholds, self.cfg.epsilon)
         )
         verdict = WindowVerdict(w.index, w.rows, w.closed_ns, results)
@@ -247,8 +250,9 @@ class VersionDrift:
                     if not math.isnan(v):
                         out[f"drift.{r.name}.{k}"] = float(v)
                 out[f"drift.{r.name}.severity"] = float(r.severity)
-        if self.ph_state is not None and self.state != "invalid_reference":
-            out[f"drift.{self.cfg.page_hinkley.output}_{self.cfg.page_hinkley.column}.page_hinkley_alarms"] = float(self.ph_alarms)
+        ph = self.ph
+        if ph is not None and self.state != "invalid_reference":
+            out[f"drift.{ph.output}_{ph.column}.page_hinkley_alarms"] = float(self.ph_alarms)
         return out
 
     def report(self) -> dict:
@@ -292,8 +296,8 @@ class VersionDrift:
                     for r in verdict.streams
                 },
             }
-        if self.ph_state is not None:
-            ph = self.cfg.page_hinkley
+        ph = self.ph
+        if ph is not None:
             st = self.ph_state
             doc["page_hinkley"] = {
                 "stream": f"{ph.output}_{ph.column}",

@@ -48,8 +48,9 @@ class PaneWindow:
 
     def add_rows(self, rows: int, now_ns: int) -> list[ClosedWindow]:
         """Record that ``rows`` rows were counted into ``current``."""
-        if self.pane_rows is not None and rows > self.room():
-            raise ValueError(f"{rows} rows do not fit the {self.room()} left in the pane")
+        room = self.room()
+        if room is not None and rows > room:
+            raise ValueError(f"{rows} rows do not fit the {room} left in the pane")
         self.current_rows += rows
         if self.pane_rows is not None and self.current_rows == self.pane_rows:
             return self._close_pane(now_ns)

@@ -400,7 +400,7 @@ class GenerationEngine:
         seq.trace.detokenized_tokens += 1
         return event
 
-    def _text_event(self, seq: Sequence, token: int, logprobs: tuple) -> GenerationEvent:
+    def _text_event(self, seq: Sequence, token: int, logprobs: tuple[TokenLogprob, ...]) -> GenerationEvent:
         """The token's text delta (held back while it may be part of a stop string) and finish state."""
         if token in self._stop_ids:
             text = seq.stop.feed(seq.detokenizer.flush())[0] + seq.stop.flush()
