@@ -28,7 +28,7 @@ def snapshot_of(model: str, version: str, s: ModelStats, drift: dict[str, float]
         fail_count=s.fail.count,
         queue_count=s.queue.count,
         queue_ns=s.queue.ns,
-        compute_ns=s.execute_histogram.total,
+        compute_ns=int(s.execute_histogram.total),  # ns: observed as ints, an exact sum
         inference_count=s.inference_count,
         execution_count=s.execution_count,
         cache_hits=s.cache_hit.count,
