@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 import make_models
-from conftest import Gateway
+from daemons import Gateway
 from test_routing import ALL, TOKEN, broken_lookup_graph, http_infer, lookup_data, write_model
 
 WAIT_S = 30

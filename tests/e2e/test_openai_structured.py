@@ -12,7 +12,7 @@ import jsonschema
 import openai
 import pytest
 import tiny_llm
-from conftest import Gateway
+from daemons import launch
 
 MODEL = "tiny-gpt"
 # The tiny model's positions widened to 1024: a tool list in the system turn takes ~450 of its tokens.
@@ -110,7 +110,7 @@ def gateway(tiny_llm_model, tmp_path_factory):
     shutil.copytree(tiny_llm_model, root / MODEL)
     tiny_llm.build_decoder(root / MODEL / "1", max_positions=1024)
     (root / MODEL / "model.yaml").write_text(YAML)
-    gw = Gateway(root)
+    gw = launch(root)
     yield gw
     gw.terminate()
 
@@ -288,3 +288,59 @@ def test_streamed_tool_call_deltas_reassemble_to_the_same_call(client):
     assert arguments == whole.function.arguments
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
     _check_call(whole)
+
+
+# ----------------------------------------------------------------------------- langchain-openai
+
+
+def _chat_model(gateway, **kwargs):
+    from langchain_openai import ChatOpenAI
+
+    return ChatOpenAI(model=MODEL, base_url=f"http://{gateway.http_url}/v1", api_key="unused", temperature=0,
+                      max_tokens=400, max_retries=0, timeout=60, **kwargs)
+
+
+def _closing_bias(gateway) -> dict[int, int]:
+    """logit_bias toward '"' and '}': the random model, greedy, never ends a free-form string on its
+    own (a json_object key, an unbounded string argument); with these the document closes at once."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(gateway.repository / MODEL / "1" / "tokenizer.json"))
+    return {tok.token_to_id('"'): 30, tok.token_to_id("}"): 30}
+
+
+def test_langchain_with_structured_output_json_schema_and_json_mode(gateway):
+    from pydantic import BaseModel, Field
+
+    class Person(BaseModel):
+        name: str = Field(max_length=10)
+        age: int = Field(ge=0, le=120)
+
+    person = _chat_model(gateway).with_structured_output(Person, method="json_schema").invoke("Describe someone.")
+    assert isinstance(person, Person) and 0 <= person.age <= 120
+    # json_mode: response_format json_object; langchain parses whatever object comes back.
+    llm = _chat_model(gateway, logit_bias=_closing_bias(gateway))
+    doc = llm.with_structured_output(None, method="json_mode").invoke("Answer in JSON: who are you?")
+    assert isinstance(doc, dict)
+
+
+def test_langchain_tool_calling_loop(gateway):
+    from langchain_core.messages import HumanMessage, ToolMessage
+    from langchain_core.tools import tool
+
+    @tool
+    def get_weather(city: str) -> str:
+        """The current weather in a city."""
+        return f"21 degrees in {city}"
+
+    forced = _chat_model(gateway, logit_bias=_closing_bias(gateway)).bind_tools([get_weather], tool_choice="get_weather")
+    messages = [HumanMessage("What is the weather in Paris?")]
+    first = forced.invoke(messages)
+    (call,) = first.tool_calls
+    assert call["name"] == "get_weather" and isinstance(call["args"]["city"], str) and call["id"].startswith("call_")
+    messages += [first, ToolMessage(get_weather.invoke(call["args"]), tool_call_id=call["id"])]
+    second = _chat_model(gateway).bind_tools([get_weather]).invoke(messages)
+    assert isinstance(second.content, str)
+    assert second.response_metadata["finish_reason"] in ("stop", "length", "tool_calls")
+    # The call and its result went back through the chat template: the prompt grew.
+    assert second.usage_metadata["input_tokens"] > first.usage_metadata["input_tokens"]
