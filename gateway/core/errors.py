@@ -95,6 +95,12 @@ class ShuttingDownError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
+class FleetStateUnavailableError(GatewayError):
+    """An operator's routing change is in force on this replica but did not reach the fleet's shared state."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class CancelledError(GatewayError):
     code = ErrorCode.CANCELLED
 
