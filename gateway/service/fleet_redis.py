@@ -102,7 +102,9 @@ class RedisFleetState:
         self._models_key, self._members_key, self._channel = prefix + "models", prefix + "members", prefix + "changes"
         pool = BlockingConnectionPool.from_url(
             url, max_connections=8, timeout=timeout_s, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0), health_check_interval=0,
+            # One retry on a fresh connection: after a Redis restart the pooled ones are dead. The
+            # call's timeout still bounds both tries.
+            retry=Retry(NoBackoff(), 1), health_check_interval=0,
         )
         self.client = Redis(connection_pool=pool)
         self._snapshot: Callable[[], dict] = dict
@@ -129,6 +131,8 @@ class RedisFleetState:
         if not self.reachable:
             self.reachable = True
             self._reread_due = True
+            # The idle pooled connections are to the server that went away.
+            await self.client.connection_pool.disconnect(inuse_connections=False)
             _log.warning("fleet routing state %s is reachable again after %.1f s; the guard judges the fleet's "
                          "window again", self.display_url, time.monotonic() - self._down_since)
         return result

@@ -6,6 +6,7 @@ back; and two TrafficRouters on one Redis follow each other."""
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 import pytest
@@ -221,5 +222,18 @@ def test_two_traffic_routers_on_one_redis_follow_each_others_changes_and_trip_on
             for service in services:
                 await service.routing.leave_fleet()
                 await close(service)
+
+    asyncio.run(main())
+
+
+def test_the_password_of_state_url_never_shows():
+    async def main():
+        ch = RedisFleetState("redis://:hunter2@127.0.0.1:1/0", timeout_s=0.2)
+        doc = ch.health()
+        assert "hunter2" not in json.dumps(doc) and doc["url"] == "redis://***@127.0.0.1:1/0"
+        with pytest.raises(FleetStateUnavailableError) as err:
+            await ch.update("m", lambda rec: None)
+        assert "hunter2" not in err.value.message and "***@127.0.0.1:1" in err.value.message
+        await ch.stop()
 
     asyncio.run(main())
