@@ -231,7 +231,7 @@ class RedisFleetState:
 
     async def _read_all(self) -> None:
         """Every record; a record Redis lacks or holds older than seen here is written back."""
-        names = {m.decode() for m in await self.client.smembers(self._models_key)} | set(self.records)
+        names = {_text(m) for m in await self.client.smembers(self._models_key)} | set(self.records)
         ordered = sorted(names)
         raws = await self.client.mget([self._record_key(m) for m in ordered]) if ordered else []
         behind = []
@@ -282,7 +282,7 @@ class RedisFleetState:
             pipe.sadd(self._members_key, self.member_id)
             pipe.smembers(self._members_key)
             *_, members = await pipe.execute()
-        others = sorted(m.decode() for m in members if m.decode() != self.member_id)
+        others = sorted(_text(m) for m in members if _text(m) != self.member_id)
         if not others:
             return []
         raws = await self.client.mget([self._member_key(m) for m in others])
@@ -386,7 +386,11 @@ class RedisFleetState:
                 "failures": self.failures, "outages": self.outages, "pending_writes": len(self.pending)}
 
 
-def _parse(raw: bytes | None) -> RoutingRecord | None:
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+def _parse(raw: bytes | str | None) -> RoutingRecord | None:
     if raw is None:
         return None
     try:
