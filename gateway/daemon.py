@@ -35,6 +35,7 @@ from gateway.service import InferenceService
 from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 from gateway.service.repository_watcher import RepositoryWatcher
+from gateway.service.fleet_redis import RedisFleetState
 from gateway.service.fleet_state import FleetState
 from gateway.service.worker_stats import WorkerStats
 
@@ -108,7 +109,13 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
             service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
             service.worker_stats.start(lambda: manager.serving)
             stack.push_async_callback(service.worker_stats.stop)
-            # Routing overrides and rollback verdicts are the host's, not this process's.
+        # Routing overrides and rollback verdicts are the replicas' (state_url) or the host's
+        # (--workers), not this process's.
+        if settings.state_url:
+            _log.info("routing state: shared by the replicas on %s", redact_url(settings.state_url))
+            await service.routing.join_fleet(RedisFleetState(settings.state_url, worker.index if worker else 0))
+            stack.push_async_callback(service.routing.leave_fleet)
+        elif worker is not None:
             await service.routing.join_fleet(FleetState(worker.stats_dir, worker.index))
             stack.push_async_callback(service.routing.leave_fleet)
 

@@ -103,6 +103,12 @@ class ShuttingDownError(GatewayError):
     code = ErrorCode.UNAVAILABLE
 
 
+class FleetStateUnavailableError(GatewayError):
+    """An operator's routing change is in force on this replica but did not reach the fleet's shared state."""
+
+    code = ErrorCode.UNAVAILABLE
+
+
 class RequestCancelledError(GatewayError):
     """The client gave up on a request (HTTP 499, gRPC CANCELLED). Named apart from
     ``asyncio.CancelledError`` so an ``except`` never catches one meaning the other."""

@@ -79,6 +79,13 @@ class ServerSettings(BaseModel):
         default=5.0, gt=0, le=10_000, description="longest wait on the shared cache per operation before answering as a miss"
     )
 
+    state_url: str = Field(
+        default="",
+        pattern=r"^$|^(redis|rediss|unix)://",
+        description="routing control state shared by the replicas (admin overrides, resets, rollbacks, the rollback "
+        "guard's window counts), e.g. redis://redis:6379/0 (empty = per host: this process, or the workers of --workers)",
+    )
+
     admin_token: str = Field(
         default="", repr=False,
         description="bearer token of the /v2/admin endpoints and, when set, of model control (repository index, "

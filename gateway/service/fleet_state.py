@@ -24,6 +24,10 @@ one reads the state in force), the supervisor already makes and removes the
 directory, and readers never see half a record (``os.replace``). A record
 changes on operator actions and trips only; the poll costs a few small reads.
 Without ``--workers`` none of this exists: the routers are the only state.
+
+Across replicas (several processes or hosts, ``state_url``) the same records and
+documents live in Redis instead (gateway.service.fleet_redis). Both stores are a
+``FleetChannel``: traffic.py does not know which one runs.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
 
 from gateway.core.routing_config import RoutingConfig
@@ -47,6 +51,18 @@ from gateway.routing.router import Router, Trip
 _log = logging.getLogger(__name__)
 POLL_INTERVAL_S = 0.1
 _RECORD_PREFIX, _WORKER_PREFIX = "model-", "worker-"
+
+
+def _boot_id() -> str:
+    """Which kernel's CLOCK_MONOTONIC a trip time was read on (one per host, containers included)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+            return fh.read().strip()
+    except OSError:
+        return f"pid-{os.getpid()}"  # unknown: only this process trusts its own monotonic times
+
+
+BOOT_ID = _boot_id()
 
 
 def fingerprint(cfg: RoutingConfig | None) -> dict | None:
@@ -66,16 +82,18 @@ class RoutingRecord:
     resets: dict[str, int] = field(default_factory=dict)  # canary -> record version of its last reset
     written_by: int = -1
     written_at: float = 0.0  # unix time, for the propagation delay in the logs
+    writer: str = ""  # the channel member that wrote it ("worker 1", "replica host/pid/id"), for the logs
 
     def to_json(self) -> dict:
         return {"version": self.version, "file": self.file, "admin": self.admin, "trips": self.trips,
-                "resets": self.resets, "written_by": self.written_by, "written_at": self.written_at}
+                "resets": self.resets, "written_by": self.written_by, "written_at": self.written_at,
+                "writer": self.writer}
 
     @classmethod
     def from_json(cls, doc: dict) -> RoutingRecord:
         return cls(int(doc["version"]), doc.get("file"), doc.get("admin"), dict(doc.get("trips") or {}),
                    {k: int(v) for k, v in (doc.get("resets") or {}).items()},
-                   int(doc.get("written_by", -1)), float(doc.get("written_at", 0.0)))
+                   int(doc.get("written_by", -1)), float(doc.get("written_at", 0.0)), str(doc.get("writer", "")))
 
     # -- changes (made under the lock, on the record read there) --------------------------
 
@@ -92,7 +110,7 @@ class RoutingRecord:
             return False  # another worker's guard said it first: its reason stands
         at_unix = time.time() - (time.monotonic_ns() - trip.at_ns) / 1e9
         self.trips[version] = {"reason": trip.reason, "at_ns": trip.at_ns, "at_unix": at_unix,
-                               "record": self.version + 1}
+                               "boot": BOOT_ID, "record": self.version + 1}
         return True
 
     def reset(self, versions: list[str] | None) -> None:
@@ -115,8 +133,7 @@ def apply_record(router: Router, record: RoutingRecord, applied: int) -> bool:
     if newer_resets and router.reset(newer_resets):
         changed = True
     for v, doc in record.trips.items():
-        # CLOCK_MONOTONIC is one clock for the whole host: the trip's time holds in every worker.
-        trip = Trip(str(doc["reason"]), int(doc["at_ns"]))
+        trip = Trip(str(doc["reason"]), trip_time_ns(doc))
         if v not in router.tripped:
             router.trip(v, trip.reason, trip.at_ns, announce=False)
             changed = True
@@ -125,6 +142,16 @@ def apply_record(router: Router, record: RoutingRecord, applied: int) -> bool:
             router.tripped[v] = trip
             changed = True
     return changed
+
+
+def trip_time_ns(doc: dict) -> int:
+    """A record's trip time on this process's monotonic clock. CLOCK_MONOTONIC is one clock for the
+    whole host, so a trip made on this host keeps its exact time in every process; one made on
+    another host (a replica) is placed by its wall-clock time."""
+    if doc.get("boot", BOOT_ID) == BOOT_ID:
+        return int(doc["at_ns"])
+    ago_ns = int((time.time() - float(doc["at_unix"])) * 1e9)
+    return time.monotonic_ns() - max(0, ago_ns)
 
 
 def _atomic_write(path: str, doc: dict) -> None:
@@ -150,6 +177,33 @@ class Snapshot:
     peers: list[dict]  # the other workers' published documents
 
 
+Change = Callable[[RoutingRecord], bool | None]
+
+
+class FleetChannel(Protocol):
+    """Where the fleet's routing records and the members' documents live, as traffic.py uses it.
+
+    ``records`` is the latest state known of each model's record, ``peers`` the other members'
+    latest documents ({"pid", "index", "models": {model: worker_entry(...)}}), both updated
+    before each ``on_poll``. ``update`` is a read-modify-write of one record that never loses a
+    concurrent change and only grows the version; it raises ``OSError`` or
+    ``FleetStateUnavailableError`` when the change did not reach the store."""
+
+    index: int
+    pid: int
+    member: str
+    records: dict[str, RoutingRecord]
+    peers: list[dict]
+
+    async def start(self, snapshot: Callable[[], dict], on_poll: Callable[[Snapshot], None]) -> None: ...
+
+    async def update(self, model: str, change: Change) -> RoutingRecord: ...
+
+    async def stop(self) -> None: ...
+
+    def health(self) -> dict: ...
+
+
 class FleetState:
     """The channel: records and worker documents in ``<directory>/routing``. Blocking file work
     runs in a thread; ``start`` runs the poll that hands each reading to ``on_poll`` on the loop."""
@@ -159,6 +213,7 @@ class FleetState:
         os.makedirs(self.directory, exist_ok=True)
         self.index = index
         self.pid = os.getpid()
+        self.member = f"worker {index}"
         self.peers: list[dict] = []
         self.records: dict[str, RoutingRecord] = {}
         self._published: dict | None = None
@@ -183,7 +238,7 @@ class FleetState:
                 if change(record) is False:
                     return record
                 record.version += 1
-                record.written_by, record.written_at = self.index, time.time()
+                record.written_by, record.written_at, record.writer = self.index, time.time(), self.member
                 _atomic_write(self._record_path(model), record.to_json())
                 return record
             finally:
@@ -244,6 +299,9 @@ class FleetState:
 
     async def stop(self) -> None:
         await cancel_and_wait(self._task)
+
+    def health(self) -> dict:
+        return {"store": "directory", "member": self.member}
 
 
 def peer_windows(peers: list[dict], model: str, applied: int) -> dict[str, WindowCounts]:

@@ -7,8 +7,9 @@ request's, the fallback answers once. Shadow copies go to the dispatcher after
 the live answer is produced.
 
 Under ``--workers N`` the routers of every worker follow one fleet state
-(gateway.service.fleet_state): admin changes, resets and rollbacks are written
-there and applied by all; the rollback guard judges the workers' summed windows.
+(gateway.service.fleet_state), and with ``state_url`` those of every replica
+(gateway.service.fleet_redis): admin changes, resets and rollbacks are written
+there and applied by all; the rollback guard judges the members' summed windows.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 from gateway.core.errors import (
     DeadlineExceededError,
     ExecutorError,
+    FleetStateUnavailableError,
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -35,7 +37,7 @@ from gateway.routing.compare import Comparison
 from gateway.routing.router import Router, Trip, patched_config
 from gateway.service.fleet_state import (
     COUNTER_FIELDS,
-    FleetState,
+    FleetChannel,
     RoutingRecord,
     Snapshot,
     apply_record,
@@ -74,7 +76,7 @@ class TrafficRouter:
         self.shadows = shadows
         self.rng = rng or random.Random()
         self._slots: dict[str, _Slot] = {}
-        self.fleet: FleetState | None = None
+        self.fleet: FleetChannel | None = None
         self._writes: set[asyncio.Task] = set()
 
     # -- which models route -------------------------------------------------------------
@@ -326,8 +328,8 @@ class TrafficRouter:
 
     # -- the fleet (--workers N) --------------------------------------------------------------
 
-    async def join_fleet(self, fleet: FleetState) -> None:
-        """Follow and feed the host's shared routing state from now on."""
+    async def join_fleet(self, fleet: FleetChannel) -> None:
+        """Follow and feed the fleet's shared routing state (the host's or the replicas') from now on."""
         self.fleet = fleet
         for model, slot in self._slots.items():
             if slot.router is not None:
@@ -386,6 +388,9 @@ class TrafficRouter:
                 await self._write(model, lambda record: record.add_trip(version, trip))
             except OSError as exc:
                 _log.error("model %s: cannot tell the other workers of the rollback of version %s: %s", model, version, exc)
+            except FleetStateUnavailableError:
+                _log.error("model %s: the rollback of version %s is queued for the fleet (its state store does not "
+                           "answer)", model, version)
 
         task = asyncio.get_running_loop().create_task(publish(), name=f"fleet-trip-{model}-{version}")
         self._writes.add(task)
@@ -395,9 +400,10 @@ class TrafficRouter:
         router = slot.router
         if router is None or record.file != fingerprint(router.file_config):
             return  # made for another model.yaml routing section: the file in force clears it
-        if apply_record(router, record, slot.applied) and record.written_by != self.fleet.index:  # type: ignore[union-attr]
-            _log.info("fleet: model %s routing record %d of worker %d applied %.3f s after it was written",
-                      model, record.version, record.written_by, time.time() - record.written_at)
+        if apply_record(router, record, slot.applied) and record.writer != self.fleet.member:  # type: ignore[union-attr]
+            _log.info("fleet: model %s routing record %d of %s applied %.3f s after it was written",
+                      model, record.version, record.writer or f"worker {record.written_by}",
+                      time.time() - record.written_at)
         slot.applied = max(slot.applied, record.version)
 
     def _on_fleet_poll(self, snapshot: Snapshot) -> None:
@@ -432,6 +438,7 @@ class TrafficRouter:
         doc["worker"] = {
             "index": fleet.index, "pid": fleet.pid, "workers": 1 + len(fleet.peers),  # type: ignore[union-attr]
             "versions": {v: {f: d[f] for f in COUNTER_FIELDS} for v, d in versions.items()},
+            "fleet": fleet.health(),  # type: ignore[union-attr]
         }
         for v, totals in peer_counters(fleet.peers, model).items():  # type: ignore[union-attr]
             entry = versions.get(v)

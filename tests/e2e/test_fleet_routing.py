@@ -118,7 +118,11 @@ def test_a_failing_canary_is_rolled_back_once_fleet_wide_on_the_summed_window(fl
     own = [d["worker"]["versions"]["2"]["routed"] for d in statuses.values()]
     print(f"\ncanary requests per worker at the rollback: {own}; the verdict judged {judged} "
           f"(min_requests {MIN_REQUESTS})")
-    assert all(n > 0 for n in own) and judged >= MIN_REQUESTS and judged > max(own), (own, judged)
+    assert all(n > 0 for n in own) and MIN_REQUESTS <= judged <= sum(own), (own, judged)
+    if max(own) < MIN_REQUESTS:
+        # No worker had min_requests alone: only the summed window could judge (the kernel may hand
+        # one worker enough connections to get there on its own; the unit tests pin the sum exactly).
+        assert judged > max(own), (own, judged)
     # The routed counters answer for the fleet whichever worker is asked.
     totals = every_worker(fleet, "lookup_rb", lambda d: d["versions"]["2"]["routed"] == sum(own)
                           and d["versions"]["1"]["routed"] + d["versions"]["2"]["routed"] == sent, "summed counters")

@@ -117,6 +117,7 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "admin_token": ("file-token", "env-token", "flag-token"),
         "api_keys": ("file-key", "env-key,sha256:abababababababababababababababababababababababababababababababab", "flag-key"),
         "cache_url": ("redis://file:6379/0", "redis://env:6379/1", "unix:///flag.sock"),
+        "state_url": ("redis://file:6379/2", "rediss://env:6380/0", "unix:///state.sock"),
         "cache_timeout_ms": (1.5, 2.5, 3.5),
         "registry_url": ("http://file:5000", "http://env:5000", "https://flag"),
         "registry_models": ("a", "b=c", "d,e"),
@@ -286,6 +287,16 @@ def test_cache_url_must_name_a_redis_scheme(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_settings(overrides={"cache_timeout_ms": 0})
     assert err.value.field == "cache_timeout_ms"
+
+
+def test_state_url_must_name_a_redis_scheme(monkeypatch):
+    assert load_settings().state_url == ""
+    monkeypatch.setenv("GATEWAY_STATE_URL", "redis://:pw@redis:6379/0")
+    assert load_settings().state_url == "redis://:pw@redis:6379/0"
+    monkeypatch.setenv("GATEWAY_STATE_URL", "memcached://redis:11211")
+    with pytest.raises(ConfigError) as err:
+        load_settings()
+    assert err.value.field == "state_url" and "environment" in str(err.value)
 
 
 def test_gil_switch_interval_is_applied_to_the_interpreter():
