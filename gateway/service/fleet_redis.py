@@ -343,7 +343,8 @@ class RedisFleetState:
                 while True:
                     # Bounded: get_message waits at most its timeout for an announcement.
                     message = await self._call_listening(pubsub)
-                    if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():
                         # redis-py's own read timeout can take a cancellation for its expiry and
                         # return None: the stop asked for must still end this loop.
                         raise asyncio.CancelledError

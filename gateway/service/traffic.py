@@ -347,7 +347,9 @@ class TrafficRouter:
         doc = self.set_config(model, patch)
         if self.fleet is None:
             return doc
-        cfg = self._slots[model].router.admin_config  # type: ignore[union-attr]
+        router = self._slots[model].router
+        assert router is not None  # set_config made one
+        cfg = router.admin_config
         await self._write(model, lambda record: record.set_admin(cfg))
         return self.status(model)
 
@@ -375,7 +377,9 @@ class TrafficRouter:
             record.voided_for(file)
             return change(record)
 
-        record = await self.fleet.update(model, on_record)  # type: ignore[union-attr]
+        fleet = self.fleet
+        assert fleet is not None  # the admin_* calls write only when the worker is in a fleet
+        record = await fleet.update(model, on_record)
         current = self._slots.get(model)  # a model.yaml change may have replaced it meanwhile
         if current is not None and record.version > current.applied:
             self._apply(model, current, record)
@@ -400,7 +404,7 @@ class TrafficRouter:
         router = slot.router
         if router is None or record.file != fingerprint(router.file_config):
             return  # made for another model.yaml routing section: the file in force clears it
-        if apply_record(router, record, slot.applied) and record.writer != self.fleet.member:  # type: ignore[union-attr]
+        if apply_record(router, record, slot.applied) and (self.fleet is None or record.writer != self.fleet.member):
             _log.info("fleet: model %s routing record %d of %s applied %.3f s after it was written",
                       model, record.version, record.writer or f"worker {record.written_by}",
                       time.time() - record.written_at)
@@ -434,13 +438,14 @@ class TrafficRouter:
     def _fleet_status(self, model: str, doc: dict) -> None:
         """Counters summed over the workers (the others' as last published); this worker's own apart."""
         fleet = self.fleet
+        assert fleet is not None  # status() adds this part only in a fleet
         versions = doc["versions"]
         doc["worker"] = {
-            "index": fleet.index, "pid": fleet.pid, "workers": 1 + len(fleet.peers),  # type: ignore[union-attr]
+            "index": fleet.index, "pid": fleet.pid, "workers": 1 + len(fleet.peers),
             "versions": {v: {f: d[f] for f in COUNTER_FIELDS} for v, d in versions.items()},
-            "fleet": fleet.health(),  # type: ignore[union-attr]
+            "fleet": fleet.health(),
         }
-        for v, totals in peer_counters(fleet.peers, model).items():  # type: ignore[union-attr]
+        for v, totals in peer_counters(fleet.peers, model).items():
             entry = versions.get(v)
             if entry is None:
                 entry = versions[v] = {"weight": 0.0, "effective_weight": 0.0, "champion": False,

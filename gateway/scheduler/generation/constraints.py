@@ -119,7 +119,11 @@ def mask_rows(constraints: list[Constraint], rows: list[np.ndarray]) -> list[np.
             c._batch.fill()  # noqa: SLF001 - one call fills every mask still due
             break
     vocab = constraints[0]._vocab  # noqa: SLF001 - one engine, one vocabulary
-    bits = np.stack([c.bitmask for c in constraints])  # type: ignore[misc]
+    bitmasks: list[np.ndarray] = []
+    for c in constraints:
+        assert c.bitmask is not None  # filled above
+        bitmasks.append(c.bitmask)
+    bits = np.stack(bitmasks)
     allowed = np.unpackbits(bits.view(np.uint8), axis=1, count=vocab, bitorder="little").view(bool)
     block = np.stack(rows)
     n = min(block.shape[1], vocab)  # logits rows may be padded past the tokenizer's vocabulary

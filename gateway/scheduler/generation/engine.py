@@ -365,9 +365,12 @@ class GenerationEngine:
         _penalize(seqs, logits)
         if masks is not None:
             masks.result()
-        constrained = [s for s in seqs if s.constraint is not None]
-        masked = dict(zip((s.seq_id for s in constrained), mask_rows(
-            [s.constraint for s in constrained], [logits[s.seq_id] for s in constrained])))  # type: ignore[misc]
+        ids, constraints = [], []
+        for s in seqs:
+            if s.constraint is not None:
+                ids.append(s.seq_id)
+                constraints.append(s.constraint)
+        masked = dict(zip(ids, mask_rows(constraints, [logits[i] for i in ids])))
         for seq in seqs:
             result.events.append((seq, self._next(seq, logits[seq.seq_id], masked.get(seq.seq_id))))
             if seq.penalties is not None:
