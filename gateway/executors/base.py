@@ -28,6 +28,8 @@ class Executor(Protocol):
     # As the model file declares them, batch dim included (-1 = dynamic).
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    # Optional, read with getattr (default False): True when a run's cost may depend on input
+    # values, not only sizes (a Loop whose trip count is an input): such a model never runs inline.
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         """Execute one batch; called from a worker thread, never on the event loop."""
@@ -38,10 +40,14 @@ class Executor(Protocol):
 
 @runtime_checkable
 class Abortable(Protocol):
-    """Optional for an executor: ``abort()`` stops the run in progress from another thread (the
-    run then raises). Executors without it keep their thread until the run returns by itself."""
+    """Optional for an executor: ``abort()`` stops the run in progress, or the one about to start,
+    from another thread (the run then raises); ``rearm()``, called once that run has returned and
+    before the next starts, readies the executor for a run no abort has touched. Executors without
+    them keep their thread until the run returns by itself."""
 
     def abort(self) -> None: ...
+
+    def rearm(self) -> None: ...
 
 
 class ExecutorUnavailableError(RuntimeError):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 from gateway.core import datatypes
@@ -14,6 +17,21 @@ PROVIDER_NAMES = {
     "cuda": "CUDAExecutionProvider",
     "tensorrt": "TensorrtExecutionProvider",
 }
+
+
+# Operators whose work can depend on input values: control flow and ORT's generation loops.
+_VALUE_DEPENDENT_OPS = frozenset({"Loop", "Scan", "If", "BeamSearch", "GreedySearch", "Sampling", "WhisperBeamSearch"})
+# Larger files are not parsed a second time to find them; a model that big is never inline-fast anyway.
+_OPS_SCAN_MAX_BYTES = 64 << 20
+
+
+def has_value_dependent_cost(path: str) -> bool:
+    """Whether the model's top-level graph has an operator whose cost may follow input values
+    (control flow nests inside those operators, so the top level is enough)."""
+    if os.path.getsize(path) > _OPS_SCAN_MAX_BYTES:
+        return True
+    graph = onnx.load(path, load_external_data=False).graph
+    return any(node.op_type in _VALUE_DEPENDENT_OPS for node in graph.node)
 
 
 def _spec(node) -> TensorSpec:
@@ -61,15 +79,17 @@ class OnnxRuntimeExecutor:
         self.outputs = tuple(_spec(o) for o in self._session.get_outputs())
         self._string_inputs = {s.name for s in self.inputs if s.datatype == "BYTES"}
         self._string_outputs = {s.name for s in self.outputs if s.datatype == "BYTES"}
-        # One RunOptions per run, so an abort meant for a stuck run never hits the next one.
+        self.data_dependent_cost = has_value_dependent_cost(path)
+        # The next run's options. An abort sets their terminate flag even before that run starts
+        # (its caller may leave while the batch waits for its thread); rearm() gives fresh ones
+        # once an aborted run has returned, so the abort never reaches the run after.
         self._run_options = ort.RunOptions()
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         for name in self._string_inputs & feeds.keys():
             # ORT string tensors hold str; the wire carries bytes.
             feeds[name] = np.vectorize(lambda b: b.decode("utf-8", "replace"), otypes=[object])(feeds[name])
-        self._run_options = options = ort.RunOptions()
-        results = self._session.run(output_names, feeds, options)
+        results = self._session.run(output_names, feeds, self._run_options)
         for i, name in enumerate(output_names):
             if name in self._string_outputs:
                 results[i] = np.vectorize(lambda s: s.encode("utf-8"), otypes=[object])(results[i])
@@ -78,6 +98,9 @@ class OnnxRuntimeExecutor:
     def abort(self) -> None:
         """Thread-safe: onnxruntime checks the flag between kernels (Loop iterations too)."""
         self._run_options.terminate = True
+
+    def rearm(self) -> None:
+        self._run_options = ort.RunOptions()
 
     def close(self) -> None:
         self._session = None

@@ -83,6 +83,5 @@ class OnnxRuntimeGpuExecutor(OnnxRuntimeExecutor):
             binding.bind_cpu_input(name, np.ascontiguousarray(array))
         for name in output_names:
             binding.bind_output(name, "cuda", self._device_id)
-        self._run_options = options = ort.RunOptions()  # abort() (execute_timeout_s) sets its terminate flag
-        self._session.run_with_iobinding(binding, options)
+        self._session.run_with_iobinding(binding, self._run_options)
         return binding.copy_outputs_to_cpu()

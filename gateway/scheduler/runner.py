@@ -38,6 +38,9 @@ from gateway.scheduler.queue import QueuedRequest
 
 _log = logging.getLogger(__name__)
 
+# An inline run this many times over inline_execute_ns switches inlining off for the version.
+INLINE_BREAKER = 10
+
 
 @dataclass(slots=True)
 class Pending:
@@ -54,12 +57,18 @@ class _Dispatch:
 
     executor: Executor
     pending: list[Pending]
-    # The executor's abort(), when it has one.
-    abort: Callable[[], None] | None = None
+    # The executor, when it can abort a run.
+    abortable: Abortable | None = None
     timed_out: bool = False
     # Every caller went away (cancelled) while the batch ran: the run was aborted.
     abandoned: bool = False
+    # Its result reached the loop: an abort now would hit the instance's next run.
+    completed: bool = False
     timer: asyncio.TimerHandle | None = None
+
+    def abort(self) -> None:
+        if self.abortable is not None and not self.completed:
+            self.abortable.abort()
 
 
 @dataclass(slots=True)
@@ -100,7 +109,7 @@ class ModelScheduler:
         self._executors = list(executors)
         self._free: list[Executor] = list(executors)
         # Looked up once: a runtime protocol check costs microseconds, too much per batch.
-        self._aborts: dict[int, Callable[[], None]] = {id(e): e.abort for e in executors if isinstance(e, Abortable)}
+        self._abortable: dict[int, Abortable] = {id(e): e for e in executors if isinstance(e, Abortable)}
         self._pool = ThreadPoolExecutor(max_workers=len(executors), thread_name_prefix=f"exec-{spec.name}-{spec.version}")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -117,6 +126,12 @@ class ModelScheduler:
         self._stuck: set[int] = set()
         # Smoothed execute time of one-request batches, for inline_execute_ns (0: not measured yet).
         self._lone_ns = 0.0
+        # A run on the loop blocks every connection of the daemon until it returns, and nothing can
+        # abort it there: only models whose cost follows their input size (no Loop or If whose work
+        # depends on input values) run inline, only for inputs no larger than a lone request measured
+        # fast, and never again after one inline run took far longer than the bound.
+        self._inline_ns = 0 if any(getattr(e, "data_dependent_cost", False) for e in executors) else spec.inline_execute_ns
+        self._inline_bytes = 0
 
     # -- intake ---------------------------------------------------------------
 
@@ -222,9 +237,11 @@ class ModelScheduler:
             )
 
     def _runs_inline(self, pending: list[Pending]) -> bool:
-        """A lone request, nothing else queued or running, and a model measured faster than the hand-offs."""
-        return (0 < self._lone_ns < self.spec.inline_execute_ns and len(pending) == 1
-                and not self._in_flight and not len(self._batcher) and not self.spec.execute_timeout_s)
+        """A lone request, nothing else queued or running, a model measured faster than the hand-offs,
+        and an input no larger than one measured that fast."""
+        return (0 < self._lone_ns < self._inline_ns and len(pending) == 1
+                and not self._in_flight and not len(self._batcher) and not self.spec.execute_timeout_s
+                and _input_bytes(pending[0]) <= self._inline_bytes)
 
     def _dispatch(self, pending: list[Pending], now: int) -> None:
         inline = self._runs_inline(pending)
@@ -233,7 +250,7 @@ class ModelScheduler:
         for p in pending:
             p.dispatch_ns = now
             self.stats.record_queue(now - p.enqueue_ns)
-        dispatch = _Dispatch(executor, pending, self._aborts.get(id(executor)))
+        dispatch = _Dispatch(executor, pending, self._abortable.get(id(executor)))
         loop = self._bound_loop
         if inline:
             # Run at the end of this loop pass: requests arriving in the same pass queue behind
@@ -242,7 +259,7 @@ class ModelScheduler:
             return
         if self.spec.execute_timeout_s > 0:
             dispatch.timer = loop.call_later(self.spec.execute_timeout_s, self._on_execute_timeout, dispatch)
-        if dispatch.abort is not None:
+        if dispatch.abortable is not None:
             for p in pending:
                 p.future.add_done_callback(functools.partial(self._on_caller_gone, dispatch))
         work = loop.run_in_executor(self._pool, self._execute, dispatch)
@@ -252,12 +269,19 @@ class ModelScheduler:
         # Blocks the loop for about inline_execute_ns: less than the loop would spend on the
         # hand-off to an executor thread and back.
         work: asyncio.Future[_BatchResult] = self._bound_loop.create_future()
+        started = time.perf_counter_ns()
         work.set_result(self._execute(dispatch))
+        took = time.perf_counter_ns() - started
+        if took > INLINE_BREAKER * self._inline_ns:
+            self._inline_ns = 0
+            _log.warning("model %s:%s: a lone request took %.1f ms on the event loop (bound %d us); its requests "
+                         "run in the executor thread from now on", self.spec.name, self.spec.version, took / 1e6,
+                         self.spec.inline_execute_ns // 1000)
         self._complete(dispatch, work)
 
     def _on_caller_gone(self, dispatch: _Dispatch, fut: asyncio.Future) -> None:
         """Once every caller of a running batch has cancelled, nobody wants its answer: abort the run."""
-        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out or dispatch.abort is None:
+        if not fut.cancelled() or dispatch.abandoned or dispatch.timed_out or dispatch.completed:
             return
         if all(p.future.cancelled() for p in dispatch.pending):
             dispatch.abandoned = True
@@ -284,8 +308,7 @@ class ModelScheduler:
         for p in dispatch.pending:
             if not p.future.done():
                 p.future.set_exception(error)
-        if dispatch.abort is not None:
-            dispatch.abort()
+        dispatch.abort()
         if self.wedged:
             reason = self._wedged_reason()
             _log.error("%s", reason)
@@ -304,8 +327,11 @@ class ModelScheduler:
 
     def _complete(self, dispatch: _Dispatch, work: asyncio.Future[_BatchResult]) -> None:
         executor, pending = dispatch.executor, dispatch.pending
+        dispatch.completed = True
         if dispatch.timer is not None:
             dispatch.timer.cancel()
+        if dispatch.abortable is not None and (dispatch.abandoned or dispatch.timed_out):
+            dispatch.abortable.rearm()
         if dispatch.timed_out:
             self._stuck.discard(id(executor))
             _log.warning("model %s:%s: the instance past execute_timeout_s returned and serves again",
@@ -326,6 +352,8 @@ class ModelScheduler:
                 self._adaptive.observe_execution(took, rows)
             if len(pending) == 1:
                 self._lone_ns = smooth(self._lone_ns, took)
+                if took < self._inline_ns:
+                    self._inline_bytes = max(self._inline_bytes, _input_bytes(pending[0]))
         for p, out in zip(pending, result.outputs):
             if p.request.trace is not None:
                 p.request.trace.batched(p.enqueue_ns, p.dispatch_ns, end, rows, len(pending))
@@ -439,6 +467,10 @@ class ModelScheduler:
         self._pool.shutdown(wait=False)
         for ex in self._executors:
             ex.close()
+
+
+def _input_bytes(p: Pending) -> int:
+    return sum(a.nbytes for a in p.request.inputs.values())
 
 
 def _pending(item: QueuedRequest) -> Pending:

@@ -337,3 +337,59 @@ def test_queued_requests_are_not_run_inline():
         await sched.drain(1)
 
     asyncio.run(main())
+
+
+class ValueDependentExecutor(ThreadRecordingExecutor):
+    data_dependent_cost = True  # as onnxruntime reports a model with a Loop
+
+
+def test_a_model_whose_cost_follows_input_values_never_runs_inline():
+    async def main():
+        ex = ValueDependentExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        for v in range(4):
+            await asyncio.wait_for(sched.submit(req(v), 1, (), 0), WAIT_S)
+        assert threading.current_thread().name not in ex.threads
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_an_input_larger_than_any_measured_fast_runs_in_the_executor_thread():
+    async def main():
+        ex = ThreadRecordingExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        for _ in range(2):
+            await asyncio.wait_for(sched.submit(req(1), 1, (), 0), WAIT_S)
+        loop_thread = threading.current_thread().name
+        assert ex.threads[-1] == loop_thread
+        out = await asyncio.wait_for(sched.submit(req(2, rows=4), 4, (), 0), WAIT_S)
+        assert out["y"].shape == (4, 2)
+        assert ex.threads[-1] != loop_thread  # four rows were never measured
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+class SlowsDownExecutor(ThreadRecordingExecutor):
+    """Fast until told otherwise: a model whose cost jumped on an input the scheduler measured as cheap."""
+
+    def run(self, feeds, output_names):
+        self.sleep_s = 0.05 if feeds["x"][0, 0] == 99 else 0.0
+        return super().run(feeds, output_names)
+
+
+def test_one_long_inline_run_switches_inlining_off_for_the_version():
+    async def main():
+        ex = SlowsDownExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        loop_thread = threading.current_thread().name
+        for v in (1, 2, 99):
+            await asyncio.wait_for(sched.submit(req(v), 1, (), 0), WAIT_S)
+        assert ex.threads[1:] == [loop_thread, loop_thread]  # the 50 ms run was on the loop, once
+        for v in (3, 4):
+            await asyncio.wait_for(sched.submit(req(v), 1, (), 0), WAIT_S)
+        assert loop_thread not in ex.threads[3:], ex.threads
+        await sched.drain(1)
+
+    asyncio.run(main())
