@@ -30,7 +30,10 @@ def has_value_dependent_cost(path: str) -> bool:
     (control flow nests inside those operators, so the top level is enough)."""
     if os.path.getsize(path) > _OPS_SCAN_MAX_BYTES:
         return True
-    graph = onnx.load(path, load_external_data=False).graph
+    try:
+        graph = onnx.load(path, load_external_data=False).graph
+    except Exception:  # noqa: BLE001 - a file only onnxruntime reads (ORT format): assume the worst
+        return True
     return any(node.op_type in _VALUE_DEPENDENT_OPS for node in graph.node)
 
 
