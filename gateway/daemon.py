@@ -36,7 +36,9 @@ from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 from gateway.service.repository_watcher import RepositoryWatcher
 from gateway.service.fleet_redis import RedisFleetState
-from gateway.service.fleet_state import FleetState
+from gateway.service.fleet_drift import PART as FLEET_DRIFT_PART
+from gateway.service.fleet_drift import FleetDrift
+from gateway.service.fleet_state import FleetChannel, FleetState
 from gateway.service.worker_stats import WorkerStats
 
 _log = logging.getLogger(__name__)
@@ -111,12 +113,18 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
             stack.push_async_callback(service.worker_stats.stop)
         # Routing overrides and rollback verdicts are the replicas' (state_url) or the host's
         # (--workers), not this process's.
+        # Drift windows are merged over the same members, on the same channel.
+        channel: FleetChannel | None = None
         if settings.state_url:
-            _log.info("routing state: shared by the replicas on %s", redact_url(settings.state_url))
-            await service.routing.join_fleet(RedisFleetState(settings.state_url, worker.index if worker else 0))
-            stack.push_async_callback(service.routing.leave_fleet)
+            _log.info("routing and drift state: shared by the replicas on %s", redact_url(settings.state_url))
+            channel = RedisFleetState(settings.state_url, worker.index if worker else 0)
         elif worker is not None:
-            await service.routing.join_fleet(FleetState(worker.stats_dir, worker.index))
+            channel = FleetState(worker.stats_dir, worker.index)
+        if channel is not None:
+            drift = FleetDrift(manager, channel)
+            channel.parts[FLEET_DRIFT_PART] = drift.document
+            stack.callback(drift.leave)  # after the channel stopped (callbacks run last first)
+            await service.routing.join_fleet(channel, also=[drift.on_poll])
             stack.push_async_callback(service.routing.leave_fleet)
 
         shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols

@@ -40,7 +40,7 @@ import secrets
 import socket
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -50,7 +50,7 @@ from redis.exceptions import RedisError, WatchError
 
 from gateway.core.errors import FleetStateUnavailableError
 from gateway.core.secrets import redact_url
-from gateway.service.fleet_state import Change, RoutingRecord, Snapshot
+from gateway.service.fleet_state import Change, RoutingRecord, Snapshot, member_document
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -91,6 +91,7 @@ class RedisFleetState:
         self.timeout_s, self.exchange_s, self.reread_s, self.member_ttl_s = timeout_s, exchange_s, reread_s, member_ttl_s
         self.records: dict[str, RoutingRecord] = {}
         self.peers: list[dict] = []
+        self.parts: dict[str, Callable[[], Any]] = {}
         self.pending: list[tuple[str, Change]] = []
         self.reachable = True
         self.failures = 0  # calls that failed or timed out
@@ -305,7 +306,7 @@ class RedisFleetState:
             if full or self._reread_due:
                 self._reread_due = False
                 await self._call(self._read_all)
-            doc = {"pid": self.pid, "index": self.index, "member": self.member_id, "models": self._snapshot()}
+            doc = {**member_document(self, self._snapshot()), "member": self.member_id}
             self.peers = await self._call(lambda: self._exchange(doc))
         except StoreError:
             self._reread_due = True

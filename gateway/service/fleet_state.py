@@ -184,8 +184,10 @@ class FleetChannel(Protocol):
     """Where the fleet's routing records and the members' documents live, as traffic.py uses it.
 
     ``records`` is the latest state known of each model's record, ``peers`` the other members'
-    latest documents ({"pid", "index", "models": {model: worker_entry(...)}}), both updated
-    before each ``on_poll``. ``update`` is a read-modify-write of one record that never loses a
+    latest documents ({"pid", "index", "name", "models": {model: worker_entry(...)}, and one key
+    per entry of ``parts``}), both updated before each ``on_poll``. ``parts`` are further parts of
+    this member's document (drift counts: gateway.service.fleet_drift), each made on the loop
+    before a publication; ``reachable`` says whether the last exchange reached the store. ``update`` is a read-modify-write of one record that never loses a
     concurrent change and only grows the version; it raises ``OSError`` or
     ``FleetStateUnavailableError`` when the change did not reach the store."""
 
@@ -194,6 +196,8 @@ class FleetChannel(Protocol):
     member: str
     records: dict[str, RoutingRecord]
     peers: list[dict]
+    parts: dict[str, Callable[[], Any]]
+    reachable: bool
 
     async def start(self, snapshot: Callable[[], dict], on_poll: Callable[[Snapshot], None]) -> None: ...
 
@@ -214,6 +218,8 @@ class FleetState:
         self.index = index
         self.pid = os.getpid()
         self.member = f"worker {index}"
+        self.parts: dict[str, Callable[[], Any]] = {}
+        self.reachable = True  # a local directory: always
         self.peers: list[dict] = []
         self.records: dict[str, RoutingRecord] = {}
         self._published: dict | None = None
@@ -280,7 +286,7 @@ class FleetState:
 
         async def poll() -> None:
             try:
-                doc = {"pid": self.pid, "index": self.index, "models": snapshot()}
+                doc = member_document(self, snapshot())
                 got = await asyncio.to_thread(self._poll_blocking, doc)
                 self.records, self.peers = got.records, got.peers
                 on_poll(got)
@@ -302,6 +308,14 @@ class FleetState:
 
     def health(self) -> dict:
         return {"store": "directory", "member": self.member}
+
+
+def member_document(channel: FleetChannel, models: dict) -> dict:
+    """What a member publishes: who it is, its routing part and the further ``parts``."""
+    doc = {"pid": channel.pid, "index": channel.index, "name": channel.member, "models": models}
+    for key, part in channel.parts.items():
+        doc[key] = part()
+    return doc
 
 
 def peer_windows(peers: list[dict], model: str, applied: int) -> dict[str, WindowCounts]:

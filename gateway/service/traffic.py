@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from gateway.core.errors import (
@@ -328,13 +328,20 @@ class TrafficRouter:
 
     # -- the fleet (--workers N) --------------------------------------------------------------
 
-    async def join_fleet(self, fleet: FleetChannel) -> None:
-        """Follow and feed the fleet's shared routing state (the host's or the replicas') from now on."""
+    async def join_fleet(self, fleet: FleetChannel, also: Sequence[Callable[[Snapshot], None]] = ()) -> None:
+        """Follow and feed the fleet's shared routing state (the host's or the replicas') from now on;
+        ``also`` get each reading after the routers (the merged drift rides on the same channel)."""
         self.fleet = fleet
         for model, slot in self._slots.items():
             if slot.router is not None:
                 slot.router.on_trip = lambda version, trip, model=model: self._publish_trip(model, version, trip)
-        await fleet.start(self._fleet_document, self._on_fleet_poll)
+
+        def on_poll(snapshot: Snapshot) -> None:
+            self._on_fleet_poll(snapshot)
+            for listener in also:
+                listener(snapshot)
+
+        await fleet.start(self._fleet_document, on_poll)
 
     async def leave_fleet(self) -> None:
         if self.fleet is not None:

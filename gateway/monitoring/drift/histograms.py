@@ -7,6 +7,7 @@ count per stream; a window pane is one such vector for all groups.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,16 @@ class HistogramLayout:
             self.groups.append(g)
             offset += g.size
         self.width = offset
+
+    def fingerprint(self) -> str:
+        """Names this layout: two members' counts add only when their streams, bins and reference
+        are the same (a worker that captured its own reference has another)."""
+        h = hashlib.blake2b(digest_size=12)
+        for g in self.groups:
+            h.update(repr((g.key, [p.name for p in g.profiles], g.offset, g.slots)).encode())
+            for a in (g.columns, g.edges, g.n_edges, g.categorical, g.ref_counts):
+                h.update(np.ascontiguousarray(a).tobytes())
+        return h.hexdigest()
 
     def batch_values(self, feeds: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> list[np.ndarray | None]:
         return [group_values(g.key, feeds, outputs) for g in self.groups]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import secrets
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,6 +39,97 @@ class WindowVerdict:
     @property
     def severity(self) -> int:
         return max((s.severity for s in self.streams), default=0)
+
+
+def judge_window(w: ClosedWindow, layout: HistogramLayout, cfg: DriftConfig) -> WindowVerdict | None:
+    """The verdict on one closed window, or None when it holds fewer rows than the window judges."""
+    if w.rows < cfg.window.judged_rows:
+        return None
+    results = tuple(
+        r
+        for profiles, ref_counts, counts, missing in layout.per_group(w.counts)
+        for r in judge_group(profiles, ref_counts, counts, missing, cfg.thresholds, cfg.epsilon)
+    )
+    return WindowVerdict(w.index, w.rows, w.closed_ns, results)
+
+
+def verdict_streams(verdict: WindowVerdict) -> dict[str, dict]:
+    """The per-stream part of a report's ``latest`` (JSON: NaN statistics as None)."""
+    return {
+        r.name: {
+            "kind": "categorical" if r.categorical else "numeric",
+            "severity": SEVERITY_NAMES[r.severity],
+            "rows": r.rows,
+            "missing": r.missing,
+            **{k: (None if math.isnan(v) else v) for k, v in r.statistics.items()},
+            "alerts": {k: SEVERITY_NAMES[v] for k, v in r.votes.items() if v},
+        }
+        for r in verdict.streams
+    }
+
+
+_NOT_STATISTICS = frozenset({"kind", "severity", "rows", "missing", "alerts"})
+
+
+def flat_verdict(streams: dict[str, dict]) -> dict[str, float]:
+    """``drift.<stream>.<statistic>`` and ``.severity`` (0/1/2) from ``verdict_streams``' document."""
+    out: dict[str, float] = {}
+    for name, doc in streams.items():
+        for k, v in doc.items():
+            if k not in _NOT_STATISTICS and v is not None:
+                out[f"drift.{name}.{k}"] = float(v)
+        out[f"drift.{name}.severity"] = float(SEVERITY_NAMES.index(doc["severity"]))
+    return out
+
+
+class AlertEdges:
+    """Edge-triggered drift alerts: a stream that stays drifted is logged once, not once per window."""
+
+    def __init__(self, model: str, version: str, scope: str = "") -> None:
+        self.model, self.version, self.scope = model, version, scope
+        self._alerted: dict[tuple[str, str], int] = {}  # (stream, statistic) -> severity last logged
+
+    def clear(self) -> None:
+        self._alerted.clear()
+
+    def update(self, verdict: WindowVerdict, log: bool = True) -> None:
+        """Follow ``verdict``'s severities; log the changes when ``log`` (the edges are kept either
+        way, so a member that starts logging later does not repeat what was already said)."""
+        for r in verdict.streams:
+            for statistic, severity in r.votes.items():
+                key = (r.name, statistic)
+                if severity != self._alerted.get(key, 0):
+                    self._alerted[key] = severity
+                    if log:
+                        self._alert(verdict, r, statistic, severity)
+
+    def _alert(self, verdict: WindowVerdict, r: StreamResult, statistic: str, severity: int) -> None:
+        value = r.statistics[statistic]
+        level = (logging.INFO, logging.WARNING, logging.ERROR)[severity]
+        scope = f" ({self.scope})" if self.scope else ""
+        alerts.log(
+            level,
+            "drift %s%s: model %s version %s feature %s %s=%.4g (window %d, %d rows)",
+            SEVERITY_NAMES[severity] if severity else "cleared", scope, self.model, self.version, r.name, statistic,
+            value, verdict.index, verdict.rows,
+            extra={"model": self.model, "version": self.version, "feature": r.name, "statistic": statistic,
+                   "value": value, "severity": SEVERITY_NAMES[severity], "window": verdict.index,
+                   **({"scope": self.scope} if self.scope else {})},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetView:
+    """What the fleet's members agree on for one version (gateway.monitoring.drift.fleet): the
+    leader's merged verdict, shown by every member's report instead of its own windows."""
+
+    scope: str  # "fleet": merged over ``members``; "process": the fleet is out of reach
+    member: str  # this member (which process answered)
+    leader: str
+    members: int
+    rows: int  # rows counted by the members since their windows began
+    windows_closed: int  # merged windows closed by the leader
+    latest: dict | None  # the leader's verdict: window, rows, closed_unix, severity, streams
 
 
 class VersionDrift:
@@ -75,7 +167,17 @@ class VersionDrift:
         # [n, mean, up, up_min, down, down_max] of the Page-Hinkley detector (unused without one).
         self.ph_state = np.zeros(6, dtype=np.float64)
         self.ph_alarms = 0
-        self._alerted: dict[tuple[str, str], int] = {}  # (stream, statistic) -> severity last logged
+        self.edges = AlertEdges(model, version)
+        # In a fleet (--workers, state_url) the leader's merged windows are the verdict: this
+        # member counts and judges its own share but only the merge alerts.
+        self.alerting = True
+        self.fleet: FleetView | None = None
+        # What a fleet member publishes, refreshed by the drift thread: (rows, bin counts) counted
+        # since the layout in force began; ``share_key`` names the layout (same reference, same
+        # bins) and ``epoch`` this run of it (a reloaded reference or a restarted member starts over).
+        self.share_key = ""
+        self.epoch = ""
+        self.shared: tuple[int, np.ndarray] | None = None
         self._load_reference()
 
     # -- reference ------------------------------------------------------------------
@@ -88,6 +190,7 @@ class VersionDrift:
 
     def _load_reference(self) -> None:
         self.profile = self.layout = self.window = None
+        self.shared = None
         self.state = "no_reference"
         self._loaded_mtime = self._reference_mtime()
         if self._loaded_mtime:
@@ -110,6 +213,9 @@ class VersionDrift:
         pane_s = w.pane_s
         pane_ns = round(pane_s * 1e9) if pane_s is not None else None
         self.window = PaneWindow(self.layout.width, panes=w.panes, pane_rows=w.pane_rows, pane_ns=pane_ns, start_ns=self.clock())
+        self.share_key = self.layout.fingerprint()
+        self.epoch = secrets.token_hex(6)
+        self.shared = None
         self.state = "monitoring"
         self.reason = f"unprofiled streams: {', '.join(self.layout.unprofiled)}" if self.layout.unprofiled else ""
 
@@ -181,13 +287,14 @@ class VersionDrift:
         if self.state != "capturing" and self._reference_mtime() != self._loaded_mtime:
             alerts.info("drift reference of model %s version %s changed: reloading", self.model, self.version)
             self.latest = None
-            self._alerted.clear()
+            self.edges.clear()
             self._load_reference()
         if self.state == "monitoring":
             window, layout = self._monitoring()
             if window.pane_ns is not None:
                 for w in window.advance(self.clock()):
                     self._judge(w, layout)
+            self.shared = window.totals()
 
     def _page_hinkley(self, ph: PageHinkleyConfig, outputs: dict[str, np.ndarray]) -> None:
         array = outputs.get(ph.output)
@@ -209,47 +316,22 @@ class VersionDrift:
 
     def _judge(self, w: ClosedWindow, layout: HistogramLayout) -> None:
         self.windows_closed = w.index
-        if w.rows < self.cfg.window.judged_rows:
-            return
-        results = tuple(
-            r
-            for profiles, ref_counts, counts, missing in layout.per_group(w.counts)
-            for r in judge_group(profiles, ref_counts, counts, missing, self.cfg.thresholds, self.cfg.epsilon)
-        )
-        verdict = WindowVerdict(w.index, w.rows, w.closed_ns, results)
-        self.latest = verdict
-        # Edge-triggered: a stream that stays drifted is logged once, not once per window.
-        for r in results:
-            for statistic, severity in r.votes.items():
-                key = (r.name, statistic)
-                if severity != self._alerted.get(key, 0):
-                    self._alerted[key] = severity
-                    self._alert(verdict, r, statistic, severity)
-
-    def _alert(self, verdict: WindowVerdict, r: StreamResult, statistic: str, severity: int) -> None:
-        value = r.statistics[statistic]
-        level = (logging.INFO, logging.WARNING, logging.ERROR)[severity]
-        alerts.log(
-            level,
-            "drift %s: model %s version %s feature %s %s=%.4g (window %d, %d rows)",
-            SEVERITY_NAMES[severity] if severity else "cleared", self.model, self.version, r.name, statistic, value,
-            verdict.index, verdict.rows,
-            extra={"model": self.model, "version": self.version, "feature": r.name, "statistic": statistic,
-                   "value": value, "severity": SEVERITY_NAMES[severity], "window": verdict.index},
-        )
+        verdict = judge_window(w, layout, self.cfg)
+        if verdict is not None:
+            self.latest = verdict
+            self.edges.update(verdict, log=self.alerting)
 
     # -- readers ---------------------------------------------------------------------------
 
     def flat_metrics(self) -> dict[str, float]:
         """``drift.<stream>.<statistic>`` and ``drift.<stream>.severity`` (0/1/2) of the latest judged window."""
         out: dict[str, float] = {}
-        verdict = self.latest
-        if verdict is not None:
-            for r in verdict.streams:
-                for k, v in r.statistics.items():
-                    if not math.isnan(v):
-                        out[f"drift.{r.name}.{k}"] = float(v)
-                out[f"drift.{r.name}.severity"] = float(r.severity)
+        fleet, verdict = self.fleet, self.latest
+        if fleet is not None:
+            if fleet.latest is not None:
+                out = flat_verdict(fleet.latest["streams"])
+        elif verdict is not None:
+            out = flat_verdict(verdict_streams(verdict))
         ph = self.ph
         if ph is not None and self.state != "invalid_reference":
             out[f"drift.{ph.output}_{ph.column}.page_hinkley_alarms"] = float(self.ph_alarms)
@@ -284,18 +366,20 @@ class VersionDrift:
                 "rows": verdict.rows,
                 "age_s": round((self.clock() - verdict.closed_ns) / 1e9, 3),
                 "severity": SEVERITY_NAMES[verdict.severity],
-                "streams": {
-                    r.name: {
-                        "kind": "categorical" if r.categorical else "numeric",
-                        "severity": SEVERITY_NAMES[r.severity],
-                        "rows": r.rows,
-                        "missing": r.missing,
-                        **{k: (None if math.isnan(v) else v) for k, v in r.statistics.items()},
-                        "alerts": {k: SEVERITY_NAMES[v] for k, v in r.votes.items() if v},
-                    }
-                    for r in verdict.streams
-                },
+                "streams": verdict_streams(verdict),
             }
+        fleet = self.fleet
+        if fleet is not None:
+            # Every member answers with the leader's merged windows; its own are under "member".
+            doc["member"] = {"rows_seen": self.rows_seen, "windows_closed": self.windows_closed, "latest": doc["latest"]}
+            doc["fleet"] = {"scope": fleet.scope, "member": fleet.member, "leader": fleet.leader,
+                            "members": fleet.members, "rows": fleet.rows}
+            doc["windows_closed"] = fleet.windows_closed
+            doc["latest"] = None
+            if fleet.latest is not None:
+                latest = {k: v for k, v in fleet.latest.items() if k != "closed_unix"}
+                latest["age_s"] = round(max(0.0, time.time() - fleet.latest["closed_unix"]), 3)
+                doc["latest"] = latest
         ph = self.ph
         if ph is not None:
             st = self.ph_state

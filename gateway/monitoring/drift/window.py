@@ -7,6 +7,12 @@ tumbling window closes every ``size``, a sliding one every ``step`` once it hold
 ``size``. A count pane closes when it holds its rows (the caller asks ``room()``
 and splits a batch at the boundary); a time pane closes at the first ``advance``
 at or after its end, and a gap longer than the window closes empty panes.
+
+``totals`` are every row counted since the window began (closed panes and the open
+one): what a fleet member publishes so that one member can sum the fleet's rows
+into merged windows (gateway.monitoring.drift.fleet). A merged window is fed
+whole lumps of rows (``add_lump``), so its count panes close at or just past
+``pane_rows``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,8 @@ class PaneWindow:
         self._sum_rows = 0
         self._pane_end_ns = start_ns + pane_ns if pane_ns is not None else 0
         self.windows_closed = 0
+        self._closed_total = np.zeros(width, dtype=np.int64)
+        self._closed_total_rows = 0
 
     def room(self) -> int | None:
         """Rows the open pane still takes (count windows); None for time windows."""
@@ -55,6 +63,19 @@ class PaneWindow:
         if self.pane_rows is not None and self.current_rows == self.pane_rows:
             return self._close_pane(now_ns)
         return []
+
+    def add_lump(self, counts: np.ndarray, rows: int, now_ns: int) -> list[ClosedWindow]:
+        """Count ``rows`` rows whose bins are ``counts`` into the open pane at once; a count pane
+        closes when it holds ``pane_rows`` or more (a lump is not split: its rows' order is unknown)."""
+        self.current += counts
+        self.current_rows += rows
+        if self.pane_rows is not None and self.current_rows >= self.pane_rows:
+            return self._close_pane(now_ns)
+        return []
+
+    def totals(self) -> tuple[int, np.ndarray]:
+        """Rows and bin counts of everything counted since the window began (a new array)."""
+        return self._closed_total_rows + self.current_rows, self._closed_total + self.current
 
     def advance(self, now_ns: int) -> list[ClosedWindow]:
         """Close every time pane that ended at or before ``now_ns``."""
@@ -71,6 +92,8 @@ class PaneWindow:
     def _close_pane(self, now_ns: int) -> list[ClosedWindow]:
         pane = self.current.copy()
         self._closed.append((pane, self.current_rows))
+        self._closed_total += pane
+        self._closed_total_rows += self.current_rows
         self._sum += pane
         self._sum_rows += self.current_rows
         self.current[:] = 0
