@@ -1,4 +1,6 @@
-"""Compiled load generators: h2load (HTTP/2, drives gRPC with a pre-encoded body) and wrk (HTTP/1.1).
+"""Compiled load generators: h2load (HTTP/2, drives gRPC with a pre-encoded body), wrk (HTTP/1.1)
+and Triton's perf_analyzer (the KServe v2 client people measure Triton with: gRPC, gRPC streaming,
+HTTP binary; fetched by scripts/perf_analyzer.sh).
 
 Each run returns throughput, latency percentiles, errors and the generator's own CPU time
 (from wait4's rusage of the generator process, so nothing else is counted).
@@ -6,6 +8,7 @@ Each run returns throughput, latency percentiles, errors and the generator's own
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -124,3 +127,57 @@ def wrk(port: int, body: Body, concurrency: int, seconds: float) -> LoadResult:
     ok = max(0, requests - status_err)
     return LoadResult(ok, status_err + socket_err, duration_us / 1e6, p50_us / 1000.0, p99_us / 1000.0, cpu, ok)
 
+
+
+PERF_ANALYZER_SCRIPT = os.path.join(os.path.dirname(HERE), "scripts", "perf_analyzer.sh")
+
+
+def perf_analyzer_binary() -> str:
+    """The launcher's path (fetched on first use); LoadError saying why when it cannot be had."""
+    try:
+        done = subprocess.run([PERF_ANALYZER_SCRIPT, "--install"], capture_output=True, text=True, timeout=900)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise LoadError(f"perf_analyzer not available: {exc}") from None
+    if done.returncode != 0:
+        raise LoadError("perf_analyzer not available: " + (done.stderr.strip().splitlines() or ["?"])[-1])
+    return done.stdout.strip()
+
+
+def perf_analyzer_input(directory: str, input_name: str, rows: np.ndarray) -> str:
+    """A --input-data file of real rows (perf_analyzer's own random FP32 is random bytes: NaN, Inf)."""
+    path = os.path.join(directory, f"pa-input-{input_name}-{rows.shape[1:]!s}.json".replace(" ", ""))
+    docs = [{input_name: {"content": row.ravel().round(5).tolist(), "shape": list(row.shape)}} for row in rows]
+    with open(path, "w") as fh:
+        json.dump({"data": docs}, fh)
+    return path
+
+
+def perf_analyzer(binary: str, url: str, protocol: str, model: str, concurrency: int, seconds: float,
+                  input_data: str, *, streaming: bool = False) -> LoadResult:
+    """perf_analyzer at one concurrency, batch-1 requests, async: three measurement windows of
+    seconds/3 each, stability not chased (a shared host never holds 10 %), averaged by perf_analyzer."""
+    interval_ms = max(200, round(seconds * 1000 / 3))
+    with tempfile.TemporaryDirectory(prefix="bench-pa-") as tmp:
+        csv_path = os.path.join(tmp, "pa.csv")
+        cmd = [binary, "-m", model, "-u", url, "-i", protocol, "-b", "1", "--async",
+               "--concurrency-range", f"{concurrency}:{concurrency}", "--input-data", input_data,
+               "--measurement-mode", "time_windows", "--measurement-interval", str(interval_ms),
+               "--stability-percentage", "999", "--max-trials", "3", "-f", csv_path]
+        if streaming:
+            cmd.append("--streaming")
+        rc, out, cpu = _run_measured(cmd, timeout_s=seconds * 4 + 120)
+        if rc != 0 or not os.path.exists(csv_path):
+            raise LoadError(f"perf_analyzer exited {rc}:\n{out[-2000:]}")
+        with open(csv_path) as fh:
+            header, *lines = [line.strip().split(",") for line in fh if line.strip()]
+    if not lines:
+        raise LoadError(f"perf_analyzer wrote no measurement:\n{out[-2000:]}")
+    row = dict(zip(header, lines[0]))
+    per_s = float(row["Inferences/Second"])
+    measured_s = 3 * interval_ms / 1000
+    errors = 0
+    m = re.search(r"Error count: (\d+)", out)
+    if m:
+        errors = int(m.group(1))
+    return LoadResult(round(per_s * measured_s), errors, measured_s, float(row["p50 latency"]) / 1000.0,
+                      float(row["p99 latency"]) / 1000.0, cpu, round(per_s * measured_s))

@@ -156,7 +156,11 @@ def render_markdown(doc: dict) -> str:
         "(one request in flight per connection). "
         f"ModelStreamInfer: each h2load request is one stream call carrying up to {s['stream_messages']} requests "
         "(h2load cannot keep a bidirectional stream open), so its p50/p99 are per call, i.e. until the last answer "
-        "of the call.",
+        "of the call." + (
+            " Protocols `pa-*`: Triton's perf_analyzer (C++ client, async, batch 1, real N(0,1) rows as input "
+            "data, concurrency = requests in flight; `pa-grpc-stream` keeps one bidirectional stream per "
+            "concurrent context; three windows of a third of the point each, averaged by perf_analyzer)."
+            if s.get("perf_analyzer") else ""),
         "",
     ]
     warnings = noise_warnings(doc)

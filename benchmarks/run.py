@@ -14,6 +14,7 @@ A system that cannot start here gets a line saying why; the run goes on without 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import os
 import shlex
@@ -35,6 +36,12 @@ from benchmarks.servers import StartError  # noqa: E402
 PEERS = ("mlserver", "pytriton", "fastapi")
 ALL_SYSTEMS = ("onnxruntime", "gateway", *PEERS)
 GATEWAY_PROTOCOLS = ("grpc", "grpc-stream", "http-binary")
+# perf_analyzer's modes, per system that speaks KServe v2 (--perf-analyzer).
+PERF_ANALYZER_PROTOCOLS = {
+    "gateway": ("pa-grpc", "pa-grpc-stream", "pa-http"),
+    "pytriton": ("pa-grpc", "pa-grpc-stream", "pa-http"),
+    "mlserver": ("pa-grpc", "pa-http"),
+}
 
 
 def _csv(kind):
@@ -58,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--gateway-batching", type=_csv(str), default=None, help="on,off (default both)")
     ap.add_argument("--gateway-protocols", type=_csv(str), default=None,
                     help=f"comma list of {','.join(GATEWAY_PROTOCOLS)} (default all)")
+    ap.add_argument("--perf-analyzer", action="store_true",
+                    help="also load every KServe v2 server with Triton's perf_analyzer (gRPC, gRPC streaming, "
+                         "HTTP binary; async, batch 1; fetched by scripts/perf_analyzer.sh)")
     ap.add_argument("--max-batch", type=int, default=32, help="max rows per batch, every batching server")
     ap.add_argument("--max-delay-us", type=int, default=2000, help="longest hold of a partial batch, every server")
     ap.add_argument("--intra-op-threads", type=int, default=1, help="ORT intra-op threads in every server")
@@ -103,6 +113,9 @@ def server_configs(args) -> list[systems.SystemConfig]:
         out += systems.pytriton_configs(args.max_batch, args.max_delay_us)
     if "fastapi" in args.systems:
         out += systems.fastapi_configs()
+    if args.perf_analyzer:
+        out = [dataclasses.replace(cfg, protocols=cfg.protocols + PERF_ANALYZER_PROTOCOLS.get(cfg.system, ()))
+               for cfg in out]
     return out
 
 
@@ -152,14 +165,33 @@ def run_raw(args, models) -> list[dict]:
     return rows
 
 
+def _perf_analyzer_go(run: systems.Running, m, protocol: str, c: int, args, expected, x):
+    """The measuring call of one perf_analyzer point (the server's answer checked first, over gRPC)."""
+    if args.pa_binary is None:
+        raise loadgen.LoadError(args.pa_unavailable)
+    if run.grpc_port is not None:
+        payloads.check_grpc(f"127.0.0.1:{run.grpc_port}", payloads.grpc_unary(m.name, x), expected)
+    http = protocol == "pa-http"
+    url = f"127.0.0.1:{run.http_port if http else run.grpc_port}"
+    data = args.pa_inputs[m.name]
+
+    def go(seconds):
+        return loadgen.perf_analyzer(args.pa_binary, url, "http" if http else "grpc", m.name, c, seconds, data,
+                                     streaming=protocol == "pa-grpc-stream")
+    return go
+
+
 def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c: int, args,
            expected, x) -> dict:
-    body = run.encode(protocol, m, x, c)
+    perf_analyzer = protocol.startswith("pa-")
+    body = payloads.grpc_unary(m.name, x) if perf_analyzer else run.encode(protocol, m, x, c)
     row = {"model": m.name, "system": cfg.system, "label": cfg.label, "protocol": protocol, "config": cfg.config,
            "batching": cfg.batching, "workers": cfg.workers, "threads": args.intra_op_threads, "concurrency": c,
            "batch": 1, "infer_per_s": None, "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
            "server_cpu_ms_per_infer": None, "mean_batch": None, "gen_cpu_cores": None, "errors": None, "note": ""}
-    if protocol.startswith("grpc"):
+    if perf_analyzer:
+        go = _perf_analyzer_go(run, m, protocol, c, args, expected, x)
+    elif protocol.startswith("grpc"):
         if shutil.which("h2load") is None:
             row["note"] = "h2load not found (apt-get install nghttp2-client)"
             return row
@@ -195,7 +227,9 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     })
     if counts0 and counts1 and counts1[1] > counts0[1]:
         row["mean_batch"] = (counts1[0] - counts0[0]) / (counts1[1] - counts0[1])
-    if body.inferences > 1:
+    if perf_analyzer:
+        row["note"] = "perf_analyzer, async, batch 1" + (", streaming" if protocol == "pa-grpc-stream" else "")
+    elif body.inferences > 1:
         row["note"] = f"{body.inferences} requests per stream call; latency per call"
     if not run.server.alive():
         row["note"] = (row["note"] + "; " if row["note"] else "") + "server died during the point"
@@ -278,6 +312,15 @@ def main(argv: list[str] | None = None) -> int:
         expected = {name: raw_ort.reference_output(m, inputs[name]) for name, m in models.items()}
         settings = systems.Settings(models, workdir, args.cache_dir, args.max_batch, args.max_delay_us,
                                     args.intra_op_threads, args.stream_messages, onnxruntime.__version__)
+        args.pa_binary, args.pa_unavailable, args.pa_inputs = None, "", {}
+        if args.perf_analyzer:
+            try:
+                args.pa_binary = loadgen.perf_analyzer_binary()
+                args.pa_inputs = {name: loadgen.perf_analyzer_input(workdir, "INPUT", m.sample(16, seed=1))
+                                  for name, m in models.items()}
+            except loadgen.LoadError as exc:
+                args.pa_unavailable = str(exc)
+                _log(f"warning: {exc}: the perf_analyzer rows will say so")
         _log(f"about {estimate_s(args) / 60:.0f} minutes (more on a first run, which makes the peers' venvs)")
         rows: list[dict] = []
         if "onnxruntime" in args.systems:
@@ -297,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             "settings": {k: getattr(args, k) for k in (
                 "quick", "models", "systems", "concurrency", "seconds", "warmup_s", "raw_seconds", "raw_batches",
                 "raw_threads", "gateway_workers", "gateway_batching", "gateway_protocols", "max_batch",
-                "max_delay_us", "intra_op_threads", "stream_messages", "h2_connections")},
+                "max_delay_us", "intra_op_threads", "stream_messages", "h2_connections", "perf_analyzer")},
             "models": list(models),
             "rows": rows,
             "unavailable": unavailable,
