@@ -127,3 +127,19 @@ def test_perf_analyzer_sees_server_statistics_when_every_request_hits_the_cache(
     hits, ok = number(block, "Cache hit count"), number(block, "Successful request count")
     assert hits > 0 and abs(ok - number(block, "Request count")) <= max(10, 0.05 * ok), block
     assert number(block, "Inference count") <= 8 and hits >= ok - 8, block
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["async", "streaming"])
+def test_perf_analyzer_async_grpc_keeps_its_connection_for_seconds(perf_analyzer, gw, input_data, streaming):
+    """grpc's C++ client sends window updates and BDP pings after the answers it reads, ~2.4 per
+    answer frame when streaming: the control-frame budget once closed its one connection after
+    ~3 s (ENHANCE_YOUR_CALM, 'Socket closed' in every worker thread)."""
+    start = len(gw.lines)
+    cmd = [perf_analyzer, "-m", "mlp", "-u", gw.grpc_url, "-i", "grpc", "--async", "--input-data", input_data,
+           "--concurrency-range", "8:8", "--measurement-interval", "2000", "--stability-percentage", "999",
+           "--max-trials", "3", *(["--streaming"] if streaming else [])]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0 and "Socket closed" not in out, out[-3000:]
+    assert number(blocks(out)[8], "Throughput") > 0
+    assert "too many control frames" not in "".join(gw.lines[start:])

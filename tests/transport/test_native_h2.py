@@ -532,3 +532,31 @@ def test_nghttp2_client(native_gw, tmp_path, table_size):
     log = out.stdout + out.stderr
     assert out.returncode == 0, log
     assert "grpc-status: 0" in log and "COMPRESSION_ERROR" not in log, log
+
+
+def test_window_updates_and_pings_that_follow_answers_are_never_throttled(native_gw):
+    """grpc's C++ client (perf_analyzer) returns window and sends BDP pings after the answers it reads,
+    ~2.4 control frames per frame of answer when streaming: at thousands of answers a second that
+    is far above the control budget's refill (1,000/s), and a connection was closed with
+    ENHANCE_YOUR_CALM after ~3 s. Here: 64 calls at a time, then six control frames per answer,
+    23,040 in all, faster than a budget without credit for answers would allow."""
+    a, b = simple_arrays()
+    body = simple_request(a, b).SerializeToString()
+    sid = 1
+    with RawH2(native_gw.grpc_url) as client:
+        for _ in range(60):
+            sids = list(range(sid, sid + 128, 2))
+            sid += 128
+            for s in sids:
+                client.unary(s, INFER, body)
+            for s in sids:
+                _ok_simple(client, s, a, b)
+            for s in sids:
+                for _ in range(4):
+                    client.window_update(0, 1)
+                client.window_update(s, 1)  # on a closed stream: allowed, ignored
+                client.send_frame(PingFrame(0, opaque_data=b"bdpprobe"))
+            for s in sids:
+                client.streams.pop(s, None)
+        client.unary(sid, INFER, body)
+        _ok_simple(client, sid, a, b)
