@@ -62,8 +62,8 @@ class FleetDrift:
         for name, version, monitor in self._monitors():
             monitor.alerting = False  # the merged windows alert, once, from the leader
             shared, layout = monitor.shared, monitor.layout
-            if monitor.state != "monitoring" or shared is None or layout is None:
-                monitor.fleet = None
+            if monitor.state != "monitoring" or shared is None or layout is None or shared[1].shape != (layout.width,):
+                monitor.fleet = None  # not monitoring, or its reference is being replaced right now
                 continue
             key = monitor.share_key
             window = self.windows.get((name, version))
