@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import make_models
+from test_fleet_routing import trip_delays
 from test_routing import ALL, TOKEN, broken_lookup_graph, http_infer, lookup_data, write_model
 
 WAIT_S = 30
@@ -106,7 +107,7 @@ def test_a_failing_canary_is_rolled_back_once_on_both_replicas_on_the_summed_win
     judged = int(re.search(r"\(\d+ of (\d+) requests", reasons.pop()).group(1))
     own = [d["worker"]["versions"]["2"]["routed"] for d in docs]
     print(f"\ncanary requests per replica at the rollback: {own}; the verdict judged {judged} "
-          f"(min_requests {MIN_REQUESTS})")
+          f"(min_requests {MIN_REQUESTS}); " + trip_delays(a.log() + b.log()))
     assert all(n > 0 for n in own) and judged >= MIN_REQUESTS and judged > max(own), (own, judged)
     for d in docs:
         assert d["versions"]["2"]["effective_weight"] == 0 and d["versions"]["1"]["rolled_back"] is None

@@ -60,6 +60,12 @@ def every_worker(gw: Gateway, model: str, predicate, what: str, workers: int = 2
                                  + json.dumps({p: predicate(d) for p, d in latest.items()}))
 
 
+def trip_delays(log: str) -> str:
+    """How long after the rollback's record was written the other members applied it (their log)."""
+    found = re.findall(r"fleet: model lookup_rb routing record \d+ of (.+?) applied ([\d.]+) s after", log)
+    return "rollback applied by the others " + (", ".join(f"{float(s) * 1000:.0f} ms" for _, s in found) or "(not logged)")
+
+
 def admin(gw: Gateway, method: str, path: str, doc=None) -> dict:
     code, _, raw = gw.http(method, path, None if doc is None else json.dumps(doc).encode(), AUTH)
     assert code == 200, raw
@@ -117,7 +123,7 @@ def test_a_failing_canary_is_rolled_back_once_fleet_wide_on_the_summed_window(fl
     judged = int(re.search(r"\(\d+ of (\d+) requests", reasons.pop()).group(1))
     own = [d["worker"]["versions"]["2"]["routed"] for d in statuses.values()]
     print(f"\ncanary requests per worker at the rollback: {own}; the verdict judged {judged} "
-          f"(min_requests {MIN_REQUESTS})")
+          f"(min_requests {MIN_REQUESTS}); " + trip_delays(fleet.log()))
     assert all(n > 0 for n in own) and MIN_REQUESTS <= judged <= sum(own), (own, judged)
     if max(own) < MIN_REQUESTS:
         # No worker had min_requests alone: only the summed window could judge (the kernel may hand
