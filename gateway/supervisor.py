@@ -38,6 +38,12 @@ def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
     uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready)))
 
 
+def limit_share(limit: int, workers: int, index: int) -> int:
+    """Worker ``index``'s part of a host-wide limit: the parts add up to ``limit`` (the first workers
+    take the remainder), and none is below one (0 would mean no limit)."""
+    return max(1, limit // workers + (1 if index < limit % workers else 0))
+
+
 def _reserve_port(host: str) -> tuple[socket.socket, int]:
     """A free port, held (bound, not listening) so nothing else takes it before the workers bind."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
@@ -65,11 +71,18 @@ class Supervisor:
         self.restarts: dict[int, int] = {}
         self.stopping = False
 
+    def worker_settings(self, index: int) -> ServerSettings:
+        """Worker ``index``'s settings: the host's, with its share of the host-wide limits."""
+        limit = self.settings.max_concurrent_requests
+        if not limit:
+            return self.settings
+        return self.settings.model_copy(update={"max_concurrent_requests": limit_share(limit, self.count, index)})
+
     def start_worker(self, index: int) -> None:
         receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(self.settings.model_dump(), index, self.stats_dir, send),
+            args=(self.worker_settings(index).model_dump(), index, self.stats_dir, send),
             name=f"gateway-worker-{index}",
         )
         proc.start()
@@ -97,6 +110,14 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        limit = self.settings.max_concurrent_requests
+        if limit:
+            shares = [limit_share(limit, self.count, i) for i in range(self.count)]
+            _log.info("max_concurrent_requests %d for the host: %s per worker, per protocol", limit,
+                      "/".join(map(str, shares)))
+            if limit < self.count:
+                _log.warning("max_concurrent_requests %d is below the %d workers: each admits one, %d in all",
+                             limit, self.count, self.count)
         for i in range(self.count):
             self.start_worker(i)
         if not self.wait_ready(list(range(self.count))):

@@ -145,7 +145,8 @@ class ServerSettings(BaseModel):
     )
     max_concurrent_requests: int = Field(
         default=0, ge=0,
-        description="requests in progress at once per protocol (HTTP requests, gRPC RPCs; a stream counts once); "
+        description="requests in progress at once per protocol (HTTP requests, gRPC RPCs; a stream counts once), "
+        "for the host: under --workers N each worker admits its share (at least 1); "
         "beyond: HTTP 429 / RESOURCE_EXHAUSTED; 0 = no limit",
     )
     max_header_bytes: int = Field(

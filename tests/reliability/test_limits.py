@@ -159,3 +159,45 @@ def test_grpc_calls_over_max_concurrent_requests(limited):
             assert (await asyncio.wait_for(accepted(), 60)).model_name == "slow"
 
     run_async(scenario())
+
+
+def test_max_concurrent_requests_holds_for_the_host_under_workers(tmp_path):
+    """--workers 2 --max-concurrent-requests 4: each worker admits 2, so 8 slow requests on 8
+    connections (however the kernel spreads them) get at least 4 refusals. With the limit per
+    worker (4 each), only all 8 on one worker would refuse 4."""
+    import re
+
+    from daemons import Gateway
+
+    root = tmp_path / "models"
+    make_models.write_repository(str(root), ["simple"])
+    write_slow_model(root, "max_batch_size: 1\ninstances: 1\n")
+    gw = Gateway(root, "--workers", "2", "--max-concurrent-requests", "4")
+    url = f"http://{gw.http_url}/v2/models/slow/infer"
+
+    async def scenario():
+        sessions = [aiohttp.ClientSession() for _ in range(8)]  # one connection each
+        tasks = [asyncio.create_task(s.post(url, data=slow_json(LONG), headers=JSON)) for s in sessions]
+        refused = []
+        try:
+            async with asyncio.timeout(60):
+                for next_done in asyncio.as_completed(tasks):
+                    resp = await next_done
+                    if resp.status == 429:
+                        refused.append(await resp.text())
+                    if len(refused) >= 4:
+                        break
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for s in sessions:
+                await s.close()
+        return refused
+
+    try:
+        gw.wait_for_log(re.compile(r"max_concurrent_requests 4 for the host: 2/2 per worker"), 30)
+        refused = run_async(scenario())
+        assert len(refused) >= 4 and all("max_concurrent_requests 2" in body for body in refused), refused
+    finally:
+        assert gw.terminate() == 0
