@@ -1,4 +1,4 @@
-"""Model statistics across worker processes.
+"""Model statistics and scheduler gauges across worker processes.
 
 With ``--workers N`` each process keeps its own counters. Every worker
 publishes a snapshot to a shared directory (atomic file replace, twice a
@@ -38,6 +38,12 @@ class WorkerStats:
                 name: {v: stats_to_dict(loaded.stats) for v, loaded in versions.items()}
                 for name, versions in serving.items()
             },
+            # The scheduler's gauges (queue depth, instances, busy instances), summed like the counters.
+            "gauges": {
+                name: {v: [loaded.scheduler.queue_depth, loaded.scheduler.instances, loaded.scheduler.busy_instances]
+                       for v, loaded in versions.items()}
+                for name, versions in serving.items()
+            },
         }
 
     def write(self, doc: dict) -> None:
@@ -46,21 +52,40 @@ class WorkerStats:
             json.dump(doc, fh)
         os.replace(tmp, self._path(self.index))
 
-    def peers(self, name: str, version: str) -> list[ModelStats]:
+    def _peer_docs(self) -> list[dict]:
         out = []
         for entry in os.listdir(self.directory):
             if not entry.endswith(".json") or entry == f"worker-{self.index}.json":
                 continue
             try:
                 with open(os.path.join(self.directory, entry), encoding="utf-8") as fh:
-                    doc = json.load(fh)
+                    out.append(json.load(fh))
+            except (OSError, ValueError):
+                continue  # a worker restarting
+        return out
+
+    def peers(self, name: str, version: str) -> list[ModelStats]:
+        out = []
+        for doc in self._peer_docs():
+            try:
                 out.append(stats_from_dict(doc["models"][name][version]))
-            except (OSError, ValueError, KeyError):
-                continue  # a worker that has not served this version, or is restarting
+            except (KeyError, TypeError, ValueError):
+                continue  # a worker that has not served this version
         return out
 
     def merged(self, name: str, version: str, own: ModelStats) -> ModelStats:
         return merge_stats([own, *self.peers(name, version)])
+
+    def peer_gauges(self, name: str, version: str) -> tuple[int, int, int]:
+        """The other workers' (queue depth, instances, busy instances) of one version, summed."""
+        depth = instances = busy = 0
+        for doc in self._peer_docs():
+            try:
+                d, i, b = (int(x) for x in doc["gauges"][name][version])
+            except (KeyError, TypeError, ValueError):
+                continue
+            depth, instances, busy = depth + d, instances + i, busy + b
+        return depth, instances, busy
 
     def start(self, serving_source) -> None:
         async def loop() -> None:

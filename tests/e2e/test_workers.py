@@ -54,6 +54,15 @@ def test_two_workers_share_ports_sum_stats_and_restart(tmp_path, start_gateway):
     # Any worker answers for both: snapshots are published twice a second.
     gw.wait_until(lambda: total() == n, timeout=WAIT_S, what=f"summed inference_count == {n}")
 
+    def instances() -> set[float]:
+        """gateway_executor_instances of mlp on /metrics: a gauge of the host, whichever worker is scraped."""
+        status, _, body = gw.http("GET", "/metrics")
+        found = re.search(rb'^gateway_executor_instances\{model="mlp",version="1"\} ([\d.]+)$', body, re.M)
+        return {float(found.group(1))} if status == 200 and found else set()
+
+    gw.wait_until(lambda: set().union(*(instances() for _ in range(10))) == {2.0}, timeout=WAIT_S,
+                  what="both workers' instances on every scrape")
+
     start = len(gw.lines)
     os.kill(workers[0], signal.SIGKILL)
     gw.wait_for_log(re.compile(r"worker \d is back"), timeout=WAIT_S, start=start)
