@@ -109,7 +109,8 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
             # SO_REUSEPORT group, so a worker must not listen before it can serve.
             await manager.reconcile()
             service.worker_stats = WorkerStats(worker.stats_dir, worker.index)
-            service.worker_stats.start(lambda: manager.serving)
+            service.worker_stats.start(lambda: manager.serving, telemetry.requests)
+            telemetry.bind_peer_requests(service.worker_stats.peer_requests)
             stack.push_async_callback(service.worker_stats.stop)
         # Routing overrides and rollback verdicts are the replicas' (state_url) or the host's
         # (--workers), not this process's.

@@ -36,8 +36,8 @@ class Telemetry:
         self.gpu = GpuSampler() if gpu else None
         self._models: Callable[[], Iterable[ModelSample]] = _no_models
         self._resolve: Callable[[str, str], tuple[str, str]] = _unresolved
-        collector = GatewayCollector(self.requests, lambda: self._models(), self.gpu.collect if self.gpu else None)
-        self.registry = build_registry(collector)
+        self._collector = GatewayCollector(self.requests, lambda: self._models(), self.gpu.collect if self.gpu else None)
+        self.registry = build_registry(self._collector)
         self._drift_monitors: Callable[[], Iterable] = tuple
         self.registry.register(DriftCollector(lambda: self._drift_monitors()))
 
@@ -58,6 +58,11 @@ class Telemetry:
     def add_collector(self, collector) -> None:
         """Another source of families for /metrics (a prometheus_client custom collector)."""
         self.registry.register(collector)
+
+    def bind_peer_requests(self, peers: Callable[[], Iterable[list]]) -> None:
+        """``peers`` gives the other workers' published request series (``RequestMetrics.to_json``),
+        summed into this process's on /metrics."""
+        self._collector.peer_requests = peers
 
     def bind_drift(self, monitors: Callable[[], Iterable]) -> None:
         """``monitors`` lists the drift monitors of the versions served."""

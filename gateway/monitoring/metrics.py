@@ -63,6 +63,33 @@ class RequestMetrics:
         s.latency.observe(duration_ns)
         s.codes[code] = s.codes.get(code, 0) + 1
 
+    def to_json(self) -> list:
+        """What a worker publishes for the others to sum (``--workers N``)."""
+        return [[model, version, protocol, dict(s.codes), list(s.latency.counts), s.latency.total]
+                for (model, version, protocol), s in self.series.items()]  # copies: written from a thread
+
+    def merged(self, peers: Iterable[list]) -> dict[tuple[str, str, str], RequestSeries]:
+        """This process's series plus the other workers' published ones."""
+        out = {key: RequestSeries(Histogram(s.latency.bounds, list(s.latency.counts), s.latency.total), dict(s.codes))
+               for key, s in self.series.items()}
+        for entries in peers:
+            for entry in entries:
+                try:
+                    model, version, protocol, codes, counts, total = entry
+                    key = (str(model), str(version), str(protocol))
+                    s = out.get(key)
+                    if s is None:
+                        s = out[key] = RequestSeries()
+                    if len(counts) != len(s.latency.counts):
+                        continue  # another build's buckets
+                    s.latency.counts = [a + int(b) for a, b in zip(s.latency.counts, counts)]
+                    s.latency.total += int(total)
+                    for code, n in codes.items():
+                        s.codes[str(code)] = s.codes.get(str(code), 0) + int(n)
+                except (TypeError, ValueError, AttributeError):
+                    continue  # a malformed entry never breaks a scrape
+        return out
+
 
 def _seconds_buckets(h: Histogram) -> list[tuple[str, float]]:
     out: list[tuple[str, float]] = []
@@ -100,6 +127,8 @@ class GatewayCollector:
         self.requests = requests
         self.models = models
         self.gpu_collect = gpu_collect
+        # The other workers' published request series (--workers N), summed into this one's.
+        self.peer_requests: Callable[[], Iterable[list]] = tuple
 
     def describe(self) -> list[Metric]:
         return []  # names are dynamic; registering must not run a collection
@@ -120,7 +149,7 @@ class GatewayCollector:
             "gateway_request_duration_seconds", "end-to-end request latency in the server: decode to encoded answer",
             labels=["model", "version", "protocol"],
         )
-        for (model, version, protocol), s in self.requests.series.items():
+        for (model, version, protocol), s in self.requests.merged(self.peer_requests()).items():
             for code, n in s.codes.items():
                 count.add_metric([model, version, protocol, code], n)
             latency.add_metric([model, version, protocol], _seconds_buckets(s.latency), s.latency.total / 1e9)

@@ -15,6 +15,7 @@ import os
 
 from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from gateway.core.tasks import cancel_and_wait
+from gateway.monitoring.metrics import RequestMetrics
 
 _log = logging.getLogger(__name__)
 PUBLISH_INTERVAL_S = 0.5
@@ -30,10 +31,11 @@ class WorkerStats:
         return os.path.join(self.directory, f"worker-{index}.json")
 
     @staticmethod
-    def snapshot(serving: dict) -> dict:
+    def snapshot(serving: dict, requests: RequestMetrics | None = None) -> dict:
         """Taken on the event loop, so the counters are not read mid-update."""
         return {
             "pid": os.getpid(),
+            "requests": requests.to_json() if requests is not None else [],
             "models": {
                 name: {v: stats_to_dict(loaded.stats) for v, loaded in versions.items()}
                 for name, versions in serving.items()
@@ -87,11 +89,15 @@ class WorkerStats:
             depth, instances, busy = depth + d, instances + i, busy + b
         return depth, instances, busy
 
-    def start(self, serving_source) -> None:
+    def peer_requests(self) -> list[list]:
+        """The other workers' published request series (``RequestMetrics.to_json``)."""
+        return [doc["requests"] for doc in self._peer_docs() if isinstance(doc.get("requests"), list)]
+
+    def start(self, serving_source, requests: RequestMetrics | None = None) -> None:
         async def loop() -> None:
             while True:
                 try:
-                    await asyncio.to_thread(self.write, self.snapshot(serving_source()))
+                    await asyncio.to_thread(self.write, self.snapshot(serving_source(), requests))
                 except OSError as exc:
                     _log.warning("cannot publish worker statistics: %s", exc)
                 await asyncio.sleep(PUBLISH_INTERVAL_S)

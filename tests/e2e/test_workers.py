@@ -63,6 +63,15 @@ def test_two_workers_share_ports_sum_stats_and_restart(tmp_path, start_gateway):
     gw.wait_until(lambda: set().union(*(instances() for _ in range(10))) == {2.0}, timeout=WAIT_S,
                   what="both workers' instances on every scrape")
 
+    def requests_ok() -> set[float]:
+        status, _, body = gw.http("GET", "/metrics")
+        found = re.search(rb'^gateway_requests_total\{code="ok",model="mlp",protocol="http",version="1"\} ([\d.]+)$',
+                          body, re.M)
+        return {float(found.group(1))} if status == 200 and found else set()
+
+    gw.wait_until(lambda: set().union(*(requests_ok() for _ in range(10))) == {float(n)}, timeout=WAIT_S,
+                  what=f"gateway_requests_total {n} (both workers' requests) on every scrape")
+
     start = len(gw.lines)
     os.kill(workers[0], signal.SIGKILL)
     gw.wait_for_log(re.compile(r"worker \d is back"), timeout=WAIT_S, start=start)
