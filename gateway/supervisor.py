@@ -19,6 +19,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from gateway.api.limits import concurrency_shares
 from gateway.core.settings import ServerSettings
 from gateway.monitoring.logs import configure_logging
 
@@ -27,7 +28,7 @@ READY_TIMEOUT_S = 300
 RESTART_BACKOFF_S = (0.1, 0.5, 1, 2, 5)
 
 
-def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
+def _worker_main(settings_doc: dict, index: int, count: int, stats_dir: str, ready) -> None:
     import uvloop
 
     from gateway.daemon import WorkerRole, serve, setup_logging
@@ -35,7 +36,7 @@ def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
     settings = ServerSettings.model_validate(settings_doc)
     setup_logging(settings, role=f"worker {index}")
     settings.apply_to_interpreter()
-    uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready)))
+    uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready, count)))
 
 
 def _reserve_port(host: str) -> tuple[socket.socket, int]:
@@ -69,13 +70,25 @@ class Supervisor:
         receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(self.settings.model_dump(), index, self.stats_dir, send),
+            args=(self.settings.model_dump(), index, self.count, self.stats_dir, send),
             name=f"gateway-worker-{index}",
         )
         proc.start()
         send.close()
         self.procs[index] = proc
         self.pipes[index] = receive
+
+    def log_limits(self) -> None:
+        """max_concurrent_requests holds for the host: say how it is split between the workers."""
+        limit = self.settings.max_concurrent_requests
+        if not limit:
+            return
+        shares = concurrency_shares(limit, self.count)
+        _log.info("max_concurrent_requests %d for the host, per protocol: worker shares %s", limit,
+                  "+".join(str(n) for n in shares))
+        if sum(shares) > limit:
+            _log.warning("max_concurrent_requests %d is below --workers %d: each worker admits 1, the host up to %d",
+                         limit, self.count, sum(shares))
 
     def wait_ready(self, indices: list[int]) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -97,6 +110,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self.log_limits()
         for i in range(self.count):
             self.start_worker(i)
         if not self.wait_ready(list(range(self.count))):
