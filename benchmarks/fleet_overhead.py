@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/fleet_overhead.py [--rounds 3] [--seconds 5] [--concurrency 32]
 
-Four gateways serve the mlp at once (batch-1 ModelInfer from h2load, as benchmarks/grpc_unary.py):
+Four gateways serve the mlp at once (batch-1 ModelInfer from h2load over 16 connections):
 one process, one process with ``--state-url`` (a local redis-server), ``--workers 2`` (routing and
 drift shared through the supervisor's directory) and ``--workers 2 --state-url``. Each round loads
 every gateway in turn, in a rotated order, so slow drifts of a shared machine fall on every arm;
@@ -155,7 +155,9 @@ def main() -> int:
                 order = arms[r % len(arms):] + arms[:r % len(arms)]
                 for arm in order:
                     cpu0 = arm.cpu()
-                    rate, done, _ = h2load(arm.grpc_port, body, args.concurrency, args.seconds)
+                    # 16 connections: under --workers the kernel spreads connections, not requests
+                    # (4 would often land 3/1 or 4/0 on the two workers).
+                    rate, done, _ = h2load(arm.grpc_port, body, args.concurrency, args.seconds, connections=16)
                     arm.rates.append(rate)
                     arm.cpu_ms.append((arm.cpu() - cpu0) * 1000 / max(done, 1))
                     print(f"round {r + 1}: {arm.name:<24} {rate:>9,.0f} infer/s", flush=True)

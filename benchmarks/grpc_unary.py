@@ -97,8 +97,8 @@ def start_gateway(
     raise RuntimeError("gateway did not start")
 
 
-def h2load(port: int, body: str, concurrency: int, seconds: float) -> tuple[float, int, float]:
-    conns = min(concurrency, 4)
+def h2load(port: int, body: str, concurrency: int, seconds: float, connections: int = 4) -> tuple[float, int, float]:
+    conns = min(concurrency, connections)
     streams = max(1, concurrency // conns)
     cmd = ["h2load", "-D", f"{seconds:g}", "--warm-up-time=1", "-c", str(conns), "-m", str(streams), "-t", "1",
            "-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers",

@@ -51,6 +51,7 @@ class WorkerRole:
     index: int
     stats_dir: str
     ready: Connection
+    count: int = 1  # workers on this host: host-wide limits are split between them
 
 
 def raise_open_file_limit() -> tuple[int, int]:
@@ -130,7 +131,10 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
 
         shared_memory = SharedMemoryRegistry(allowed=settings.allow_client_shm)  # one per process, both protocols
         stack.callback(shared_memory.close)
-        grpc_port, http_port, mirror = await _listen(stack, settings, service, shared_memory)
+        # max_concurrent_requests holds for the host: each worker admits its share.
+        limits = (RequestLimits.from_settings(settings) if worker is None
+                  else RequestLimits.from_settings(settings, worker.index, worker.count))
+        grpc_port, http_port, mirror = await _listen(stack, settings, service, shared_memory, limits)
         _log.info("listening grpc=%s:%d http=%s:%d", settings.host, grpc_port, settings.host, http_port)
 
         async def health_changed() -> None:
@@ -151,10 +155,10 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
 
 
 async def _listen(
-    stack: AsyncExitStack, settings: ServerSettings, service: InferenceService, shared_memory: SharedMemoryRegistry
+    stack: AsyncExitStack, settings: ServerSettings, service: InferenceService, shared_memory: SharedMemoryRegistry,
+    limits: RequestLimits,
 ) -> tuple[int, int, HealthMirror]:
     """Both servers, listening; the stack stops them together (each drains within the grace period)."""
-    limits = RequestLimits.from_settings(settings)
     grpc_creds = grpc_ssl = ssl_context = None
     if settings.tls:
         tls_files = (settings.tls_cert_file, settings.tls_key_file, settings.tls_ca_file)

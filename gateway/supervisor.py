@@ -19,6 +19,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 
+from gateway.api.limits import concurrency_shares
 from gateway.core.settings import ServerSettings
 from gateway.monitoring.logs import configure_logging
 
@@ -27,7 +28,7 @@ READY_TIMEOUT_S = 300
 RESTART_BACKOFF_S = (0.1, 0.5, 1, 2, 5)
 
 
-def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
+def _worker_main(settings_doc: dict, index: int, count: int, stats_dir: str, ready) -> None:
     import uvloop
 
     from gateway.daemon import WorkerRole, serve, setup_logging
@@ -35,13 +36,7 @@ def _worker_main(settings_doc: dict, index: int, stats_dir: str, ready) -> None:
     settings = ServerSettings.model_validate(settings_doc)
     setup_logging(settings, role=f"worker {index}")
     settings.apply_to_interpreter()
-    uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready)))
-
-
-def limit_share(limit: int, workers: int, index: int) -> int:
-    """Worker ``index``'s part of a host-wide limit: the parts add up to ``limit`` (the first workers
-    take the remainder), and none is below one (0 would mean no limit)."""
-    return max(1, limit // workers + (1 if index < limit % workers else 0))
+    uvloop.run(serve(settings, WorkerRole(index, stats_dir, ready, count)))
 
 
 def _reserve_port(host: str) -> tuple[socket.socket, int]:
@@ -71,24 +66,29 @@ class Supervisor:
         self.restarts: dict[int, int] = {}
         self.stopping = False
 
-    def worker_settings(self, index: int) -> ServerSettings:
-        """Worker ``index``'s settings: the host's, with its share of the host-wide limits."""
-        limit = self.settings.max_concurrent_requests
-        if not limit:
-            return self.settings
-        return self.settings.model_copy(update={"max_concurrent_requests": limit_share(limit, self.count, index)})
-
     def start_worker(self, index: int) -> None:
         receive, send = self.ctx.Pipe(duplex=False)
         proc = self.ctx.Process(
             target=_worker_main,
-            args=(self.worker_settings(index).model_dump(), index, self.stats_dir, send),
+            args=(self.settings.model_dump(), index, self.count, self.stats_dir, send),
             name=f"gateway-worker-{index}",
         )
         proc.start()
         send.close()
         self.procs[index] = proc
         self.pipes[index] = receive
+
+    def log_limits(self) -> None:
+        """max_concurrent_requests holds for the host: say how it is split between the workers."""
+        limit = self.settings.max_concurrent_requests
+        if not limit:
+            return
+        shares = concurrency_shares(limit, self.count)
+        _log.info("max_concurrent_requests %d for the host, per protocol: worker shares %s", limit,
+                  "+".join(str(n) for n in shares))
+        if sum(shares) > limit:
+            _log.warning("max_concurrent_requests %d is below --workers %d: each worker admits 1, the host up to %d",
+                         limit, self.count, sum(shares))
 
     def wait_ready(self, indices: list[int]) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -110,14 +110,7 @@ class Supervisor:
     def run(self) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
-        limit = self.settings.max_concurrent_requests
-        if limit:
-            shares = [limit_share(limit, self.count, i) for i in range(self.count)]
-            _log.info("max_concurrent_requests %d for the host: %s per worker, per protocol", limit,
-                      "/".join(map(str, shares)))
-            if limit < self.count:
-                _log.warning("max_concurrent_requests %d is below the %d workers: each admits one, %d in all",
-                             limit, self.count, self.count)
+        self.log_limits()
         for i in range(self.count):
             self.start_worker(i)
         if not self.wait_ready(list(range(self.count))):

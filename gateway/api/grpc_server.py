@@ -327,6 +327,7 @@ def build_server(
             max_message_bytes=max_message_bytes,
             max_header_bytes=max_metadata_bytes or _DEFAULT_OPTIONS.max_header_bytes,
             max_concurrent_calls=limits.max_concurrent_requests,
+            max_concurrent_calls_words=limits.concurrency_words(),
             header_timeout_s=timeouts.header_s,
             idle_timeout_s=timeouts.idle_s,
             tls_handshake_timeout_s=timeouts.tls_handshake_s,

@@ -320,7 +320,7 @@ def build_app(
     limits = limits or RequestLimits()
     access = access or AccessControl.open()
     shared_memory = shared_memory if shared_memory is not None else SharedMemoryRegistry()
-    gate = ConcurrencyGate(limits.max_concurrent_requests)
+    gate = ConcurrencyGate(limits.max_concurrent_requests, limits.concurrency_words())
     # No limit (no keys), no middleware: nothing to pay per request. Keys are checked first (an
     # unknown /v1 route without a key is a 401, not a 404; the check answers in each API's own
     # error shape), then /v1 errors leave in OpenAI's envelope, then a request takes a slot.

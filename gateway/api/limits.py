@@ -15,16 +15,42 @@ from gateway.core.tensors import element_count
 from gateway.core.types import InferRequest
 
 
+def concurrency_shares(limit: int, workers: int) -> tuple[int, ...]:
+    """Each worker's share of a host-wide ``max_concurrent_requests``: ``limit // workers``, the
+    remainder one each to the first workers, so the shares sum to the limit; at least 1 each (a
+    limit below the worker count admits one per worker); 0 (no limit) stays 0."""
+    if workers < 1:
+        raise ValueError(f"workers: expected >= 1, got {workers}")
+    if limit <= 0:
+        return (0,) * workers
+    base, extra = divmod(limit, workers)
+    return tuple(max(1, base + (1 if i < extra else 0)) for i in range(workers))
+
+
 @dataclass(frozen=True, slots=True)
 class RequestLimits:
     max_tensor_elements: int = 1 << 28
     max_request_rows: int = 65536
-    # Requests in progress at once per protocol; 0 = no limit.
+    # Requests in progress at once per protocol in this process; 0 = no limit. Under --workers N
+    # this is the worker's share of the configured (host) limit.
     max_concurrent_requests: int = 0
+    # The configured limit and the worker count, for messages; workers 1: a process on its own.
+    configured_concurrent_requests: int = 0
+    workers: int = 1
 
     @classmethod
-    def from_settings(cls, settings) -> RequestLimits:
-        return cls(settings.max_tensor_elements, settings.max_request_rows, settings.max_concurrent_requests)
+    def from_settings(cls, settings, worker_index: int = 0, workers: int = 1) -> RequestLimits:
+        """``worker_index`` of ``workers``: this process admits its share of max_concurrent_requests."""
+        configured = settings.max_concurrent_requests
+        share = concurrency_shares(configured, workers)[worker_index]
+        return cls(settings.max_tensor_elements, settings.max_request_rows, share, configured, workers)
+
+    def concurrency_words(self) -> str:
+        """The limit as a refusal names it: the setting, and this worker's share of it under --workers."""
+        if self.workers <= 1:
+            return f"max_concurrent_requests {self.max_concurrent_requests}"
+        return (f"this worker's share {self.max_concurrent_requests} of max_concurrent_requests "
+                f"{self.configured_concurrent_requests} ({self.workers} workers)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +79,11 @@ def check_request(req: InferRequest, limits: RequestLimits) -> None:
 class ConcurrencyGate:
     """Counts requests in progress and refuses one over the limit at once (never queues it)."""
 
-    __slots__ = ("limit", "active", "refused")
+    __slots__ = ("limit", "words", "active", "refused")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, words: str = "") -> None:
         self.limit = limit
+        self.words = words or f"max_concurrent_requests {limit}"
         self.active = 0
         self.refused = 0
 
@@ -64,7 +91,7 @@ class ConcurrencyGate:
         if self.limit and self.active >= self.limit:
             self.refused += 1
             raise TooManyRequestsError(
-                f"{self.active} requests are in progress, the limit is max_concurrent_requests {self.limit}; retry later"
+                f"{self.active} requests are in progress, the limit is {self.words}; retry later"
             )
         self.active += 1
 

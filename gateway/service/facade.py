@@ -293,17 +293,17 @@ class InferenceService:
     # -- telemetry sources ------------------------------------------------------------------
 
     def _model_samples(self) -> list[ModelSample]:
-        samples = []
-        for versions in self.models.serving.values():
-            for v in versions.values():
-                s = v.scheduler
-                depth, instances, busy = s.queue_depth, s.instances, s.busy_instances
-                if self.worker_stats is not None:  # the host's figures, whichever worker is scraped
-                    d, i, b = self.worker_stats.peer_gauges(v.name, v.version)
-                    depth, instances, busy = depth + d, instances + i, busy + b
-                samples.append(ModelSample(v.name, v.version, self.version_stats(v), depth, instances, busy,
-                                           v.generator.stats if v.generator is not None else None))
-        return samples
+        return [self._model_sample(v) for versions in self.models.serving.values() for v in versions.values()]
+
+    def _model_sample(self, v: LoadedVersion) -> ModelSample:
+        """Counters and scheduler gauges summed over the workers under --workers (the others' are up
+        to 0.5 s old); generation gauges are this process's."""
+        queued, instances, busy = v.scheduler.queue_depth, v.scheduler.instances, v.scheduler.busy_instances
+        if self.worker_stats is not None:
+            q, i, b = self.worker_stats.peer_gauges(v.name, v.version)
+            queued, instances, busy = queued + q, instances + i, busy + b
+        return ModelSample(v.name, v.version, self.version_stats(v), queued, instances, busy,
+                           v.generator.stats if v.generator is not None else None)
 
     def _metric_labels(self, name: str, version: str) -> tuple[str, str]:
         try:

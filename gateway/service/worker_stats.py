@@ -1,9 +1,13 @@
-"""Model statistics and scheduler gauges across worker processes.
+"""Model statistics, request metrics and scheduler gauges across worker processes.
 
 With ``--workers N`` each process keeps its own counters. Every worker
 publishes a snapshot to a shared directory (atomic file replace, twice a
 second); a statistics request sums the other workers' latest snapshots with
-its own live counters, so any worker answers for the whole server.
+its own live counters, so any worker answers for the whole server. The same
+goes for the scheduler gauges of ``/metrics`` (queue depth, executor instances,
+busy instances), so a scrape that lands on one worker sees the host; a
+snapshot older than ``GAUGE_MAX_AGE_S`` (a worker that died) adds nothing to
+them. CLOCK_MONOTONIC is one clock for every process of the host.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 
 from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
 from gateway.core.tasks import cancel_and_wait
@@ -19,6 +24,7 @@ from gateway.monitoring.metrics import RequestMetrics
 
 _log = logging.getLogger(__name__)
 PUBLISH_INTERVAL_S = 0.5
+GAUGE_MAX_AGE_S = 4 * PUBLISH_INTERVAL_S
 
 
 class WorkerStats:
@@ -35,15 +41,18 @@ class WorkerStats:
         """Taken on the event loop, so the counters are not read mid-update."""
         return {
             "pid": os.getpid(),
+            "at": time.monotonic(),
             "requests": requests.to_json() if requests is not None else [],
             "models": {
                 name: {v: stats_to_dict(loaded.stats) for v, loaded in versions.items()}
                 for name, versions in serving.items()
             },
-            # The scheduler's gauges (queue depth, instances, busy instances), summed like the counters.
+            # [queue depth, executor instances, busy instances] per version
             "gauges": {
-                name: {v: [loaded.scheduler.queue_depth, loaded.scheduler.instances, loaded.scheduler.busy_instances]
-                       for v, loaded in versions.items()}
+                name: {
+                    v: [loaded.scheduler.queue_depth, loaded.scheduler.instances, loaded.scheduler.busy_instances]
+                    for v, loaded in versions.items()
+                }
                 for name, versions in serving.items()
             },
         }
@@ -56,14 +65,17 @@ class WorkerStats:
 
     def _peer_docs(self) -> list[dict]:
         out = []
+        own = f"worker-{self.index}.json"
         for entry in os.listdir(self.directory):
-            if not entry.endswith(".json") or entry == f"worker-{self.index}.json":
+            if not entry.startswith("worker-") or not entry.endswith(".json") or entry == own:
                 continue
             try:
                 with open(os.path.join(self.directory, entry), encoding="utf-8") as fh:
-                    out.append(json.load(fh))
+                    doc = json.load(fh)
             except (OSError, ValueError):
-                continue  # a worker restarting
+                continue  # a worker that is restarting
+            if isinstance(doc, dict):
+                out.append(doc)
         return out
 
     def peers(self, name: str, version: str) -> list[ModelStats]:
@@ -75,19 +87,23 @@ class WorkerStats:
                 continue  # a worker that has not served this version
         return out
 
-    def merged(self, name: str, version: str, own: ModelStats) -> ModelStats:
-        return merge_stats([own, *self.peers(name, version)])
-
     def peer_gauges(self, name: str, version: str) -> tuple[int, int, int]:
-        """The other workers' (queue depth, instances, busy instances) of one version, summed."""
-        depth = instances = busy = 0
+        """The other workers' queue depth, executor instances and busy instances of a version, summed
+        over their fresh snapshots (at most GAUGE_MAX_AGE_S old)."""
+        now = time.monotonic()
+        queued = instances = busy = 0
         for doc in self._peer_docs():
             try:
-                d, i, b = (int(x) for x in doc["gauges"][name][version])
+                if now - float(doc["at"]) > GAUGE_MAX_AGE_S:
+                    continue
+                q, i, b = doc["gauges"][name][version]
+                queued, instances, busy = queued + int(q), instances + int(i), busy + int(b)
             except (KeyError, TypeError, ValueError):
                 continue
-            depth, instances, busy = depth + d, instances + i, busy + b
-        return depth, instances, busy
+        return queued, instances, busy
+
+    def merged(self, name: str, version: str, own: ModelStats) -> ModelStats:
+        return merge_stats([own, *self.peers(name, version)])
 
     def peer_requests(self) -> list[list]:
         """The other workers' published request series (``RequestMetrics.to_json``)."""

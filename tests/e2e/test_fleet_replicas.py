@@ -160,31 +160,3 @@ def test_redis_killed_and_restarted_serving_goes_on_and_the_state_converges(repl
     assert code == 200
     both(replicas, "mlp_admin", lambda d: d["source"] == "file", "the delete after the restart")
 
-
-def test_two_replicas_of_two_workers_each_follow_one_admin_change(repo, start_gateway, redis_server):
-    """--workers 2 with --state-url: four members (each worker is one) on one redis-server; a change
-    taken by one replica is in force on every worker of the other."""
-    flags = ("--state-url", redis_server.url, "--admin-token", TOKEN, "--workers", "2")
-    a, b = start_gateway(repo, *flags), start_gateway(repo, *flags)
-    path = "/v2/admin/models/mlp_admin/routing"
-
-    def workers_of(gw, predicate, what: str) -> dict[int, dict]:
-        """The latest status of each of gw's two workers (by pid), once both satisfy predicate."""
-        latest: dict[int, dict] = {}
-        deadline = time.monotonic() + WAIT_S
-        while not (len(latest) == 2 and all(predicate(d) for d in latest.values())):
-            assert time.monotonic() < deadline, f"timed out waiting for {what}: {list(latest.values())}"
-            doc = status(gw, "mlp_admin")
-            latest[doc["worker"]["pid"]] = doc
-        return latest
-
-    for gw in (a, b):
-        workers_of(gw, lambda d: d["worker"]["workers"] == 4, "four members on each worker")
-    t0 = time.monotonic()
-    code, doc = admin(a, "PUT", path, {"weights": {"2": 1}})
-    assert code == 200 and doc["source"] == "admin", doc
-    workers_of(b, lambda d: d["config"]["weights"] == {"2": 1.0}, "the change on both workers of replica b")
-    took = time.monotonic() - t0
-    workers_of(a, lambda d: d["config"]["weights"] == {"2": 1.0}, "the change on both workers of replica a")
-    print(f"\nadmin change on replica a in force on both workers of replica b after {took * 1000:.0f} ms")
-    assert took < 1.0, took

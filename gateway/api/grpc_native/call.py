@@ -293,8 +293,9 @@ def _takes_a_slot(call: Call) -> bool:
     from its whole request (a head alone, never followed by its message, holds none)."""
     server = call.connection.server
     if not server.call_started():
-        call.finish(Status.RESOURCE_EXHAUSTED,
-                    f"more than max_concurrent_requests {server.options.max_concurrent_calls} calls in progress")
+        options = server.options
+        words = options.max_concurrent_calls_words or f"max_concurrent_requests {options.max_concurrent_calls}"
+        call.finish(Status.RESOURCE_EXHAUSTED, f"more calls in progress than {words}")
         return False
     call.counted = True
     return True

@@ -10,6 +10,7 @@ class TransportOptions:
     max_message_bytes: int = 64 << 20
     max_header_bytes: int = 8190  # decoded request metadata, as HTTP/2 counts it (SETTINGS_MAX_HEADER_LIST_SIZE)
     max_concurrent_calls: int = 0  # process-wide calls in progress; 0: no limit; beyond it RESOURCE_EXHAUSTED at once
+    max_concurrent_calls_words: str = ""  # how a refusal names that limit ("" : "max_concurrent_requests N")
     # Per connection, advertised in SETTINGS (grpc clients queue calls beyond it); beyond it REFUSED_STREAM.
     # It also bounds what one connection can have answered but not read (streams x answer size).
     max_concurrent_streams: int = 128
@@ -33,6 +34,10 @@ class TransportOptions:
     def __post_init__(self) -> None:
         for spec in fields(self):
             value = getattr(self, spec.name)
+            if spec.name == "max_concurrent_calls_words":
+                if not isinstance(value, str):
+                    raise ValueError(f"TransportOptions.{spec.name}: expected a string, got {value!r}")
+                continue
             least = 0 if spec.name == "max_concurrent_calls" else 1
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value < least:
                 raise ValueError(f"TransportOptions.{spec.name}: expected a number >= {least}, got {value!r}")
