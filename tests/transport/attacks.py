@@ -299,8 +299,11 @@ def settings_many_entries(url: str, entries: int = 87_000, open_streams: int = 1
     return attack
 
 
-def zero_window(url: str, connections: int = 8, calls: int = 1000, answer_bytes: int = 16_000) -> Attack:
-    """Connections with a zero initial window whose calls' answers can never go out."""
+def zero_window(url: str, connections: int = 8, calls: int = 1000, answer_bytes: int = 16_000,
+                admitted: int = 128) -> Attack:
+    """Connections with a zero initial window whose calls' answers can never go out. Each client
+    reads until all but ``admitted`` of its calls have an outcome (the server's stream limit) or
+    a bounded time has passed: a loaded server takes a while to refuse thousands of streams."""
     body = echo_request(b"z" * answer_bytes).SerializeToString()
     attack, clients = Attack(), []
     for _ in range(connections):
@@ -312,9 +315,17 @@ def zero_window(url: str, connections: int = 8, calls: int = 1000, answer_bytes:
             out += DataFrame(sid, grpc_frame(body), flags={"END_STREAM"}).serialize()
         _send_all(client, bytes(out), Attack())
         clients.append(client)
-    deadline = time.monotonic() + 3
+    deadline = time.monotonic() + 15
+
+    def settled(client: RawH2) -> bool:
+        ended = sum(1 for st in client.streams.values() if st.status is not None or st.reset is not None)
+        return ended >= calls - admitted
+
     for client in clients:
-        client.quiet_for(max(0.1, deadline - time.monotonic()))
+        try:
+            client.wait(lambda: settled(client), max(0.1, deadline - time.monotonic()))
+        except (TimeoutError, ConnectionError):
+            pass  # counted as they are: what has no outcome is "waiting"
         attack.streams += _stream_outcomes(client, calls)
         client.close()
     return attack
