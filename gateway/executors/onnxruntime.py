@@ -59,6 +59,10 @@ def resolve_providers(requested: tuple[str, ...]) -> list[str]:
 
 
 class OnnxRuntimeExecutor:
+    # The device the session's providers compute on, as IO binding names it: outputs bound
+    # there stay there between runs (the KV cache of ``kv_device.DeviceKv``).
+    device: tuple[str, int] = ("cpu", 0)
+
     def __init__(
         self,
         path: str,
@@ -87,6 +91,16 @@ class OnnxRuntimeExecutor:
         # (its caller may leave while the batch waits for its thread); rearm() gives fresh ones
         # once an aborted run has returned, so the abort never reaches the run after.
         self._run_options = ort.RunOptions()
+
+    @property
+    def session(self) -> ort.InferenceSession:
+        """For callers that bind their own inputs and outputs (IO binding); same thread rules as ``run``."""
+        return self._session
+
+    @property
+    def run_options(self) -> ort.RunOptions:
+        """The options ``run`` passes, so a bound run honours ``abort`` too."""
+        return self._run_options
 
     def run(self, feeds: dict[str, np.ndarray], output_names: list[str]) -> list[np.ndarray]:
         for name in self._string_inputs & feeds.keys():
