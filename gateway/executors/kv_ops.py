@@ -22,6 +22,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper
 
+from gateway.executors.onnxruntime import new_run_options
+
 # Pad with pads as an input (13), Slice with starts/ends/axes as inputs (13), Gather (13):
 # opset 13 runs on every provider and onnxruntime this project supports.
 _OPSET = 13
@@ -104,6 +106,7 @@ class KvRowOps:
         self._join = ort.InferenceSession(join_graph(tensors, kv_dtype, heads, head_dim), options, providers=providers)
         self._keep = ort.InferenceSession(keep_graph(tensors, kv_dtype, heads, head_dim), options, providers=providers)
         self._outs = [f"out_{i}" for i in range(tensors)]
+        self._run_options = new_run_options()
 
     def _run(self, session: ort.InferenceSession, values: dict[str, ort.OrtValue], host: dict[str, np.ndarray]) -> list[ort.OrtValue]:
         binding = session.io_binding()
@@ -113,7 +116,7 @@ class KvRowOps:
             binding.bind_cpu_input(name, array)
         for name in self._outs:
             binding.bind_output(name, self.device, self.device_id)
-        session.run_with_iobinding(binding)
+        session.run_with_iobinding(binding, self._run_options)
         return list(binding.get_outputs())
 
     def join(self, old: list[ort.OrtValue], old_by: int, new: list[ort.OrtValue], new_by: int) -> list[ort.OrtValue]:

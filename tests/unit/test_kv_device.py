@@ -148,3 +148,10 @@ def test_on_cuda_the_cache_stays_on_the_device_and_matches_the_cpu(executor, tin
         assert [t for t, _ in got[slot]] == [t for t, _ in want[slot]]
         for (_, a), (_, b) in zip(got[slot], want[slot]):
             np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)  # TF32/other kernels: close, not equal
+
+
+def test_run_options_carry_the_entry_every_bound_run_reads():
+    from gateway.executors.onnxruntime import new_run_options
+
+    # Unset, onnxruntime's run_with_iobinding pays a C++ exception per call to learn it is unset.
+    assert new_run_options().get_run_config_entry("gpu_graph_id") == "0"
