@@ -99,13 +99,18 @@ def test_row_ops_equal_numpy(old_by, new_by):
     old = [rng.standard_normal((2, 2, 5, 3)).astype(np.float32) for _ in range(4)]
     new = [rng.standard_normal((3, 2, 5 + old_by - new_by, 3)).astype(np.float32) for _ in range(4)]
     host = HostKv.__new__(HostKv)  # join/keep use no executor
+    pad = lambda a, by: np.pad(a, [(0, 0), (0, 0), (by, 0), (0, 0)])  # noqa: E731
+    want = [np.concatenate([pad(o, old_by), pad(n, new_by)]) for o, n in zip(old, new)]
     joined = ops.join([ort.OrtValue.ortvalue_from_numpy(a) for a in old], old_by,
                       [ort.OrtValue.ortvalue_from_numpy(a) for a in new], new_by)
-    for got, want in zip(joined, host.join(old, old_by, new, new_by)):
-        np.testing.assert_array_equal(got.numpy(), want)
+    for got, on_host, w in zip(joined, host.join(old, old_by, new, new_by), want):
+        np.testing.assert_array_equal(got.numpy(), w)
+        np.testing.assert_array_equal(on_host, w)
     kept = ops.keep(joined, [4, 0, 2], 2)
-    for got, want in zip(kept, host.keep([v.numpy() for v in joined], [4, 0, 2], 2)):
-        np.testing.assert_array_equal(got.numpy(), want)
+    for got, on_host, w in zip(kept, host.keep(want, [4, 0, 2], 2), want):
+        np.testing.assert_array_equal(got.numpy(), w[[4, 0, 2]][:, :, 2:])
+        np.testing.assert_array_equal(on_host, w[[4, 0, 2]][:, :, 2:])
+        assert on_host.flags.c_contiguous
     # Every column trimmed: a zero-length past, as after a row with an empty mask leaves.
     assert ops.keep(joined, [1], joined[0].shape()[2])[0].shape() == [1, 2, 0, 3]
 
