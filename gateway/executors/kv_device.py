@@ -67,8 +67,8 @@ def kv_on_device(executor: Executor, mode: KvCacheMode) -> bool:
     ``device`` needs an ONNX Runtime session (other executors have no IO binding: host).
     ``auto`` keeps it on the device for the CUDA and TensorRT providers, where the host path
     copies the whole cache across the bus twice per step, and on the host for CPU, where
-    benchmarks/generation_bench.py measured the two paths within noise of each other
-    (README "Text generation") and the host path is the one with the longest record.
+    benchmarks/generation_bench.py measured the host path faster on tiny-gpt (the device path
+    at a median ~0.87x its tokens/s: the bindings' Python calls, README "Text generation").
     """
     if not isinstance(executor, OnnxRuntimeExecutor) or mode == "host":
         return False
