@@ -1,6 +1,7 @@
 """Continuous batching vs one request at a time, on the tiny decoder, side by side.
 
     .venv/bin/python benchmarks/generation_bench.py [--tokens 64] [--requests 64] [--concurrency 1,8,32]
+                                                    [--kv-cache host,device]
 
 One daemon serves two copies of examples/tiny_llm.py's model: ``batched`` (max_sequences
 32: every decode step runs all active sequences in one call) and ``serial``
@@ -10,6 +11,11 @@ max_tokens and a prompt whose greedy continuation is long) are kept in flight by
 closed-loop aiohttp client; completion tokens/s come from the usage chunks. Also
 printed: the engine's step-batch histogram, the KV re-padding share of step time, and
 server / client CPU (2-core hosts: the client competes with the server).
+
+``--kv-cache host,device`` serves both copies once per ``generation.kv_cache`` mode (models
+``batched-host``, ``batched-device``, ...), measured one after the other at each concurrency,
+and prints the modes' tokens/s side by side (numpy past fed each step vs OrtValues kept
+in the session's memory, rows moved by kv_ops graphs).
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ generation:
   context_length: 256
   max_sequences: {max_sequences}
   max_waiting_sequences: 1024
+  kv_cache: {kv_cache}
 """
 PROMPT = "Once upon a time"
 
@@ -100,18 +107,22 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64, help="max_tokens per request")
     ap.add_argument("--requests", type=int, default=64, help="requests per concurrency level (at least the concurrency)")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--kv-cache", default="auto", help="generation.kv_cache modes to compare, e.g. host,device")
     args = ap.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
+    modes = args.kv_cache.split(",")
+    # (model name, engine kind, kv mode); names keep their old form when one mode is measured.
+    models = [(kind if len(modes) == 1 else f"{kind}-{mode}", kind, mode) for mode in modes for kind in ("batched", "serial")]
 
     machine = describe()
     print(summary_line(machine))
     work = tempfile.mkdtemp(prefix="genbench-")
     repo = os.path.join(work, "models")
     src = tiny_llm.write_tiny_llm(os.path.join(work, "src"))
-    for name, seqs in (("batched", 32), ("serial", 1)):
+    for name, kind, mode in models:
         shutil.copytree(src, os.path.join(repo, name))
         with open(os.path.join(repo, name, "model.yaml"), "w") as fh:
-            fh.write(YAML.format(max_sequences=seqs))
+            fh.write(YAML.format(max_sequences=32 if kind == "batched" else 1, kv_cache=mode))
     http, grpc = free_port(), free_port()
     server = ServerProcess(
         "gateway",
@@ -122,11 +133,11 @@ def main() -> None:
     url = f"http://127.0.0.1:{http}/v1/completions"
     rows = []
     try:
-        for model in ("batched", "serial"):  # warm-up: sessions, first-call allocations
+        for model, _, _ in models:  # warm-up: sessions, first-call allocations
             asyncio.run(_drive(url, model, 2, 2, 8))
         for c in levels:
             n = max(args.requests, c)
-            for model in ("batched", "serial"):
+            for model, _, _ in models:
                 before_m = _engine_numbers(_metrics(f"127.0.0.1:{http}"), model)
                 cpu0, client0 = tree_cpu_by_pid(server.pid), time.process_time()
                 seconds, tokens = asyncio.run(_drive(url, model, c, n, args.tokens))
@@ -143,14 +154,21 @@ def main() -> None:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\n{'streams':>7} {'engine':>8} {'tokens/s':>9} {'tokens':>7} {'s':>6} {'seq/step':>8} {'repad':>6} "
+    print(f"\n{'streams':>7} {'engine':>14} {'tokens/s':>9} {'tokens':>7} {'s':>6} {'seq/step':>8} {'repad':>6} "
           f"{'srv cpu':>7} {'cli cpu':>7}")
     for c, model, tps, tokens, seconds, per_step, repad, srv, cli in rows:
-        print(f"{c:>7} {model:>8} {tps:>9.0f} {tokens:>7} {seconds:>6.2f} {per_step:>8.1f} {repad:>6.1%} {srv:>7.2f} {cli:>7.2f}")
-    print("\nratio batched / serial (tokens/s):")
+        print(f"{c:>7} {model:>14} {tps:>9.0f} {tokens:>7} {seconds:>6.2f} {per_step:>8.1f} {repad:>6.1%} {srv:>7.2f} {cli:>7.2f}")
     by = {(c, m): tps for c, m, tps, *_ in rows}
-    for c in levels:
-        print(f"  {c:>3} streams: {by[(c, 'batched')] / by[(c, 'serial')]:.2f}x")
+    name = {(kind, mode): model for model, kind, mode in models}
+    for mode in modes:
+        print(f"\nratio batched / serial (tokens/s){'' if len(modes) == 1 else f', kv_cache {mode}'}:")
+        for c in levels:
+            print(f"  {c:>3} streams: {by[(c, name['batched', mode])] / by[(c, name['serial', mode])]:.2f}x")
+    for mode in modes[1:]:
+        print(f"\nratio kv_cache {mode} / {modes[0]} (tokens/s):")
+        for c in levels:
+            pair = " ".join(f"{kind} {by[(c, name[kind, mode])] / by[(c, name[kind, modes[0]])]:.2f}x" for kind in ("batched", "serial"))
+            print(f"  {c:>3} streams: {pair}")
     print("\nseq/step: sequences per decode call; repad: share of step time spent re-padding the KV cache as "
           "sequences join/leave; cpu in cores (server process tree, this client process).")
 

@@ -187,6 +187,10 @@ class GenerationConfig(_Strict):
     queue_timeout_s: float = Field(default=0.0, ge=0, le=86400)
     # Token ids that end a sequence, besides the tokenizer's eos_token and generation_config.json's eos_token_id.
     stop_token_ids: tuple[int, ...] = ()
+    # Where the KV cache lives between steps: "device" keeps it in the session's memory (IO binding;
+    # ONNX Runtime only), "host" as numpy arrays fed in and read back each step; "auto" = device on
+    # the cuda/tensorrt providers, host on cpu (measured, README "Text generation").
+    kv_cache: Literal["auto", "host", "device"] = "auto"
 
     @model_validator(mode="after")
     def _fits(self) -> GenerationConfig:
@@ -274,6 +278,9 @@ def cross_field_problems(cfg: ModelConfig) -> list[tuple[str, str]]:
         for i, n in enumerate(names):
             if n in names[:i]:
                 problems.append((f"{kind}[{i}].name", f"duplicate name '{n}'"))
+    if cfg.generation is not None and cfg.generation.kv_cache == "device" and cfg.backend != "onnxruntime":
+        # Keeping the cache on the device uses ONNX Runtime's IO binding; other backends take "host" or "auto".
+        problems.append(("generation.kv_cache", f"'device' needs backend onnxruntime (this model's is {cfg.backend})"))
     if cfg.routing is not None:
         problems += [(f"routing.{f}", r) for f, r in internal_problems(cfg.routing)]
     if cfg.drift is not None:

@@ -20,12 +20,18 @@ KV-cache layout: one left-padded batch, masked by ``attention_mask``.
   ``step_ns``; benchmarks/generation_bench.py prints the share).
   Prefill runs rows of equal prompt length together with no padding, so a sequence's
   first token is computed exactly as it would be alone.
+
+Where the past lives is the store's business (``KvStore``): ``HostKv`` keeps numpy arrays
+and feeds them through ``executor.run`` (any executor); ``kv_device.DeviceKv`` keeps
+OrtValues on the session's device and moves rows there. The decoder keeps the rows'
+bookkeeping (slots, mask, positions: small, host-side) and the same layout for both.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -103,13 +109,70 @@ def read_layout(executor: Executor) -> DecoderLayout:
     )
 
 
+class HostKv:
+    """The cache as numpy arrays on the host: every run feeds the past through ``executor.run``
+    and gets the present back, on any executor (on a GPU provider the whole cache crosses the
+    bus twice per step; ``kv_device.DeviceKv`` keeps it there instead)."""
+
+    def __init__(self, executor: Executor, layout: DecoderLayout) -> None:
+        self.executor = executor
+        self.layout = layout
+        self._outputs = ["logits", *layout.present_names]
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None) -> tuple[np.ndarray, list]:
+        lay = self.layout
+        if past is None:
+            past = [np.zeros((ids.shape[0], lay.heads, 0, lay.head_dim), lay.kv_dtype) for _ in lay.past_names]
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if lay.has_position_ids:
+            feeds["position_ids"] = positions
+        feeds.update(zip(lay.past_names, past))
+        out = self.executor.run(feeds, self._outputs)
+        return out[0], out[1:]
+
+    # One copy of each tensor per move, written straight into the result (np.pad + concatenate, or
+    # fancy indexing then ascontiguousarray, copied twice: a join of 31 rows x 100 columns took 2x as long).
+    def join(self, old: list, old_by: int, new: list, new_by: int) -> list:
+        out = []
+        for o, n in zip(old, new):
+            rows, heads, length, head_dim = o.shape
+            joined = np.empty((rows + n.shape[0], heads, length + old_by, head_dim), o.dtype)
+            joined[:rows, :, :old_by] = 0
+            joined[:rows, :, old_by:] = o
+            joined[rows:, :, :new_by] = 0
+            joined[rows:, :, new_by:] = n
+            out.append(joined)
+        return out
+
+    def keep(self, past: list, rows: list[int], start: int) -> list:
+        index = np.asarray(rows, np.intp)
+        return [p[index, :, start:] for p in past]  # advanced index first: a new C-contiguous array
+
+
+class KvStore(Protocol):
+    """Where the past lives and how it moves; the decoder keeps the rows' bookkeeping (slots,
+    mask, positions) on the host and holds the store's per-tensor values opaquely."""
+
+    def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None) -> tuple[np.ndarray, list]:
+        """Logits (host) and the present (the store's values); ``past`` None = empty."""
+        ...
+
+    def join(self, old: list, old_by: int, new: list, new_by: int) -> list:
+        """Rows of ``old`` then ``new``, each left-padded on the length axis by its ``*_by``."""
+        ...
+
+    def keep(self, past: list, rows: list[int], start: int) -> list:
+        """Rows ``rows`` of ``past``, columns from ``start`` on."""
+        ...
+
+
 class KvCacheDecoder:
-    def __init__(self, executor: Executor) -> None:
+    def __init__(self, executor: Executor, store: KvStore | None = None) -> None:
         self.executor = executor
         self.layout = read_layout(executor)
-        self._outputs = ["logits", *self.layout.present_names]
+        self.store: KvStore = store if store is not None else HostKv(executor, self.layout)
         self._slots: list[int] = []  # row order of the batch
-        self._past: list[np.ndarray] = []  # per past name: [rows, heads, length, head_dim]
+        self._past: list = []  # per past name, the store's value: [rows, heads, length, head_dim]
         self._mask = np.zeros((0, 0), self.layout.mask_dtype)  # [rows, length]; 0 = padding
         self._next_pos = np.zeros(0, np.int64)  # per row: position id of its next token
 
@@ -121,18 +184,6 @@ class KvCacheDecoder:
     def length(self) -> int:
         """Padded cache length of the batch (columns)."""
         return self._mask.shape[1]
-
-    def _empty_past(self, rows: int) -> list[np.ndarray]:
-        lay = self.layout
-        return [np.zeros((rows, lay.heads, 0, lay.head_dim), lay.kv_dtype) for _ in lay.past_names]
-
-    def _run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list[np.ndarray]):
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if self.layout.has_position_ids:
-            feeds["position_ids"] = positions
-        feeds.update(zip(self.layout.past_names, past))
-        out = self.executor.run(feeds, self._outputs)
-        return out[0], out[1:]
 
     # -- rows leave ------------------------------------------------------------------------
 
@@ -150,7 +201,7 @@ class KvCacheDecoder:
         used = mask.any(axis=0)
         start = int(np.argmax(used)) if used.any() else mask.shape[1]
         self._mask = np.ascontiguousarray(mask[:, start:])
-        self._past = [np.ascontiguousarray(p[keep][:, :, start:]) for p in self._past]
+        self._past = self.store.keep(self._past, keep, start)
         self._next_pos = self._next_pos[keep]
 
     # -- decode: every row, one token each, one call ----------------------------------------
@@ -161,7 +212,7 @@ class KvCacheDecoder:
         ids = np.fromiter((tokens[s] for s in self._slots), dtype=self.layout.ids_dtype, count=rows).reshape(rows, 1)
         mask = np.concatenate([self._mask, np.ones((rows, 1), self._mask.dtype)], axis=1)
         positions = self._next_pos.reshape(rows, 1)
-        logits, present = self._run(ids, mask, positions, self._past)
+        logits, present = self.store.run(ids, mask, positions, self._past)
         self._past, self._mask = present, mask
         self._next_pos = self._next_pos + 1
         return {s: logits[i, -1] for i, s in enumerate(self._slots)}
@@ -174,31 +225,24 @@ class KvCacheDecoder:
         ids = prompts.astype(self.layout.ids_dtype, copy=False)
         mask = np.ones((rows, length), self.layout.mask_dtype)
         positions = np.broadcast_to(np.arange(length, dtype=np.int64), (rows, length))
-        logits, present = self._run(ids, mask, np.ascontiguousarray(positions), self._empty_past(rows))
+        logits, present = self.store.run(ids, mask, np.ascontiguousarray(positions), None)
         self._join(slots, present, mask, np.full(rows, length, np.int64))
         return {s: logits[i, -1] for i, s in enumerate(slots)}
 
-    def _join(self, slots: list[int], past: list[np.ndarray], mask: np.ndarray, next_pos: np.ndarray) -> None:
+    def _join(self, slots: list[int], past: list, mask: np.ndarray, next_pos: np.ndarray) -> None:
         if not self._slots:
             self._slots, self._past, self._mask, self._next_pos = list(slots), list(past), mask, next_pos
             return
         old_len, new_len = self._mask.shape[1], mask.shape[1]
         width = max(old_len, new_len)
-
-        def left_pad(a: np.ndarray, axis: int, by: int) -> np.ndarray:
-            if by == 0:
-                return a
-            pad = [(0, 0)] * a.ndim
-            pad[axis] = (by, 0)
-            return np.pad(a, pad)
-
-        self._past = [
-            np.concatenate([left_pad(o, 2, width - old_len), left_pad(n, 2, width - new_len)], axis=0)
-            for o, n in zip(self._past, past)
-        ]
-        self._mask = np.concatenate([left_pad(self._mask, 1, width - old_len), left_pad(mask, 1, width - new_len)], axis=0)
+        self._past = self.store.join(self._past, width - old_len, past, width - new_len)
+        self._mask = np.concatenate([_left_pad_2d(self._mask, width - old_len), _left_pad_2d(mask, width - new_len)], axis=0)
         self._next_pos = np.concatenate([self._next_pos, next_pos])
         self._slots += slots
 
     def reset(self) -> None:
         self.release(list(self._slots))
+
+
+def _left_pad_2d(mask: np.ndarray, by: int) -> np.ndarray:
+    return mask if by == 0 else np.pad(mask, [(0, 0), (by, 0)])

@@ -72,6 +72,7 @@ class OnnxRuntimeGpuExecutor(OnnxRuntimeExecutor):
             provider_options=provider_options(device_id, trt, profile),
         )
         self._device_id = device_id
+        self.device = ("cuda", device_id)
         # String tensors live on the host only: such models take the plain path.
         self._bind = not (self._string_inputs or self._string_outputs)
 

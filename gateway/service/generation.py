@@ -7,7 +7,8 @@ import os
 
 from gateway.core.model_config import GenerationConfig
 from gateway.executors.base import Executor
-from gateway.executors.decoder import DecoderLayoutError, KvCacheDecoder, read_layout
+from gateway.executors.decoder import DecoderLayoutError, read_layout
+from gateway.executors.kv_device import kv_on_device, make_decoder
 from gateway.scheduler.generation.engine import GenerationEngine
 from gateway.text.chat_template import ChatTemplateError
 from gateway.text.tokenizer import TokenizerLoadError, TextTokenizer
@@ -45,7 +46,7 @@ def generation_problems(graph, model_file: str) -> list[str]:
 
 def build_generation_engine(name: str, version: str, config: GenerationConfig, executor: Executor, model_file: str) -> GenerationEngine:
     try:
-        decoder = KvCacheDecoder(executor)
+        decoder = make_decoder(executor, config.kv_cache)
     except DecoderLayoutError as exc:
         raise GenerationLoadError(f"{model_file}: generation: {exc}") from None
     tokenizer = _load_tokenizer(model_file)
@@ -54,8 +55,9 @@ def build_generation_engine(name: str, version: str, config: GenerationConfig, e
     layout = decoder.layout
     _log.info(
         "%s:%s generation: %d layers, %d heads x %d, %d B of KV cache per token (max_kv_tokens %d = %.1f MiB), "
-        "max_sequences %d, context_length %d",
+        "max_sequences %d, context_length %d, KV cache on the %s",
         name, version, layout.layers, layout.heads, layout.head_dim, layout.bytes_per_token, config.max_kv_tokens,
         config.max_kv_tokens * layout.bytes_per_token / 2**20, config.max_sequences, config.context_length,
+        "device" if kv_on_device(executor, config.kv_cache) else "host",
     )
     return GenerationEngine(name, version, config, decoder, tokenizer)

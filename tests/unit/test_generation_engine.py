@@ -33,8 +33,10 @@ async def _collect(stream):
     return tokens, text, reason
 
 
-def test_staggered_joins_and_leaves_match_the_reference(tiny_llm_model):
-    engine = _engine(tiny_llm_model)
+@pytest.mark.parametrize("kv_cache", ["host", "device"])
+def test_staggered_joins_and_leaves_match_the_reference(tiny_llm_model, kv_cache):
+    engine = _engine(tiny_llm_model, kv_cache=kv_cache)
+    assert type(engine.decoder.store).__name__ == {"host": "HostKv", "device": "DeviceKv"}[kv_cache]
     stop = tuple(engine.tokenizer.eos_token_ids)
 
     async def run():

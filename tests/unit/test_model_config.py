@@ -156,6 +156,7 @@ def test_full_file_round_trips(tmp_path):
         ({"cache": {"exact": "sometimes"}}, "cache.exact", "valid boolean"),
         ({"cache": {"semantic": {"threshold": 1.5}}}, "cache.semantic.threshold", "less than or equal to 1"),
         ({"cache": {"semantic": {"max_entries": 0}}}, "cache.semantic.max_entries", "greater than or equal to 1"),
+        ({"generation": {"kv_cache": "gpu"}}, "generation.kv_cache", "'auto', 'host' or 'device'"),
     ],
 )
 def test_invalid_field_names_file_field_and_reason(raw, field, reason):
@@ -206,6 +207,14 @@ def test_cross_field_problems_are_reported():
     err = parse_error({"inputs": [TENSOR, {**TENSOR, "name": "y"}, TENSOR]})
     assert err.field == "inputs[2].name"
     assert err.reason == "duplicate name 'x'"
+
+
+def test_kv_cache_on_the_device_needs_onnxruntime():
+    assert parse({"generation": {"kv_cache": "device"}}).generation.kv_cache == "device"
+    err = parse_error({"backend": "tensorrt", "generation": {"kv_cache": "device"}})
+    assert err.field == "generation.kv_cache"
+    assert err.reason == "'device' needs backend onnxruntime (this model's is tensorrt)"
+    assert parse({"backend": "tensorrt", "generation": {}}).generation.kv_cache == "auto"
 
 
 def test_cross_field_problems_direct():

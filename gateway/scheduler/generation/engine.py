@@ -337,7 +337,7 @@ class GenerationEngine:
                 seq = self._seqs[seq_id]
                 by_length.setdefault(len(seq.prompt_ids), []).append(seq)
             for seqs in by_length.values():
-                rows = len(decoder._slots)  # noqa: SLF001 - measured: joining re-pads the batch
+                rows = decoder.rows  # measured: joining re-pads the batch
                 t0 = time.perf_counter_ns()
                 logits = decoder.prefill([s.seq_id for s in seqs], np.stack([s.prompt_ids for s in seqs]))
                 if rows:
