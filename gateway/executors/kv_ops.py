@@ -13,6 +13,15 @@ dim dynamic except heads and head_dim:
   keep  out_i = Slice(Gather(past_i, rows, axis=0), start.., axis=2)
         keeps the listed rows, drops the leading columns none of them uses.
 The pads, row indices and start are a few int64 values bound from the host.
+
+Handing device buffers from the model's session to these (and back) is safe because a run
+returns only once the device has finished it (ONNX Runtime synchronises the stream at the
+end of each run by default; a change of that for speed must add a sync here). These
+sessions keep a device memory arena of their own beside the model's: on a GPU, the cache
+freed by a join returns to one arena while its replacement came from the other, so the
+device may hold up to twice the largest cache (a shared allocator, onnxruntime's
+``create_and_register_allocator_v2`` with ``session.use_env_allocators``, would avoid it;
+not measured without a GPU).
 """
 
 from __future__ import annotations
