@@ -137,6 +137,11 @@ class DynamicBatcher:
         """Change how long a partial batch may wait (adaptive batching); capped by the policy."""
         self._delay = min(max(0, delay_ns), self.policy.max_queue_delay_ns)
 
+    def oldest_enqueue_ns(self) -> int:
+        """When the request at the head of the queue came (0 when empty)."""
+        head = self._queue.head()
+        return head.enqueue_ns if head is not None else 0
+
     @property
     def target_rows(self) -> int:
         """Rows at which a batch goes out without waiting."""

@@ -170,7 +170,7 @@ class ModelScheduler:
             payload=Pending(request, fut, rows, now),
         )
         if self._adaptive is not None:
-            self._adaptive.observe_arrival(now)
+            self._adaptive.observe_arrival(now, rows)
         try:
             self._batcher.add(item, now)
         except QueueFullError:
@@ -198,7 +198,8 @@ class ModelScheduler:
             self._fail_expired(_pending(item))
         if self._adaptive is not None and self._free:
             b = self._batcher
-            b.set_queue_delay(self._adaptive.delay_ns(b.queued_rows, b.target_rows, not self._in_flight))
+            b.set_queue_delay(self._adaptive.delay_ns(b.queued_rows, b.target_rows, not self._in_flight, now,
+                                                      b.oldest_enqueue_ns()))
         while self._free:
             batch = self._batcher.next_batch(now)
             if not batch:
@@ -350,6 +351,7 @@ class ModelScheduler:
             took = result.input_ns + result.infer_ns + result.output_ns
             if self._adaptive is not None:
                 self._adaptive.observe_execution(took, rows)
+                self._adaptive.observe_answered(end, rows, self._batcher.target_rows)
             if len(pending) == 1:
                 self._lone_ns = smooth(self._lone_ns, took)
                 if took < self._inline_ns:

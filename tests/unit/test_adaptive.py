@@ -84,3 +84,45 @@ def test_cheap_rows_still_wait_to_fill():
     # mlp-like: 20 us for one row, 40 us for 16; rows every 30 us (the loop is the bottleneck).
     a = _profiled(gap_us=30, one_row_us=20, rows=16, batch_us=40)
     assert a.delay_ns(4, 32, executor_idle=True) > 0
+
+
+def test_closed_loop_clients_answered_are_waited_for_until_they_come_back():
+    # One client per row, each sending again ~100 us after its answer: a batch of 8 was just
+    # answered at t=1 ms; the first to come back is queued alone with the executor idle.
+    a = observed(gap_us=1000, exec_us=50)  # sparse on average: without the rule, no wait
+    t = 1000 * US
+    for _ in range(20):  # the round trip, learnt: answers bring arrivals ~100 us later
+        a.observe_answered(t, 8, 32)
+        for _ in range(8):
+            a.observe_arrival(t + 100 * US)
+        t += 1000 * US
+    assert 90 * US < a.return_ns < 110 * US and a.owed == 0
+    a.observe_answered(t, 8, 32)
+    a.observe_arrival(t + 100 * US)  # 1 of 8 back: 7 still on their way
+    delay = a.delay_ns(1, 32, executor_idle=True, now_ns=t + 100 * US, oldest_ns=t + 100 * US)
+    assert delay == 2 * a.return_ns - 100 * US  # until twice the round trip after the answer
+    for _ in range(7):
+        a.observe_arrival(t + 110 * US)
+    assert a.owed == 0  # all back: the batch goes now
+    assert a.delay_ns(8, 32, executor_idle=True, now_ns=t + 110 * US, oldest_ns=t + 100 * US) == 0
+
+
+def test_answers_that_do_not_come_back_end_the_wait():
+    a = observed(gap_us=1000, exec_us=50)
+    t = 100_000 * US  # after observed()'s arrivals
+    a.observe_answered(t, 8, 32)
+    a.observe_arrival(t + 100 * US)  # learns a round trip of 100 us
+    a.observe_answered(t + 1000 * US, 8, 32)
+    # 300 us after the answers nobody came back: an open-loop client, or one that stopped.
+    now = t + 1300 * US
+    assert a.delay_ns(1, 32, executor_idle=True, now_ns=now, oldest_ns=now) == 0
+    assert a.owed == 0
+
+
+def test_a_compute_bound_model_does_not_wait_for_returners():
+    a = _profiled(gap_us=300, one_row_us=470, rows=16, batch_us=6900)
+    t = (49 * 300 + 200) * US  # the next arrival keeps the 300 us gap
+    a.observe_answered(t, 16, 32)
+    a.observe_arrival(t + 100 * US)
+    assert a.owed == 15
+    assert a.delay_ns(16, 32, executor_idle=True, now_ns=t + 100 * US, oldest_ns=t + 100 * US) == 0
