@@ -79,10 +79,12 @@ class DynamicBatchingConfig(_Strict):
     default_timeout_us: int = Field(default=0, ge=0)
     timeout_action: Literal["reject", "delay"] = "reject"
     allow_timeout_override: bool = True
-    # Size the wait from observed arrival rate and execute time, capped by
-    # max_queue_delay_us; never wait when the executor is idle and waiting
-    # cannot collect another request before a batch would have finished.
-    adaptive_delay: bool = False
+    # Size the wait from observed arrivals, answers coming back and execute time,
+    # capped by max_queue_delay_us (gateway.scheduler.adaptive). On by default: a
+    # fixed window taxes every request at low load by the whole window (mlp c=1:
+    # 391 vs 2,061 infer/s) and the adaptive one keeps c=32-128 within a few percent
+    # of it; false gives Triton's fixed-window semantics.
+    adaptive_delay: bool = True
 
     @field_validator("preferred_batch_sizes")
     @classmethod

@@ -33,7 +33,7 @@ def stats(client, model):
 def test_concurrent_batch1_requests_execute_in_larger_batches(tmp_path, start_gateway):
     root = tmp_path / "models"
     # A 20 ms window makes batching independent of how fast this machine is.
-    write(root, "mlp", "max_batch_size: 16\ndynamic_batching:\n  max_queue_delay_us: 20000\n")
+    write(root, "mlp", "max_batch_size: 16\ndynamic_batching:\n  max_queue_delay_us: 20000\n  adaptive_delay: false\n")
     gw = start_gateway(root)
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     n = 48
@@ -54,7 +54,7 @@ def test_queue_full_and_deadline_without_running(tmp_path, start_gateway):
     root = tmp_path / "models"
     # One queue slot and a long window: the first request waits in the queue,
     # which makes "full" and "timed out before execution" deterministic.
-    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 3000000\n  max_queue_size: 1\n")
+    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 3000000\n  adaptive_delay: false\n  max_queue_size: 1\n")
     gw = start_gateway(root)
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -92,7 +92,7 @@ def _queued(gw) -> bool:
 
 def test_grpc_client_deadline_is_enforced(tmp_path, start_gateway):
     root = tmp_path / "models"
-    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 2000000\n")
+    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 2000000\n  adaptive_delay: false\n")
     gw = start_gateway(root)
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     t0 = time.monotonic()

@@ -140,7 +140,7 @@ def test_a_new_version_never_serves_an_old_answer(tmp_path, start_gateway):
 def test_concurrent_identical_requests_execute_once(tmp_path, start_gateway):
     root = tmp_path / "models"
     # A long batching window holds the first request in the queue while the others arrive.
-    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 2000000\ncache:\n  exact: true\n")
+    write(root, "mlp", "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 2000000\n  adaptive_delay: false\ncache:\n  exact: true\n")
     gw = start_gateway(root)
     client = grpcclient.InferenceServerClient(gw.grpc_url)
     n = 16
@@ -158,7 +158,7 @@ def test_concurrent_identical_requests_execute_once(tmp_path, start_gateway):
 
 # A batching window far longer than any request below: a lone request waits in the queue for it,
 # so identical requests sent meanwhile join its flight.
-HELD = "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 3000000\ncache:\n  exact: true\n"
+HELD = "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 3000000\n  adaptive_delay: false\ncache:\n  exact: true\n"
 
 
 def queue_depth(gw, model: str) -> int:

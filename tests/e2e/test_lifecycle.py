@@ -18,7 +18,7 @@ def test_sigterm_drains_accepted_requests(tmp_path, start_gateway):
     root = tmp_path / "models"
     make_models.write_repository(str(root), ["mlp"])
     # Requests sit in the queue for up to 1.5 s, so they are surely in flight at SIGTERM.
-    (root / "mlp" / "model.yaml").write_text("max_batch_size: 32\ndynamic_batching:\n  max_queue_delay_us: 1500000\n")
+    (root / "mlp" / "model.yaml").write_text("max_batch_size: 32\ndynamic_batching:\n  max_queue_delay_us: 1500000\n  adaptive_delay: false\n")
     gw = start_gateway(root, process=True)  # SIGTERM and the exit code
     grpc_client = grpcclient.InferenceServerClient(gw.grpc_url)
     http_client = httpclient.InferenceServerClient(gw.http_url, concurrency=4)

@@ -66,7 +66,7 @@ def repo(tmp_path_factory) -> Path:
     write_model(root, "mlp_shadowed", {1: mlp1}, "max_batch_size: 32\nrouting:\n"
                 "  shadows: [{model: mlp_slow}]\n  shadow_queue_size: 4\n")
     write_model(root, "mlp_slow", {1: mlp2}, "max_batch_size: 32\ndynamic_batching:\n"
-                "  preferred_batch_sizes: [32]\n  max_queue_delay_us: 5000000\n")
+                "  preferred_batch_sizes: [32]\n  max_queue_delay_us: 5000000\n  adaptive_delay: false\n")
     # Routes to version 1, which the default policy (latest 1) does not serve.
     write_model(root, "bad_routing", {1: mlp1, 2: mlp2}, "routing:\n  weights: {1: 1, 2: 1}\n")
     return root

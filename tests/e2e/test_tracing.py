@@ -42,7 +42,7 @@ def traced(receiver, tmp_path_factory):
     root = tmp_path_factory.mktemp("traced") / "models"
     make_models.write_repository(str(root), ["mlp", "simple"])
     (root / "mlp" / "model.yaml").write_text(
-        "max_batch_size: 8\ndynamic_batching:\n  preferred_batch_sizes: [4]\n  max_queue_delay_us: 10000000\n"
+        "max_batch_size: 8\ndynamic_batching:\n  preferred_batch_sizes: [4]\n  max_queue_delay_us: 10000000\n  adaptive_delay: false\n"
     )
     gw = Gateway(root, env=otel_env(receiver))
     yield gw
