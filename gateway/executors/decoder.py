@@ -61,6 +61,10 @@ class DecoderLayout:
     def bytes_per_token(self) -> int:
         return 2 * self.layers * self.heads * self.head_dim * self.kv_dtype.itemsize
 
+    def empty_past(self, rows: int) -> np.ndarray:
+        """A zero-length past for ``rows`` rows (a prefill's): no bytes, one array serves every tensor."""
+        return np.zeros((rows, self.heads, 0, self.head_dim), self.kv_dtype)
+
 
 def read_layout(executor: Executor) -> DecoderLayout:
     inputs = {s.name: s for s in executor.inputs}
@@ -122,7 +126,7 @@ class HostKv:
     def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None) -> tuple[np.ndarray, list]:
         lay = self.layout
         if past is None:
-            past = [np.zeros((ids.shape[0], lay.heads, 0, lay.head_dim), lay.kv_dtype) for _ in lay.past_names]
+            past = [lay.empty_past(ids.shape[0])] * len(lay.past_names)
         feeds = {"input_ids": ids, "attention_mask": mask}
         if lay.has_position_ids:
             feeds["position_ids"] = positions
@@ -153,6 +157,8 @@ class KvStore(Protocol):
     """Where the past lives and how it moves; the decoder keeps the rows' bookkeeping (slots,
     mask, positions) on the host and holds the store's per-tensor values opaquely."""
 
+    layout: DecoderLayout
+
     def run(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, past: list | None) -> tuple[np.ndarray, list]:
         """Logits (host) and the present (the store's values); ``past`` None = empty."""
         ...
@@ -169,8 +175,8 @@ class KvStore(Protocol):
 class KvCacheDecoder:
     def __init__(self, executor: Executor, store: KvStore | None = None) -> None:
         self.executor = executor
-        self.layout = read_layout(executor)
-        self.store: KvStore = store if store is not None else HostKv(executor, self.layout)
+        self.store: KvStore = store if store is not None else HostKv(executor, read_layout(executor))
+        self.layout = self.store.layout
         self._slots: list[int] = []  # row order of the batch
         self._past: list = []  # per past name, the store's value: [rows, heads, length, head_dim]
         self._mask = np.zeros((0, 0), self.layout.mask_dtype)  # [rows, length]; 0 = padding

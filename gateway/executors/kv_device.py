@@ -41,7 +41,7 @@ class DeviceKv:
             binding.bind_cpu_input("position_ids", positions)
         if past is None:
             # A zero-length past has no bytes to copy: binding it from the host costs nothing.
-            empty = np.zeros((ids.shape[0], lay.heads, 0, lay.head_dim), lay.kv_dtype)
+            empty = lay.empty_past(ids.shape[0])
             for name in lay.past_names:
                 binding.bind_cpu_input(name, empty)
         else:

@@ -37,16 +37,15 @@ _ALPHA = 0.2  # weight of the newest observation
 
 class AdaptiveDelay:
     __slots__ = ("gap_ns", "exec_ns", "one_row_ns", "many_ns", "many_rows", "_last_arrival_ns",
-                 "owed", "answered_ns", "return_ns", "returners")
+                 "owed", "answered_ns", "return_ns")
 
-    def __init__(self, returners: bool = True) -> None:
+    def __init__(self) -> None:
         self.gap_ns = 0.0
         self.exec_ns = 0.0
         self.one_row_ns = 0.0  # execute time of one-row batches
         self.many_ns = 0.0  # execute time of larger batches ...
         self.many_rows = 0.0  # ... and their rows
         self._last_arrival_ns = 0
-        self.returners = returners
         self.owed = 0  # rows answered whose clients have not sent again yet
         self.answered_ns = 0  # when the last batch was answered
         self.return_ns = 0.0  # from an answer to the arrivals it brings back
@@ -68,7 +67,7 @@ class AdaptiveDelay:
 
     def _returning_by(self, now_ns: int) -> int:
         """When the clients of the last answers should be back, or 0 when none is expected."""
-        if not self.returners or self.owed <= 0 or not self.return_ns:
+        if self.owed <= 0 or not self.return_ns:
             return 0
         by = self.answered_ns + int(2 * self.return_ns)
         if by <= now_ns:

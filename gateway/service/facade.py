@@ -293,16 +293,19 @@ class InferenceService:
     # -- telemetry sources ------------------------------------------------------------------
 
     def _model_samples(self) -> list[ModelSample]:
-        return [self._model_sample(v) for versions in self.models.serving.values() for v in versions.values()]
+        docs = self.worker_stats.peer_docs() if self.worker_stats is not None else []
+        return [self._model_sample(v, docs) for versions in self.models.serving.values() for v in versions.values()]
 
-    def _model_sample(self, v: LoadedVersion) -> ModelSample:
+    def _model_sample(self, v: LoadedVersion, docs: list[dict]) -> ModelSample:
         """Counters and scheduler gauges summed over the workers under --workers (the others' are up
-        to 0.5 s old); generation gauges are this process's."""
+        to 0.5 s old, ``docs`` read once per scrape); generation gauges are this process's."""
         queued, instances, busy = v.scheduler.queue_depth, v.scheduler.instances, v.scheduler.busy_instances
+        stats = v.stats
         if self.worker_stats is not None:
-            q, i, b = self.worker_stats.peer_gauges(v.name, v.version)
+            q, i, b = self.worker_stats.peer_gauges(v.name, v.version, docs)
             queued, instances, busy = queued + q, instances + i, busy + b
-        return ModelSample(v.name, v.version, self.version_stats(v), queued, instances, busy,
+            stats = self.worker_stats.merged(v.name, v.version, v.stats, docs)
+        return ModelSample(v.name, v.version, stats, queued, instances, busy,
                            v.generator.stats if v.generator is not None else None)
 
     def _metric_labels(self, name: str, version: str) -> tuple[str, str]:

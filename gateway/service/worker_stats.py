@@ -63,7 +63,9 @@ class WorkerStats:
             json.dump(doc, fh)
         os.replace(tmp, self._path(self.index))
 
-    def _peer_docs(self) -> list[dict]:
+    def peer_docs(self) -> list[dict]:
+        """The other workers' latest snapshots: read once per use (a scrape passes them to every
+        version's sum instead of re-reading the directory per version)."""
         out = []
         own = f"worker-{self.index}.json"
         for entry in os.listdir(self.directory):
@@ -78,21 +80,21 @@ class WorkerStats:
                 out.append(doc)
         return out
 
-    def peers(self, name: str, version: str) -> list[ModelStats]:
+    def peers(self, name: str, version: str, docs: list[dict] | None = None) -> list[ModelStats]:
         out = []
-        for doc in self._peer_docs():
+        for doc in self.peer_docs() if docs is None else docs:
             try:
                 out.append(stats_from_dict(doc["models"][name][version]))
             except (KeyError, TypeError, ValueError):
                 continue  # a worker that has not served this version
         return out
 
-    def peer_gauges(self, name: str, version: str) -> tuple[int, int, int]:
+    def peer_gauges(self, name: str, version: str, docs: list[dict] | None = None) -> tuple[int, int, int]:
         """The other workers' queue depth, executor instances and busy instances of a version, summed
         over their fresh snapshots (at most GAUGE_MAX_AGE_S old)."""
         now = time.monotonic()
         queued = instances = busy = 0
-        for doc in self._peer_docs():
+        for doc in self.peer_docs() if docs is None else docs:
             try:
                 if now - float(doc["at"]) > GAUGE_MAX_AGE_S:
                     continue
@@ -102,12 +104,12 @@ class WorkerStats:
                 continue
         return queued, instances, busy
 
-    def merged(self, name: str, version: str, own: ModelStats) -> ModelStats:
-        return merge_stats([own, *self.peers(name, version)])
+    def merged(self, name: str, version: str, own: ModelStats, docs: list[dict] | None = None) -> ModelStats:
+        return merge_stats([own, *self.peers(name, version, docs)])
 
     def peer_requests(self) -> list[list]:
         """The other workers' published request series (``RequestMetrics.to_json``)."""
-        return [doc["requests"] for doc in self._peer_docs() if isinstance(doc.get("requests"), list)]
+        return [doc["requests"] for doc in self.peer_docs() if isinstance(doc.get("requests"), list)]
 
     def start(self, serving_source, requests: RequestMetrics | None = None) -> None:
         async def loop() -> None:
