@@ -79,7 +79,8 @@ def h2load(port: int, body: Body, concurrency: int, seconds: float, *, expected_
     with tempfile.TemporaryDirectory(prefix="bench-h2load-") as tmp:
         body_path = _write_body(tmp, body)
         log_path = os.path.join(tmp, "requests.log")
-        cmd = ["h2load", "-D", f"{seconds:g}", "-c", str(conns), "-m", str(streams), "-t", "1",
+        # h2load reads a bare "-D 0.5" as an error; with a unit, fractions are fine.
+        cmd = ["h2load", "-D", f"{max(1, round(seconds * 1000))}ms", "-c", str(conns), "-m", str(streams), "-t", "1",
                "-d", body_path, f"--log-file={log_path}"]
         for name, value in body.headers:
             cmd += ["-H", f"{name}: {value}"]

@@ -17,6 +17,7 @@ from daemons import ROOT, Gateway, copy_model, launch
 
 LOCUST = [sys.executable, "-m", "locust"]
 pytestmark = pytest.mark.slow  # each run pays locust's ~4 s start-up
+RUN_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -94,13 +95,42 @@ def _id(argv: list[str]) -> str:
     return " ".join([Path(argv[argv.index("-f") + 1]).stem] + [a for a in argv if a.startswith("--") and a not in skip])
 
 
+@pytest.fixture(scope="module")
+def runs(gw, tmp_path_factory):
+    """Every locust run of this module, started at once: each one is mostly locust's start-up and
+    its fixed 3 s of load, so together they take about as long as one (each test then reads its
+    own run's exit status, output and reports)."""
+    started = {}
+    for argv in README_COMMANDS:
+        out = tmp_path_factory.mktemp("locust")
+        started[_id(argv)] = (argv, out, _start(short_run(argv, gw, out), out))
+    out = tmp_path_factory.mktemp("locust-errors")
+    errors = [*LOCUST, "-f", str(ROOT / "loadtests" / "v2_http.py"), "--host", f"http://{gw.http_url}", "--headless",
+              "-u", "1", "-r", "1", "-t", "2s", "--only-summary", "--model", "no_such_model"]
+    started["server errors"] = (errors, out, _start(errors, out))
+    yield started
+    for _, _, proc in started.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _start(cmd: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(cwd))
+
+
+def _finished(proc: subprocess.Popen) -> tuple[int, str]:
+    """(exit status, the tail of stdout and stderr) of one run, waited for at most RUN_TIMEOUT_S."""
+    stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT_S)
+    return proc.returncode, stdout[-3000:] + stderr[-3000:]
+
+
 @pytest.mark.parametrize("argv", README_COMMANDS, ids=_id)
-def test_readme_locust_command_runs_without_a_failure(gw, tmp_path, argv):
-    cmd = short_run(argv, gw, tmp_path)
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    output = proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert proc.returncode == 0, output  # locust exits non-zero when any request failed
-    csv_prefix = tmp_path / Path(argv[argv.index("--csv") + 1]).name
+def test_readme_locust_command_runs_without_a_failure(runs, argv):
+    _, out, proc = runs[_id(argv)]
+    returncode, output = _finished(proc)
+    assert returncode == 0, output  # locust exits non-zero when any request failed
+    csv_prefix = out / Path(argv[argv.index("--csv") + 1]).name
     with open(f"{csv_prefix}_stats.csv", newline="") as fh:
         rows = {row["Name"]: row for row in csv.DictReader(fh)}
     total = rows.pop("Aggregated")
@@ -108,15 +138,11 @@ def test_readme_locust_command_runs_without_a_failure(gw, tmp_path, argv):
     assert rows and all(int(r["Failure Count"]) == 0 for r in rows.values()), rows
     if "openai_chat" in argv[argv.index("-f") + 1]:
         assert int(rows["chat"]["Request Count"]) > 0 and int(rows["chat stream"]["Request Count"]) > 0
-    html = tmp_path / Path(argv[argv.index("--html") + 1]).name
+    html = out / Path(argv[argv.index("--html") + 1]).name
     assert html.stat().st_size > 0
 
 
-def test_locust_counts_server_errors_as_failures(gw, tmp_path):
-    cmd = [*LOCUST, "-f", str(ROOT / "loadtests" / "v2_http.py"), "--host", f"http://{gw.http_url}", "--headless",
-           "-u", "1", "-r", "1", "-t", "2s", "--only-summary", "--model", "no_such_model"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
-    assert proc.returncode != 0  # locust exits non-zero when any request failed
-    assert "no_such_model" in proc.stdout + proc.stderr
-
-
+def test_locust_counts_server_errors_as_failures(runs):
+    returncode, output = _finished(runs["server errors"][2])
+    assert returncode != 0  # locust exits non-zero when any request failed
+    assert "no_such_model" in output

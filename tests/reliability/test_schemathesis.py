@@ -43,8 +43,8 @@ def test_openapi_document_is_served_and_lists_every_infer_route(shared_gateway):
     assert "text/event-stream" in stream.get("content", doc["components"]["responses"]["CompletionResult"]["content"])
 
 
-def _schemathesis(cwd: Path, schema: str, base_url: str, max_examples: int, *extra: str) -> str:
-    """One `st run`; its report (stdout) once it found no server error."""
+def _schemathesis(cwd: Path, schema: str, base_url: str, max_examples: int, *extra: str) -> subprocess.Popen:
+    """One `st run`, started; ``_report`` waits for it."""
     st = Path(sys.executable).with_name("st")
     cmd = [
         str(st), "run", schema, "--url", base_url,
@@ -52,13 +52,20 @@ def _schemathesis(cwd: Path, schema: str, base_url: str, max_examples: int, *ext
         "--request-timeout", "30", "--exclude-operation-id", "repositoryModelUnload", "--seed", "20261123",
         "--no-color", *extra,
     ]
-    # In cwd (tmp_path): schemathesis keeps a cache of its findings in the working directory.
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=cwd, env={**os.environ, "NO_COLOR": "1"})
+    # In cwd (its own folder): schemathesis keeps a cache of its findings in the working directory.
+    cwd.mkdir(exist_ok=True)
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd,
+                            env={**os.environ, "NO_COLOR": "1"})
+
+
+def _report(proc: subprocess.Popen) -> str:
+    """The run's report (stdout) once it found no server error."""
+    stdout, stderr = proc.communicate(timeout=600)
     if os.environ.get("GATEWAY_SCHEMATHESIS_VERBOSE"):
-        print(proc.stdout)
-    assert proc.returncode == 0, f"schemathesis failed:\n{proc.stdout[-12000:]}\n{proc.stderr[-2000:]}"
-    assert "Server error" not in proc.stdout, proc.stdout[-4000:]
-    return proc.stdout
+        print(stdout)
+    assert proc.returncode == 0, f"schemathesis failed:\n{stdout[-12000:]}\n{stderr[-2000:]}"
+    assert "Server error" not in stdout, stdout[-4000:]
+    return stdout
 
 
 def _generated(report: str) -> str:
@@ -94,8 +101,9 @@ def gw(tmp_path_factory, tiny_llm_model, minilm_model):
 
 def test_schemathesis_finds_no_server_error(tmp_path, gw, tiny_llm_model, minilm_model):
     base = f"http://{gw.http_url}/"
-    report = _schemathesis(tmp_path, f"{base}v2/openapi.json", base, MAX_EXAMPLES)
-    # Then the /v1 routes again, longer, with requests that name served models.
+    # Both runs at once (each one `--workers 1`): they share the daemon as two clients would.
+    everything = _schemathesis(tmp_path / "all", f"{base}v2/openapi.json", base, MAX_EXAMPLES)
+    # The /v1 routes again, longer, with requests that name served models.
     status, _, body = gw.http("GET", "/v2/openapi.json")
     assert status == 200
     gen, emb = tiny_llm_model.name, minilm_model.name
@@ -103,7 +111,14 @@ def test_schemathesis_finds_no_server_error(tmp_path, gw, tiny_llm_model, minilm
         "CompletionRequest": [gen, emb], "ChatCompletionRequest": [gen, "mlp"], "EmbeddingRequest": [emb, gen],
     })
     (tmp_path / "v1.json").write_text(json.dumps(narrowed))
-    v1_report = _schemathesis(tmp_path, str(tmp_path / "v1.json"), base, V1_MAX_EXAMPLES, "--include-path-regex", "^/v1/")
+    v1 = _schemathesis(tmp_path / "v1", str(tmp_path / "v1.json"), base, V1_MAX_EXAMPLES, "--include-path-regex", "^/v1/")
+    try:
+        report, v1_report = _report(everything), _report(v1)
+    finally:
+        for proc in (everything, v1):
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
     assert gw.proc.poll() is None
     assert "unexpected error" not in gw.log()
     if os.environ.get("GATEWAY_SCHEMATHESIS_VERBOSE"):
