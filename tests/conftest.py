@@ -8,11 +8,13 @@ gateway's servicer and tritonclient's stubs (which define the same protobuf symb
 from __future__ import annotations
 
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 import make_models
+import mlflow_server
 from daemons import ROOT, Gateway, launch
 from inprocess import InProcessGateway, stop_leftovers
 
@@ -97,8 +99,17 @@ def minilm_model(tmp_path_factory) -> Path:
     return embedding_model.write_minilm(tmp_path_factory.mktemp("embedding"))
 
 
+def pytest_collection_finish(session):
+    """The mlflow server's cold start (~20 s, one core) overlaps the tests that run before its own."""
+    if session.config.option.collectonly or mlflow_server.mlflow_binary() is None:
+        return
+    if any("mlflow" in getattr(item, "fixturenames", ()) for item in session.items):
+        mlflow_server.launch_early(Path(tempfile.mkdtemp(prefix="gateway-test-mlflow-")))
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Every fixture terminates the daemons it started; one still running here was leaked."""
+    mlflow_server.stop_early()
     leaked = stop_leftovers()
     if leaked:
         print(f"\nin-process gateway daemons left running (stopped now): {', '.join(leaked)}", file=sys.stderr)

@@ -46,6 +46,11 @@ class MlflowServer:
     # -- process ------------------------------------------------------------------------
 
     def start(self) -> None:
+        self.launch()
+        self.wait_ready()
+
+    def launch(self) -> None:
+        """Starts the process without waiting for it (``wait_ready`` does)."""
         binary = mlflow_binary()
         assert binary, "mlflow is not installed (it is in the test extra: scripts/setup.sh test)"
         cmd = [
@@ -60,6 +65,9 @@ class MlflowServer:
             env={**os.environ, "MLFLOW_TRACKING_URI": self.url},
         )
         log.close()
+
+    def wait_ready(self) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self.proc.poll() is not None:
@@ -166,3 +174,34 @@ class MlflowServer:
     def metric_keys(self, run_id: str) -> set[str]:
         run = self.api("GET", "runs/get", params={"run_id": run_id})["run"]
         return {m["key"] for m in run.get("data", {}).get("metrics", [])}
+
+
+# -- one server started while the session's other tests run ------------------------------------
+# Its cold start is ~20 s of imports and migrations, nearly all on one core; conftest launches it
+# when collection finds a test that needs it, and the first such test takes it (ready by then).
+_early: MlflowServer | None = None
+
+
+def launch_early(workdir: Path) -> None:
+    global _early
+    if _early is None:
+        _early = MlflowServer(workdir)
+        _early.launch()
+
+
+def take_early() -> MlflowServer | None:
+    """The early server, now ready (once: the taker owns it), or None when none was launched."""
+    global _early
+    server, _early = _early, None
+    if server is not None:
+        server.wait_ready()
+    return server
+
+
+def stop_early() -> None:
+    """At the session's end: an early server nobody took (its tests were deselected or skipped)."""
+    global _early
+    if _early is not None:
+        _early.stop()
+        shutil.rmtree(_early.workdir, ignore_errors=True)
+        _early = None
