@@ -82,7 +82,8 @@ def _tune(args: argparse.Namespace) -> int:
     from gateway.tools.tune import tune
 
     best = asyncio.run(
-        tune(args.model, args.model_repository, args.p99_ms, args.url, args.concurrency, args.seconds, args.dry_run)
+        tune(args.model, args.model_repository, args.p99_ms, args.url, args.concurrency, args.seconds, args.dry_run,
+             warmup_s=args.warmup_s)
     )
     return 0 if best is not None else 1
 
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     tune.add_argument("--url", help="gRPC address of a running daemon serving that repository (default: start one)")
     tune.add_argument("--concurrency", type=int, default=16, help="closed-loop clients")
     tune.add_argument("--seconds", type=float, default=3.0, help="measured seconds per trial")
+    tune.add_argument("--warmup-s", type=float, default=0.5,
+                      help="unmeasured seconds of load before each trial (the new setting's first batches)")
     tune.add_argument("--dry-run", action="store_true", help="print the best setting without writing it")
     tune.set_defaults(func=_tune)
     drift = sub.add_parser("drift", help="drift monitoring tools")

@@ -128,6 +128,7 @@ async def tune(
     seconds: float,
     dry_run: bool,
     out=print,
+    warmup_s: float = 0.5,
 ) -> dict[str, int] | None:
     model_dir = os.path.join(repository, model)
     path = os.path.join(model_dir, CONFIG_FILENAME)
@@ -161,7 +162,7 @@ async def tune(
                 return measured[key]
             _write_yaml(path, _apply(original, setting))
             await _wait_applied(target, model, setting, timeout_s=120)
-            result = await run_load(target, body, concurrency, seconds)
+            result = await run_load(target, body, concurrency, seconds, warmup_s)
             trials.append(Trial(dict(setting), result))
             measured[key] = result
             out(f"  {setting} -> {result.rate:,.0f} infer/s, p50 {result.p50_ms:.2f} ms, p99 {result.p99_ms:.2f} ms"

@@ -19,7 +19,7 @@ def test_tune_writes_best_setting_with_backup(tmp_path, start_gateway):
     gw = start_gateway(root)
     out = subprocess.run(
         [sys.executable, "-m", "gateway", "tune", "mlp", "--p99-ms", "60000", "--model-repository", str(root),
-         "--url", gw.grpc_url, "--concurrency", "2", "--seconds", "0.3"],
+         "--url", gw.grpc_url, "--concurrency", "2", "--seconds", "0.3", "--warmup-s", "0.1"],
         capture_output=True, text=True, cwd=ROOT, timeout=600,
     )
     assert out.returncode == 0, out.stdout + out.stderr
