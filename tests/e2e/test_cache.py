@@ -288,14 +288,14 @@ def test_two_gateways_share_the_exact_cache(tmp_path, start_gateway, redis_serve
 
 def test_shared_entries_expire_with_their_ttl(tmp_path, start_gateway, redis_server):
     root = tmp_path / "models"
-    # Long enough that the hit below comes before expiry even on a loaded machine.
-    write(root, "simple", "max_batch_size: 8\ncache:\n  exact: true\n  ttl_s: 6\n  max_bytes: 0\n")
+    # Long enough that the hit below (two requests later, ~10 ms) comes before expiry even on a loaded machine.
+    write(root, "simple", "max_batch_size: 8\ncache:\n  exact: true\n  ttl_s: 3\n  max_bytes: 0\n")
     gw = start_gateway(root, *shared_args(redis_server))
     assert not hit(infer_http(gw, "simple", simple_body()))
     gw.wait_until(lambda: tier(gw, "simple", "redis").get("stores") == 1, WAIT_S, "the store into Redis")
     admin = redis_sync.Redis.from_url(redis_server.url)
     (key,) = admin.keys("gw:x:simple:1:*")
-    assert 0 < admin.pttl(key) <= 6000
+    assert 0 < admin.pttl(key) <= 3000
     assert hit(infer_http(gw, "simple", simple_body()))
     gw.wait_until(lambda: not admin.exists(key), WAIT_S, "Redis to expire the entry")
     assert not hit(infer_http(gw, "simple", simple_body()))

@@ -208,9 +208,10 @@ def test_request_whose_version_is_swapped_while_it_awaits_the_cache_is_served(tm
         config.write_text("max_batch_size: 8\ncache:\n  exact: true\n  max_bytes: 0\n")
         gw = start_gateway(root, "--cache-url", f"redis://127.0.0.1:{port}/0", "--cache-timeout-ms", "10000")
         assert gw.http("POST", "/v2/models/simple/infer", SIMPLE_BODY, JSON)[0] == 200
-        # Redis holds every other client's commands: the next request waits in its cache lookup
-        # while the config changes under it.
-        assert admin.execute_command("CLIENT", "PAUSE", "6000", "ALL")
+        # Redis holds every client's commands for 3 s (the reload below takes ~0.5 s; CLIENT UNPAUSE
+        # would wait out the pause too): the next request waits in its cache lookup while the
+        # config changes under it.
+        assert admin.execute_command("CLIENT", "PAUSE", "3000", "ALL")
         body = json.loads(SIMPLE_BODY)
         body["inputs"][0]["data"] = list(range(100, 116))
         answer: list = []
