@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--raw-batches", type=_csv(int), default=None, help="raw ORT batch sizes (default 1,8,32,128)")
     ap.add_argument("--raw-threads", type=_csv(int), default=None, help="raw ORT intra-op threads (default 1,2)")
     ap.add_argument("--gateway-workers", type=_csv(int), default=None, help="default 1,2")
-    ap.add_argument("--gateway-batching", type=_csv(str), default=None, help="on,off (default both)")
+    ap.add_argument("--gateway-batching", type=_csv(str), default=None,
+                    help="on (adaptive window, the default config), fixed (Triton's fixed window), off (default on,off)")
     ap.add_argument("--gateway-protocols", type=_csv(str), default=None,
                     help=f"comma list of {','.join(GATEWAY_PROTOCOLS)} (default all)")
     ap.add_argument("--perf-analyzer", action="store_true",
@@ -95,7 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     for name, allowed in (("models", SPECS), ("systems", ALL_SYSTEMS), ("gateway_protocols", GATEWAY_PROTOCOLS),
-                          ("gateway_batching", ("on", "off"))):
+                          ("gateway_batching", tuple(systems.GATEWAY_BATCHING))):
         bad = [v for v in getattr(args, name) if v not in allowed]
         if bad:
             ap.error(f"--{name.replace('_', '-')}: unknown {bad}; choose from {', '.join(allowed)}")
@@ -105,7 +106,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def server_configs(args) -> list[systems.SystemConfig]:
     out: list[systems.SystemConfig] = []
     if "gateway" in args.systems:
-        out += systems.gateway_configs([b == "on" for b in args.gateway_batching], args.gateway_workers,
+        out += systems.gateway_configs(args.gateway_batching, args.gateway_workers,
                                        tuple(args.gateway_protocols), args.max_batch, args.max_delay_us)
     if "mlserver" in args.systems:
         out += systems.mlserver_configs()
@@ -186,8 +187,8 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     perf_analyzer = protocol.startswith("pa-")
     body = payloads.grpc_unary(m.name, x) if perf_analyzer else run.encode(protocol, m, x, c)
     row = {"model": m.name, "system": cfg.system, "label": cfg.label, "protocol": protocol, "config": cfg.config,
-           "batching": cfg.batching, "workers": cfg.workers, "threads": args.intra_op_threads, "concurrency": c,
-           "batch": 1, "infer_per_s": None, "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
+           "batching": cfg.batching, "window": cfg.window, "workers": cfg.workers, "threads": args.intra_op_threads,
+           "concurrency": c, "batch": 1, "infer_per_s": None, "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
            "server_cpu_ms_per_infer": None, "mean_batch": None, "gen_cpu_cores": None, "errors": None, "note": ""}
     if perf_analyzer:
         go = _perf_analyzer_go(run, m, protocol, c, args, expected, x)
@@ -261,7 +262,8 @@ def run_servers(args, settings: systems.Settings, inputs: dict, expected: dict, 
                             row = _point(run, cfg, m, protocol, c, args, expected[m.name], inputs[m.name])
                         except (payloads.WrongAnswer, loadgen.LoadError, OSError, ValueError) as exc:
                             row = {"model": m.name, "system": cfg.system, "label": cfg.label, "protocol": protocol,
-                                   "config": cfg.config, "batching": cfg.batching, "workers": cfg.workers,
+                                   "config": cfg.config, "batching": cfg.batching, "window": cfg.window,
+                                   "workers": cfg.workers,
                                    "threads": args.intra_op_threads, "concurrency": c, "batch": 1,
                                    "infer_per_s": None, "note": f"failed: {str(exc).strip().splitlines()[0][:300]}"}
                         rows.append(row)

@@ -63,6 +63,7 @@ class SystemConfig:
     batching: bool
     workers: int
     start: Callable[[Settings, str], Running]  # (settings, log path)
+    window: str | None = None  # gateway batching: "adaptive" (its default) or "fixed" (Triton's semantics)
 
 
 def _v2_ready_urls(http_port: int, s: Settings) -> list[str]:
@@ -80,14 +81,14 @@ def _v2_encoder(http_body: Callable[[str, np.ndarray], payloads.Body]):
 # --- gateway ----------------------------------------------------------------------------------
 
 
-def _gateway_yaml(s: Settings, batching: bool) -> str:
-    if not batching:
+def _gateway_yaml(s: Settings, window: str | None) -> str:
+    if window is None:
         return f"max_batch_size: 0\ninstances: 1\nintra_op_threads: {s.intra_op_threads}\n"
     return (
         f"max_batch_size: {s.max_batch}\n"
         "dynamic_batching:\n"
         f"  max_queue_delay_us: {s.max_delay_us}\n"
-        "  adaptive_delay: true\n"
+        f"  adaptive_delay: {'true' if window == 'adaptive' else 'false'}\n"
         "  max_queue_size: 4096\n"
         f"instances: 1\nintra_op_threads: {s.intra_op_threads}\n"
     )
@@ -102,13 +103,14 @@ def _gateway_counts(http_port: int, model: str) -> tuple[int, int] | None:
     return (sum(int(v.get("inference_count", 0)) for v in stats), sum(int(v.get("execution_count", 0)) for v in stats))
 
 
-def start_gateway(s: Settings, log_path: str, *, batching: bool, workers: int) -> Running:
-    repo = os.path.join(s.workdir, f"gateway-{'batch' if batching else 'nobatch'}-w{workers}")
+def start_gateway(s: Settings, log_path: str, *, window: str | None, workers: int) -> Running:
+    """window: "adaptive" or "fixed" batching, None for none."""
+    repo = os.path.join(s.workdir, f"gateway-{window or 'nobatch'}-w{workers}")
     for m in s.models.values():
         os.makedirs(os.path.join(repo, m.name, "1"), exist_ok=True)
         shutil.copyfile(m.path, os.path.join(repo, m.name, "1", "model.onnx"))
         with open(os.path.join(repo, m.name, "model.yaml"), "w") as fh:
-            fh.write(_gateway_yaml(s, batching))
+            fh.write(_gateway_yaml(s, window))
     grpc_port, http_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--host", "127.0.0.1", "--grpc-port", str(grpc_port),
            "--http-port", str(http_port), "--model-repository", repo, "--repository-poll-s", "0",
@@ -129,16 +131,22 @@ def start_gateway(s: Settings, log_path: str, *, batching: bool, workers: int) -
     return Running(server, grpc_port, http_port, encode, counts=lambda model: _gateway_counts(http_port, model))
 
 
-def gateway_configs(batching_modes: list[bool], workers_list: list[int], protocols: tuple[str, ...],
+GATEWAY_BATCHING = {"on": "adaptive", "fixed": "fixed", "off": None}  # --gateway-batching -> window
+
+
+def gateway_configs(batching_modes: list[str], workers_list: list[int], protocols: tuple[str, ...],
                     s_max_batch: int, s_delay_us: int) -> list[SystemConfig]:
     out = []
-    for batching in batching_modes:
+    for mode in batching_modes:
+        window = GATEWAY_BATCHING[mode]
         for workers in workers_list:
-            desc = (f"batching on (max {s_max_batch}, adaptive ≤ {s_delay_us} µs)" if batching else "batching off")
+            desc = {"adaptive": f"batching on (max {s_max_batch}, adaptive ≤ {s_delay_us} µs)",
+                    "fixed": f"batching on (max {s_max_batch}, fixed {s_delay_us} µs window)",
+                    None: "batching off"}[window]
             desc += f", {workers} worker{'s' if workers > 1 else ''}"
             out.append(SystemConfig(
-                "gateway", "gateway", desc, protocols, batching, workers,
-                lambda s, log, b=batching, w=workers: start_gateway(s, log, batching=b, workers=w),
+                "gateway", "gateway", desc, protocols, window is not None, workers,
+                lambda s, log, win=window, w=workers: start_gateway(s, log, window=win, workers=w), window=window,
             ))
     return out
 

@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import make_models
 from redis_server import free_port
@@ -26,35 +27,42 @@ def _assert_redacted(log: str, url: str, port: int) -> None:
 
 
 def test_registry_credentials_are_redacted_in_the_log(tmp_path, start_gateway):
+    """A daemon against a dead registry, one against a hung registry (it accepts connections and
+    never answers: every call times out) and the sidecar's one pass against the dead one, all three
+    at once (each waits on its own registry's failures; none writes the repository)."""
     repo = tmp_path / "models"
     make_models.write_repository(str(repo), ["simple"])
     dead_port = free_port()
     dead = f"http://{USER}:{PASSWORD}@127.0.0.1:{dead_port}"
-    gw = start_gateway(repo, "--registry-url", dead, "--registry-models", "simple", "--log-level", "debug", *FAST)
-    gw.wait_for_log(re.compile(r"registry unavailable"), timeout=60)
-    assert gw.http("GET", "/v2/health/ready")[0] == 200  # serving what the repository holds
-    gw.terminate()
-    _assert_redacted(gw.log(), dead, dead_port)
-
-    # A hung registry: it accepts connections and never answers (every call times out).
-    with socket.socket() as hung:
-        hung.bind(("127.0.0.1", 0))
-        hung.listen(16)
-        port = hung.getsockname()[1]
-        url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/"
-        gw = start_gateway(repo, "--registry-url", url, "--registry-models", "simple", "--log-level", "debug",
-                           "--log-format", "json", *FAST)
-        gw.wait_for_log(re.compile(r"registry unavailable"), timeout=60)
-        gw.terminate()
-    _assert_redacted(gw.log(), url.rstrip("/"), port)
-
-    # The sidecar process, one pass against the dead registry.
-    done = subprocess.run(
+    sidecar = subprocess.Popen(
         [sys.executable, "-m", "gateway", "registry-sync", "--once", "--registry-url", dead, "--model-repository",
          str(repo), "--registry-models", "simple", "--log-level", "debug", *FAST],
-        capture_output=True, text=True, timeout=120,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
-    out = done.stdout + done.stderr
+    try:
+        with socket.socket() as hung:
+            hung.bind(("127.0.0.1", 0))
+            hung.listen(16)
+            port = hung.getsockname()[1]
+            url = f"http://{USER}:{PASSWORD}@127.0.0.1:{port}/"
+            flags = [("--registry-url", dead, "--registry-models", "simple", "--log-level", "debug", *FAST),
+                     ("--registry-url", url, "--registry-models", "simple", "--log-level", "debug", "--log-format",
+                      "json", *FAST)]
+            with ThreadPoolExecutor(2) as pool:
+                dead_gw, hung_gw = pool.map(lambda extra: start_gateway(repo, *extra), flags)
+            for gw in (dead_gw, hung_gw):
+                gw.wait_for_log(re.compile(r"registry unavailable"), timeout=60)
+            assert dead_gw.http("GET", "/v2/health/ready")[0] == 200  # serving what the repository holds
+            dead_gw.terminate()
+            hung_gw.terminate()
+        _assert_redacted(dead_gw.log(), dead, dead_port)
+        _assert_redacted(hung_gw.log(), url.rstrip("/"), port)
+        stdout, stderr = sidecar.communicate(timeout=120)
+    finally:
+        if sidecar.poll() is None:
+            sidecar.kill()
+            sidecar.communicate()
+    out = stdout + stderr
     assert PASSWORD not in out and f"{USER}:" not in out, out[-2000:]
     assert "registry" in out
 
