@@ -49,6 +49,15 @@ def infer_request(model: str, x: np.ndarray) -> pb.ModelInferRequest:
 GRPC_HEADERS = (("content-type", "application/grpc"), ("te", "trailers"))
 
 
+def fixed_answer(model: str, output_shape: tuple[int, ...]) -> bytes:
+    """A ModelInfer answer's message, as a gRPC frame, of the size the model's real answer has
+    (zeros): what a server answering without inference sends back (the protocol ceiling)."""
+    resp = pb.ModelInferResponse(model_name=model, model_version="1")
+    resp.outputs.add(name="OUTPUT", datatype="FP32", shape=list(output_shape))
+    resp.raw_output_contents.append(np.zeros(output_shape, "<f4").tobytes())
+    return grpc_frame(resp.SerializeToString())
+
+
 def grpc_unary(model: str, x: np.ndarray) -> Body:
     return Body("grpc", GRPC_SERVICE + "ModelInfer", grpc_frame(infer_request(model, x).SerializeToString()), GRPC_HEADERS)
 

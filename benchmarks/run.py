@@ -34,7 +34,8 @@ from benchmarks.models import SPECS, write_models  # noqa: E402
 from benchmarks.servers import StartError  # noqa: E402
 
 PEERS = ("mlserver", "pytriton", "fastapi")
-ALL_SYSTEMS = ("onnxruntime", "gateway", *PEERS)
+# nghttpd answers a fixed body without inference: the HTTP/2 protocol's ceiling on this machine.
+ALL_SYSTEMS = ("onnxruntime", "gateway", *PEERS, "nghttpd")
 GATEWAY_PROTOCOLS = ("grpc", "grpc-stream", "http-binary")
 # perf_analyzer's modes, per system that speaks KServe v2 (--perf-analyzer).
 PERF_ANALYZER_PROTOCOLS = {
@@ -114,6 +115,8 @@ def server_configs(args) -> list[systems.SystemConfig]:
         out += systems.pytriton_configs(args.max_batch, args.max_delay_us)
     if "fastapi" in args.systems:
         out += systems.fastapi_configs()
+    if "nghttpd" in args.systems:
+        out += systems.nghttpd_configs()
     if args.perf_analyzer:
         out = [dataclasses.replace(cfg, protocols=cfg.protocols + PERF_ANALYZER_PROTOCOLS.get(cfg.system, ()))
                for cfg in out]
@@ -196,7 +199,10 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
         if shutil.which("h2load") is None:
             row["note"] = "h2load not found (apt-get install nghttp2-client)"
             return row
-        response_bytes = payloads.check_grpc(f"127.0.0.1:{run.grpc_port}", body, expected)
+        if run.fixed_answer_bytes is not None:
+            response_bytes = run.fixed_answer_bytes[m.name]  # no inference: nothing to check
+        else:
+            response_bytes = payloads.check_grpc(f"127.0.0.1:{run.grpc_port}", body, expected)
         in_flight = run.in_flight(body, c)
 
         def go(seconds):

@@ -84,6 +84,20 @@ class ServerProcess:
             raise
         return self
 
+    def wait_port(self, port: int, timeout_s: float) -> ServerProcess:
+        """Until the server accepts TCP connections on port (for servers with no HTTP/1.1 probe)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self.proc.poll() is not None:
+                raise StartError(f"{self.name} exited with {self.proc.returncode} while starting:\n{self.log_tail()}")
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) == 0:
+                    return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise StartError(f"{self.name}: nothing listens on {port} after {timeout_s:.0f} s:\n{self.log_tail()}")
+            time.sleep(0.05)  # polling a server we do not control; bounded by the deadline above
+
     def wait_log(self, pattern: str, timeout_s: float) -> None:
         """Until a line of the server's log matches pattern (e.g. the gateway's ' ready: ' once all workers are)."""
         deadline = time.monotonic() + timeout_s

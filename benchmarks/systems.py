@@ -21,7 +21,7 @@ import numpy as np
 
 from benchmarks import payloads, venvs
 from benchmarks.models import BenchModel
-from benchmarks.servers import ServerProcess, free_port
+from benchmarks.servers import ServerProcess, StartError, free_port
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -48,6 +48,8 @@ class Running:
     encode: Callable[[str, BenchModel, np.ndarray, int], payloads.Body]  # (protocol, model, x, concurrency)
     versions: dict[str, str | None] = field(default_factory=dict)
     counts: Callable[[str], tuple[int, int] | None] = lambda model: None  # (inferences, executions) so far
+    # Servers that answer a fixed body (no model): its size per model, instead of checking the answer.
+    fixed_answer_bytes: dict[str, int] | None = None
 
     def in_flight(self, body: payloads.Body, concurrency: int) -> int:
         """Requests the generator keeps in flight so that `concurrency` inferences are."""
@@ -244,3 +246,37 @@ def start_fastapi(s: Settings, log_path: str) -> Running:
 def fastapi_configs() -> list[SystemConfig]:
     return [SystemConfig("fastapi", "naive FastAPI", "uvicorn, 1 process, sync endpoint, no batching, no access log",
                          ("http-json",), False, 1, start_fastapi)]
+
+
+# --- nghttpd: the protocol ceiling ------------------------------------------------------------
+
+
+def start_nghttpd(s: Settings, log_path: str) -> Running:
+    """nghttp2's C server (one thread) answering every gRPC request with a fixed ModelInfer answer
+    of the model's answer size, read from a file: HTTP/2 framing, HPACK and the socket, no inference."""
+    binary = shutil.which("nghttpd")
+    if binary is None:
+        raise StartError("nghttpd not found (apt-get install nghttp2-server)")
+    docroot = os.path.join(s.workdir, "nghttpd")
+    sizes = {}
+    for m in s.models.values():
+        answer = payloads.fixed_answer(m.name, (1, *m.output_shape))
+        os.makedirs(os.path.join(docroot, m.name), exist_ok=True)
+        with open(os.path.join(docroot, m.name, "ModelInfer"), "wb") as fh:
+            fh.write(answer)
+        sizes[m.name] = len(answer)
+    port = free_port()
+    server = ServerProcess("nghttpd", [binary, "--no-tls", "-n", "1", "-d", docroot, "-a", "127.0.0.1", str(port)],
+                           log_path=log_path).wait_port(port, 30)
+
+    def encode(protocol: str, m: BenchModel, x: np.ndarray, concurrency: int) -> payloads.Body:
+        body = payloads.grpc_unary(m.name, x)
+        return payloads.Body(body.protocol, f"/{m.name}/ModelInfer", body.data, body.headers)
+
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
+    return Running(server, port, None, encode, versions={"nghttpd": version}, fixed_answer_bytes=sizes)
+
+
+def nghttpd_configs() -> list[SystemConfig]:
+    return [SystemConfig("nghttpd", "nghttpd (C, fixed answer)", "1 thread, no TLS, the request body read and dropped",
+                         ("grpc",), False, 1, start_nghttpd)]

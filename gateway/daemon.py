@@ -35,7 +35,6 @@ from gateway.service import InferenceService
 from gateway.service.facade import SERVER_VERSION
 from gateway.service.models import ModelManager
 from gateway.service.repository_watcher import RepositoryWatcher
-from gateway.service.fleet_redis import RedisFleetState
 from gateway.service.fleet_drift import PART as FLEET_DRIFT_PART
 from gateway.service.fleet_drift import FleetDrift
 from gateway.service.fleet_state import FleetChannel, FleetState
@@ -119,6 +118,9 @@ async def started(settings: ServerSettings, worker: WorkerRole | None = None) ->
         channel: FleetChannel | None = None
         if settings.state_url:
             _log.info("routing and drift state: shared by the replicas on %s", redact_url(settings.state_url))
+            # redis is imported only when a daemon uses it (half a second of every start otherwise).
+            from gateway.service.fleet_redis import RedisFleetState
+
             channel = RedisFleetState(settings.state_url, worker.index if worker else 0)
         elif worker is not None:
             channel = FleetState(worker.stats_dir, worker.index)

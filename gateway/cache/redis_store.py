@@ -15,14 +15,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
-
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from typing import TYPE_CHECKING, TypeVar
 
 from gateway.core.secrets import redact_url
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +51,13 @@ class RedisStore:
         self.timeout_s = timeout_s
         self.retry_min_s = retry_min_s
         self.retry_max_s = retry_max_s
+        # redis is imported here, by the daemons that use it: half a second of every start otherwise.
+        from redis.asyncio import BlockingConnectionPool, Redis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import RedisError
+
+        self._errors = (RedisError, OSError, TimeoutError)
         # The connection pool waits for a free connection no longer than an operation may take.
         pool = BlockingConnectionPool.from_url(
             url,
@@ -83,7 +88,7 @@ class RedisStore:
         try:
             async with asyncio.timeout(self.timeout_s):
                 result = await op(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+        except self._errors as exc:
             self._failed(exc, probe)
             raise TierError(f"{type(exc).__name__}: {exc}") from None
         finally:

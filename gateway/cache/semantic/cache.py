@@ -23,12 +23,11 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgpack
 import numpy as np
 import xxhash
-from redis.asyncio import Redis
 
 from gateway.cache.metrics import CacheMetrics
 from gateway.cache.redis_store import RedisStore, TierDown, TierError
@@ -37,6 +36,9 @@ from gateway.cache.semantic.guard import conflict
 from gateway.cache.semantic.index import VectorIndex
 from gateway.cache.semantic.scope import PromptQuery
 from gateway.core.model_config import SemanticCacheConfig
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
 
 _log = logging.getLogger(__name__)
 T = TypeVar("T")
