@@ -126,8 +126,10 @@ def test_daemon_still_serves_after_bad_inputs(gw, client):
 def test_runtime_failure_fails_only_its_request(tmp_path, start_gateway):
     root = tmp_path / "models"
     make_models.write_repository(str(root), ["lookup"])
-    # A wide window so the good and bad requests land in one batch.
-    (root / "lookup" / "model.yaml").write_text("max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 300000\n")
+    # A wide fixed window so the good and bad requests land in one batch (an adaptive one would send
+    # the first request alone to the idle model).
+    (root / "lookup" / "model.yaml").write_text(
+        "max_batch_size: 8\ndynamic_batching:\n  max_queue_delay_us: 300000\n  adaptive_delay: false\n")
     gw = start_gateway(root)
     client = grpcclient.InferenceServerClient(gw.grpc_url)
 
