@@ -5,7 +5,8 @@
 
 One daemon serves two copies of examples/tiny_llm.py's model: ``batched`` (max_sequences
 32: every decode step runs all active sequences in one call) and ``serial``
-(max_sequences 1: sequences are generated one at a time, the rest wait). For each
+(max_sequences 1: sequences are generated one at a time, the rest wait), and a raw
+onnxruntime greedy loop in this process (the limit for one stream). For each
 concurrency, N streamed /v1/completions requests (greedy, ``ignore_eos``-like: a long
 max_tokens and a prompt whose greedy continuation is long) are kept in flight by a
 closed-loop aiohttp client; completion tokens/s come from the usage chunks. Also
@@ -76,6 +77,23 @@ async def _drive(url: str, model: str, concurrency: int, requests: int, tokens: 
         start = time.perf_counter()
         await asyncio.gather(*[worker() for _ in range(concurrency)])
         return time.perf_counter() - start, total
+
+
+def _raw_greedy(model_dir: str, requests: int, tokens: int) -> tuple[float, int]:
+    """The limit for one stream: (seconds, tokens) of ``requests`` greedy generations in a loop of
+    onnxruntime calls in this process (one thread, batch 1, the past fed back; no server, no text)."""
+    from tokenizers import Tokenizer
+
+    version_dir = os.path.join(model_dir, "1")
+    session = tiny_llm._session(version_dir)
+    tokenizer = Tokenizer.from_file(os.path.join(version_dir, "tokenizer.json"))
+    prompt = tokenizer.encode(PROMPT).ids
+    stop = (tokenizer.token_to_id(tiny_llm.EOS), tokenizer.token_to_id(tiny_llm.IM_END))  # as the server stops
+    tiny_llm.reference_greedy(version_dir, prompt, 8, stop, session=session)  # warm-up
+    total, start = 0, time.perf_counter()
+    for _ in range(requests):
+        total += len(tiny_llm.reference_greedy(version_dir, prompt, tokens, stop, session=session))
+    return time.perf_counter() - start, total
 
 
 def _metrics(http: str) -> str:
@@ -150,6 +168,8 @@ def main() -> None:
                 repad_s = after_m["repad_s"] - before_m["repad_s"]
                 rows.append((c, model, tokens / seconds, tokens, seconds, seqs / steps if steps else 0.0,
                              repad_s / step_s if step_s else 0.0, server_cpu / seconds, client_cpu / seconds))
+        # The limit, measured after the server's points (it is idle now, not stopped: same memory state).
+        raw_seconds, raw_tokens = _raw_greedy(src, max(args.requests, 1), args.tokens)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
@@ -158,7 +178,12 @@ def main() -> None:
           f"{'srv cpu':>7} {'cli cpu':>7}")
     for c, model, tps, tokens, seconds, per_step, repad, srv, cli in rows:
         print(f"{c:>7} {model:>14} {tps:>9.0f} {tokens:>7} {seconds:>6.2f} {per_step:>8.1f} {repad:>6.1%} {srv:>7.2f} {cli:>7.2f}")
+    raw_tps = raw_tokens / raw_seconds
+    print(f"{'–':>7} {'raw ORT loop':>14} {raw_tps:>9.0f} {raw_tokens:>7} {raw_seconds:>6.2f}")
     by = {(c, m): tps for c, m, tps, *_ in rows}
+    if 1 in levels:
+        print("\nratio 1 stream ÷ raw onnxruntime greedy loop (tokens/s): " + ", ".join(
+            f"{model} {by[(1, model)] / raw_tps:.2f}" for model, _, _ in models))
     name = {(kind, mode): model for model, kind, mode in models}
     for mode in modes:
         print(f"\nratio batched / serial (tokens/s){'' if len(modes) == 1 else f', kv_cache {mode}'}:")

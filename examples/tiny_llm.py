@@ -294,15 +294,17 @@ def empty_past(session, batch: int) -> dict[str, np.ndarray]:
 
 
 def reference_greedy(
-    model_dir: str | os.PathLike, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = ()
+    model_dir: str | os.PathLike, prompt_ids: list[int], max_new_tokens: int, stop_ids: tuple[int, ...] = (),
+    session=None,
 ) -> list[int]:
     """Greedy decoding, batch 1: one prefill call, then one call per new token with the past.
 
     The ground truth the generation engine is compared with token for token. ``model_dir`` is
     a directory holding ``model.onnx`` (a version directory) or the file itself. Stops after
     ``max_new_tokens`` or at the first token in ``stop_ids`` (not included in the result).
+    ``session``: one already made from ``model_dir`` (a loop of calls pays for it once).
     """
-    session = _session(model_dir)
+    session = session or _session(model_dir)
     present_names = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
     ids = np.array([prompt_ids], np.int64)
     feeds = {
