@@ -243,6 +243,13 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     return row
 
 
+def _failure_line(exc: Exception) -> str:
+    """The error's first line, and its last when that says more (a tool's own last words)."""
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
+    text = lines[0] if len(lines) == 1 else f"{lines[0]} … {lines[-1]}"
+    return text[:400]
+
+
 def run_servers(args, settings: systems.Settings, inputs: dict, expected: dict, log_dir: str,
                 unavailable: list[dict], peer_versions: dict) -> list[dict]:
     rows: list[dict] = []
@@ -271,7 +278,7 @@ def run_servers(args, settings: systems.Settings, inputs: dict, expected: dict, 
                                    "config": cfg.config, "batching": cfg.batching, "window": cfg.window,
                                    "workers": cfg.workers,
                                    "threads": args.intra_op_threads, "concurrency": c, "batch": 1,
-                                   "infer_per_s": None, "note": f"failed: {str(exc).strip().splitlines()[0][:300]}"}
+                                   "infer_per_s": None, "note": f"failed: {_failure_line(exc)}"}
                         rows.append(row)
                         _log(_row_line(row))
                         if not run.server.alive():

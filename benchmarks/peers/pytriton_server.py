@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-from pytriton.triton import Triton, TritonConfig
+from pytriton.triton import Triton, TritonConfig, TritonSecurityConfig
 
 
 def make_infer(session: ort.InferenceSession):
@@ -42,7 +42,9 @@ def main() -> None:
 
     config = TritonConfig(http_address="127.0.0.1", http_port=args.http_port, grpc_address="127.0.0.1",
                           grpc_port=args.grpc_port, metrics_port=args.metrics_port, log_verbose=0)
-    with Triton(config=config) as triton:
+    # PyTriton 0.7 puts Triton's model-config and metadata APIs behind a random access token; perf_analyzer
+    # (like any Triton client) reads them before loading. A benchmark on loopback restricts nothing.
+    with Triton(config=config, security_config=TritonSecurityConfig(restricted_endpoints=[])) as triton:
         for spec in args.model:
             name, path = spec.split("=", 1)
             opts = ort.SessionOptions()
