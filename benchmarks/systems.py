@@ -274,7 +274,9 @@ def start_nghttpd(s: Settings, log_path: str) -> Running:
         return payloads.Body(body.protocol, f"/{m.name}/ModelInfer", body.data, body.headers)
 
     version = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    return Running(server, port, None, encode, versions={"nghttpd": version}, fixed_answer_bytes=sizes)
+    # `nghttpd --version` prints "nghttpd nghttp2/1.52.0"
+    return Running(server, port, None, encode, versions={"nghttpd": version.removeprefix("nghttpd").strip()},
+                   fixed_answer_bytes=sizes)
 
 
 def nghttpd_configs() -> list[SystemConfig]:
