@@ -189,9 +189,7 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
            expected, x) -> dict:
     perf_analyzer = protocol.startswith("pa-")
     body = payloads.grpc_unary(m.name, x) if perf_analyzer else run.encode(protocol, m, x, c)
-    row = {"model": m.name, "system": cfg.system, "label": cfg.label, "protocol": protocol, "config": cfg.config,
-           "batching": cfg.batching, "window": cfg.window, "workers": cfg.workers, "threads": args.intra_op_threads,
-           "concurrency": c, "batch": 1, "infer_per_s": None, "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
+    row = {**_row_head(cfg, m.name, protocol, c, args), "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
            "server_cpu_ms_per_infer": None, "mean_batch": None, "gen_cpu_cores": None, "errors": None, "note": ""}
     if perf_analyzer:
         go = _perf_analyzer_go(run, m, protocol, c, args, expected, x)
@@ -243,6 +241,13 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     return row
 
 
+def _row_head(cfg: systems.SystemConfig, model: str, protocol: str, c: int, args) -> dict:
+    """What names a server point's row (measured or failed); its figures start empty."""
+    return {"model": model, "system": cfg.system, "label": cfg.label, "protocol": protocol, "config": cfg.config,
+            "batching": cfg.batching, "window": cfg.window, "workers": cfg.workers, "threads": args.intra_op_threads,
+            "concurrency": c, "batch": 1, "infer_per_s": None}
+
+
 def _failure_line(exc: Exception) -> str:
     """The error's first line, and its last when that says more (a tool's own last words)."""
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()] or [type(exc).__name__]
@@ -274,11 +279,7 @@ def run_servers(args, settings: systems.Settings, inputs: dict, expected: dict, 
                         try:
                             row = _point(run, cfg, m, protocol, c, args, expected[m.name], inputs[m.name])
                         except (payloads.WrongAnswer, loadgen.LoadError, OSError, ValueError) as exc:
-                            row = {"model": m.name, "system": cfg.system, "label": cfg.label, "protocol": protocol,
-                                   "config": cfg.config, "batching": cfg.batching, "window": cfg.window,
-                                   "workers": cfg.workers,
-                                   "threads": args.intra_op_threads, "concurrency": c, "batch": 1,
-                                   "infer_per_s": None, "note": f"failed: {_failure_line(exc)}"}
+                            row = {**_row_head(cfg, m.name, protocol, c, args), "note": f"failed: {_failure_line(exc)}"}
                         rows.append(row)
                         _log(_row_line(row))
                         if not run.server.alive():

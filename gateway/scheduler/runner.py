@@ -138,7 +138,8 @@ class ModelScheduler:
         # A run on the loop blocks every connection of the daemon until it returns, and nothing can
         # abort it there: only models whose cost follows their input size (no Loop or If whose work
         # depends on input values) run inline, only for inputs no larger than a lone request measured
-        # fast, and never again after one inline run took far longer than the bound.
+        # fast, and never again once inline runs took far longer than the bound too often (strikes,
+        # INLINE_STRIKES) or once too long (INLINE_HARD_NS).
         self._inline_ns = 0 if any(getattr(e, "data_dependent_cost", False) for e in executors) else spec.inline_execute_ns
         self._inline_bytes = 0
         self._inline_strikes = 0.0
