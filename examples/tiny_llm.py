@@ -334,30 +334,32 @@ def reference_greedy(
 # ---------------------------------------------------------------------------------- repository
 
 
-DEFAULT_MODEL_YAML = f"""max_batch_size: 0
+MODEL_YAML = """max_batch_size: 0
 generation:
-  context_length: {MAX_POSITIONS}   # the decoder's position table
+  context_length: {max_positions}   # the decoder's position table
   default_max_tokens: 64
   max_sequences: 32
 """
 
 
-def write_tiny_llm(repo_dir: str | os.PathLike, name: str = "tiny-gpt", model_yaml: str | None = None, version: int = 1, seed: int = 0) -> Path:
+def write_tiny_llm(repo_dir: str | os.PathLike, name: str = "tiny-gpt", model_yaml: str | None = None, version: int = 1, seed: int = 0,
+                   max_positions: int = MAX_POSITIONS) -> Path:
     """Writes ``<repo_dir>/<name>/`` (model.yaml, <version>/model.onnx and tokenizer files); returns the model dir.
 
     An existing ``model.yaml`` is kept unless ``model_yaml`` is given (as make_models does).
+    ``max_positions``: the longest sequence the decoder takes (its context length).
     """
     model_dir = Path(repo_dir) / name
     version_dir = model_dir / str(version)
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(train_tokenizer(version_dir)))
-    build_decoder(version_dir, vocab_size=tokenizer.get_vocab_size(), seed=seed)
+    build_decoder(version_dir, vocab_size=tokenizer.get_vocab_size(), max_positions=max_positions, seed=seed)
     eos_ids = [tokenizer.token_to_id(EOS), tokenizer.token_to_id(IM_END)]
     _atomic_write(version_dir / "generation_config.json", json.dumps({"bos_token_id": eos_ids[0], "eos_token_id": eos_ids}, indent=2))
     cfg = model_dir / "model.yaml"
     if model_yaml is not None or not cfg.exists():
-        _atomic_write(cfg, DEFAULT_MODEL_YAML if model_yaml is None else model_yaml)
+        _atomic_write(cfg, MODEL_YAML.format(max_positions=max_positions) if model_yaml is None else model_yaml)
     return model_dir
 
 

@@ -15,7 +15,7 @@ import pytest
 
 import make_models
 import mlflow_server
-from daemons import ROOT, Gateway, launch
+from daemons import LONG_CONTEXT, ROOT, Gateway, launch
 from inprocess import InProcessGateway, stop_leftovers
 
 @pytest.fixture
@@ -88,6 +88,15 @@ def tiny_llm_model(tmp_path_factory) -> Path:
     import tiny_llm
 
     return tiny_llm.write_tiny_llm(tmp_path_factory.mktemp("tiny-llm"))
+
+
+@pytest.fixture(scope="session")
+def long_tiny_llm_model(tmp_path_factory) -> Path:
+    """tiny-gpt with a 4096-token context (model.yaml says so): a stream that must still be running
+    when a test acts on it asks for thousands of tokens with the end-of-text tokens biased away."""
+    import tiny_llm
+
+    return tiny_llm.write_tiny_llm(tmp_path_factory.mktemp("tiny-llm-long"), max_positions=LONG_CONTEXT)
 
 
 @pytest.fixture(scope="session")

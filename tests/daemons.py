@@ -4,6 +4,7 @@ fixtures on these; tests import them from here (never from conftest)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -85,3 +86,16 @@ def launch(
 
 def copy_model(src_root: Path, dst_root: Path, name: str) -> None:
     shutil.copytree(src_root / name, dst_root / name)
+
+
+# The context of conftest's ``long_tiny_llm_model``.
+LONG_CONTEXT = 4096
+
+
+def endless_stream(model_dir: Path) -> dict:
+    """Request fields that keep a stream of ``long_tiny_llm_model`` generating for thousands of
+    tokens (seconds, however fast the engine): nearly the whole context, its end-of-text tokens
+    biased away. A test that must act while the sequence still runs cancels it long before."""
+    config = json.loads((model_dir / "1" / "generation_config.json").read_text())
+    return {"max_tokens": LONG_CONTEXT - 64, "temperature": 0, "stream": True,
+            "logit_bias": {str(t): -100 for t in config["eos_token_id"]}}

@@ -206,6 +206,11 @@ class GenerationStream:
         return item
 
     @property
+    def ready(self) -> bool:
+        """An event (or the end) can be read without waiting: a writer batches what is ready."""
+        return self._held is not None or not self._queue.empty()
+
+    @property
     def finished(self) -> bool:
         return self._open == 0
 

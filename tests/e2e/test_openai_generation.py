@@ -12,35 +12,35 @@ import urllib.request
 import openai
 import pytest
 import tiny_llm
-from daemons import Gateway, launch
+from daemons import LONG_CONTEXT, Gateway, endless_stream, launch
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.text.tokenizer import TextTokenizer
 
 MODEL = "tiny-gpt"
-SMALL = "tiny-one"  # one sequence at a time, no waiting room: the 429 path
+SMALL = "tiny-one"  # one sequence at a time, no waiting room, a long context: the 429 path, hang-ups
 YAML = """max_batch_size: 0
 generation:
   context_length: 256
   default_max_tokens: 16
   max_sequences: 16
 """
-SMALL_YAML = """max_batch_size: 0
+SMALL_YAML = f"""max_batch_size: 0
 generation:
-  context_length: 256
+  context_length: {LONG_CONTEXT}
   max_sequences: 1
   max_waiting_sequences: 0
 """
 
 
 @pytest.fixture(scope="module")
-def gateway(tiny_llm_model, tmp_path_factory):
+def gateway(tiny_llm_model, long_tiny_llm_model, tmp_path_factory):
     import make_models
 
     root = tmp_path_factory.mktemp("gen") / "models"
     make_models.write_repository(str(root), ["mlp"])
-    for name, yaml in ((MODEL, YAML), (SMALL, SMALL_YAML)):
-        shutil.copytree(tiny_llm_model, root / name)
+    for name, src, yaml in ((MODEL, tiny_llm_model, YAML), (SMALL, long_tiny_llm_model, SMALL_YAML)):
+        shutil.copytree(src, root / name)
         (root / name / "model.yaml").write_text(yaml)
     gw = launch(root)
     yield gw
@@ -210,8 +210,9 @@ def test_many_concurrent_streams_finish_and_share_steps(gateway):
     assert buckets > single  # some steps ran more than one sequence in one call
 
 
-def test_a_disconnected_stream_is_freed(gateway):
-    body = json.dumps({"model": MODEL, "prompt": "Hello", "max_tokens": 200, "temperature": 0, "stream": True}).encode()
+def test_a_disconnected_stream_is_freed(gateway, long_tiny_llm_model):
+    # Thousands of tokens: still decoding when the client goes, however fast the engine.
+    body = json.dumps({"model": SMALL, "prompt": "Hello", **endless_stream(long_tiny_llm_model)}).encode()
     host, port = gateway.http_url.split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -221,10 +222,11 @@ def test_a_disconnected_stream_is_freed(gateway):
             got = sock.recv(65536)
             assert got, "the server closed the stream early"
             seen += got
-        gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences") >= 1, what="a running sequence")
-    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences") == 0, timeout=30,
+        gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) >= 1,
+                           what="a running sequence")
+    gateway.wait_until(lambda: metric(gateway, "gateway_generation_active_sequences", model=SMALL) == 0, timeout=30,
                        what="the disconnected stream's sequence to leave the batch")
-    assert metric(gateway, "gateway_generation_sequences_total", reason="cancelled") >= 1
+    assert metric(gateway, "gateway_generation_sequences_total", model=SMALL, reason="cancelled") >= 1
 
 
 # ------------------------------------------------------------------------------- errors
@@ -278,8 +280,10 @@ def test_context_too_long_is_400_before_the_stream_starts(client):
     assert _error(info)["param"] == "max_tokens" and "1000" in _error(info)["message"]
 
 
-def test_over_capacity_is_429_rate_limit_error(client, gateway):
-    first = client.completions.create(model=SMALL, prompt="Hello", max_tokens=200, temperature=0, stream=True)
+def test_over_capacity_is_429_rate_limit_error(client, gateway, long_tiny_llm_model):
+    endless = endless_stream(long_tiny_llm_model)  # still decoding while the second request is refused
+    first = client.completions.create(model=SMALL, prompt="Hello", max_tokens=endless["max_tokens"], temperature=0, stream=True,
+                                      logit_bias=endless["logit_bias"])
     try:
         next(iter(first))
         with pytest.raises(openai.RateLimitError) as info:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import socket
 
-from daemons import copy_model
+from daemons import LONG_CONTEXT, copy_model, endless_stream
 from reliability_helpers import ADMIN_TOKEN, debug_state, metric_value
 
 MODEL = "tiny-gpt"
-YAML = """max_batch_size: 0
+YAML = f"""max_batch_size: 0
 generation:
-  context_length: 256
+  context_length: {LONG_CONTEXT}
   default_max_tokens: 16
   max_sequences: 8
 """
@@ -24,9 +24,10 @@ def _active(gw) -> float:
     return metric_value(gw, "gateway_generation_active_sequences", model=MODEL)
 
 
-def _hang_up_mid_stream(gw, i: int) -> None:
+def _hang_up_mid_stream(gw, model_dir, i: int) -> None:
+    # Thousands of tokens: the sequence is still decoding when the client hangs up, however fast the engine.
     body = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": f"tell me a long story {i}"}],
-                       "max_tokens": 200, "temperature": 0, "stream": True}).encode()
+                       **endless_stream(model_dir)}).encode()
     host, port = gw.http_url.split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
@@ -41,9 +42,9 @@ def _hang_up_mid_stream(gw, i: int) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
 
 
-def test_chat_stream_hung_up_mid_stream_frees_its_sequence_and_leaks_no_task(tmp_path, start_gateway, tiny_llm_model):
+def test_chat_stream_hung_up_mid_stream_frees_its_sequence_and_leaks_no_task(tmp_path, start_gateway, long_tiny_llm_model):
     root = tmp_path / "models"
-    copy_model(tiny_llm_model.parent, root, tiny_llm_model.name)
+    copy_model(long_tiny_llm_model.parent, root, long_tiny_llm_model.name)
     (root / MODEL / "model.yaml").write_text(YAML)
     gw = start_gateway(root, "--admin-token", ADMIN_TOKEN)
     # One finished stream first, so lazily started tasks (the engine's step loop) exist in the baseline.
@@ -57,7 +58,7 @@ def test_chat_stream_hung_up_mid_stream_frees_its_sequence_and_leaks_no_task(tmp
     cancelled0 = metric_value(gw, "gateway_generation_sequences_total", model=MODEL, reason="cancelled")
 
     for i in range(HANGUPS):
-        _hang_up_mid_stream(gw, i)
+        _hang_up_mid_stream(gw, long_tiny_llm_model, i)
 
     gw.wait_until(lambda: _active(gw) == 0, timeout=60, what="the hung-up streams' sequences to leave the batch")
     state = gw.wait_until(lambda: (s := debug_state(gw))["asyncio_tasks"] <= baseline and s, timeout=60,

@@ -35,7 +35,8 @@ async def _collect(stream):
 
 @pytest.mark.parametrize("kv_cache", ["host", "device"])
 def test_staggered_joins_and_leaves_match_the_reference(tiny_llm_model, kv_cache):
-    engine = _engine(tiny_llm_model, kv_cache=kv_cache)
+    # One hand-off per step, so the later prompts join while the first ones still decode.
+    engine = _engine(tiny_llm_model, kv_cache=kv_cache, stream_interval_ms=0)
     assert type(engine.decoder.store).__name__ == {"host": "HostKv", "device": "DeviceKv"}[kv_cache]
     stop = tuple(engine.tokenizer.eos_token_ids)
 
@@ -95,22 +96,92 @@ def test_limits_are_checked_at_submit(tiny_llm_model):
     asyncio.run(run())
 
 
-def test_a_closed_stream_leaves_at_the_next_step(tiny_llm_model):
-    engine = _engine(tiny_llm_model)
+# The end-of-text tokens of tiny-gpt, biased away: a sequence runs to its max_tokens.
+NO_EOS = ((0, -100.0), (2, -100.0))
+
+
+@pytest.mark.parametrize("interval_ms", [0, 1000])
+def test_a_closed_stream_leaves_at_the_next_step(tiny_llm_model, interval_ms):
+    engine = _engine(tiny_llm_model, stream_interval_ms=interval_ms)
 
     async def run():
-        stream = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=200, temperature=0), prompt="hello"))
+        stream = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=240, temperature=0, logit_bias=NO_EOS),
+                                                 prompt="hello"))
         await stream.__anext__()
         assert engine.stats.active == 1
-        stream.close()
+        stream.close()  # while the worker runs ahead with interval_ms 1000: it stops after its step
         for _ in range(6000):  # bounded: 30 s
             if engine.stats.active == 0 and engine.decoder.rows == 0:
                 break
             await asyncio.sleep(0.005)
         assert engine.stats.active == 0 and engine.stats.cancelled == 1
         assert engine.decoder.rows == 0
+        assert engine.stats.finished == {}  # it left cancelled, not at max_tokens
+        assert engine.stats.generated_tokens < 240
 
     asyncio.run(run())
+
+
+def test_a_stable_batch_runs_ahead_and_hands_its_tokens_over_together(tiny_llm_model):
+    """With nothing joining or leaving, the worker runs decode steps back to back within
+    stream_interval_ms: the tokens after the first reach the stream at once, each its own event,
+    and they are those of one hand-off per step."""
+    request = GenerationRequest("tiny", SamplingParams(max_tokens=40, temperature=0, logit_bias=NO_EOS), prompt="hello")
+
+    async def step_by_step():
+        return (await _collect(_engine(tiny_llm_model, stream_interval_ms=0).submit(request)))[0]
+
+    want = asyncio.run(step_by_step())
+    engine = _engine(tiny_llm_model, stream_interval_ms=1000)
+
+    async def run():
+        stream = engine.submit(request)
+        tokens = list((await stream.__anext__()).token_ids)  # the prefill's token: handed over alone, at once
+        tokens += (await stream.__anext__()).token_ids
+        waits = 0
+        while True:
+            waits += not stream.ready
+            try:
+                event = await stream.__anext__()
+            except StopAsyncIteration:
+                break
+            tokens += event.token_ids
+        return tokens, waits
+
+    tokens, waits = asyncio.run(run())
+    assert len(want) == 40 and tokens == want
+    assert waits == 0  # every token after the second was already there: one hand-off carried them
+    assert engine.stats.decode_steps == 39
+
+
+def test_an_arrival_ends_a_run_ahead_at_once(tiny_llm_model):
+    """A request arriving while a long sequence runs ahead joins at the next step: it finishes
+    (with the reference's tokens) long before the long one, not after its interval."""
+    engine = _engine(tiny_llm_model, stream_interval_ms=1000)
+    stop = tuple(engine.tokenizer.eos_token_ids)
+    want = tiny_llm.reference_greedy(tiny_llm_model / "1", engine.tokenizer.encode("Python is"), 5, stop)
+
+    async def run():
+        order = []
+
+        async def collect(name, stream):
+            tokens = []
+            async for event in stream:
+                tokens += event.token_ids
+            order.append(name)
+            return tokens
+
+        long = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=240, temperature=0, logit_bias=NO_EOS),
+                                               prompt="hello"))
+        await long.__anext__()  # decoding now: the worker runs ahead
+        short = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=5, temperature=0), prompt="Python is"))
+        got = await asyncio.gather(collect("long", long), collect("short", short))
+        return order, got
+
+    order, (long_tokens, short_tokens) = asyncio.run(run())
+    assert short_tokens == want
+    assert len(long_tokens) == 239  # its first token was read before
+    assert order == ["short", "long"]
 
 
 def test_penalised_and_plain_sequences_share_steps(tiny_llm_model):

@@ -131,16 +131,17 @@ class OpenAICompletionsApi:
         try:
             await response.prepare(request)
             try:
-                async for chunk in self.serving.chunks(kind, model, stream, want_logprobs, include_usage,
+                # One write per batch of ready chunks: one chunked-encoding frame and one send, not
+                # one per token, when the engine hands over several steps' tokens at once.
+                async for batch in self.serving.chunks(kind, model, stream, want_logprobs, include_usage,
                                                        tool_mode, tool_names, echo):
-                    await response.write(_event(chunk))
+                    await response.write(b"".join(map(_event, batch)))
             except ConnectionError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a failure mid-stream is one error event, then [DONE]
                 outcome = classify(exc)[0].value
                 await response.write(sse_error_event(exc))
-            await response.write(_DONE)
-            await response.write_eof()
+            await response.write_eof(_DONE)
         except ConnectionError:
             outcome = "cancelled"  # the client went away; its sequences leave at the next step
         finally:

@@ -54,6 +54,10 @@ class PromptStreams:
     def completion_tokens(self) -> int:
         return sum(s.completion_tokens for s in self.streams)
 
+    @property
+    def ready(self) -> bool:
+        return not self._queue.empty()
+
     def __aiter__(self) -> AsyncIterator[GenerationEvent]:
         return self._events()
 
@@ -216,8 +220,10 @@ class CompletionServing:
     async def chunks(
         self, kind: str, model: str, stream: AnyStream, want_logprobs: bool, include_usage: bool,
         tool_mode: str = TOOLS_NONE, tool_names: frozenset[str] = frozenset(), echo: list[str] | None = None,
-    ) -> AsyncIterator[dict]:
-        """The stream's chunk objects in order; the caller closes ``stream`` when it stops reading."""
+    ) -> AsyncIterator[list[dict]]:
+        """The stream's chunk objects in order, in batches: the chunks of the events that could be
+        read without waiting go together (a writer sends each batch at once). The caller closes
+        ``stream`` when it stops reading."""
         created = int(time.time())
         if kind == CHAT:
             base = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": created,
@@ -230,17 +236,26 @@ class CompletionServing:
         if kind == CHAT and tool_mode != TOOLS_NONE:
             for c in choices:
                 c.tools = ToolCallReader(tool_mode, tool_names)
+        batch: list[dict] = []
         if kind == CHAT:
             # OpenAI opens each choice with the assistant role and empty content.
-            for i in range(stream.choices):
-                yield {**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
-                                            "logprobs": None, "finish_reason": None}], **extra}
+            batch = [{**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": ""},
+                                           "logprobs": None, "finish_reason": None}], **extra}
+                     for i in range(stream.choices)]
+            if not stream.ready:
+                yield batch
+                batch = []
         async for event in stream:
             chunk = self._chunk(kind, event, choices[event.index], want_logprobs)
             if chunk is not None:
-                yield {**base, "choices": [chunk], **extra}
+                batch.append({**base, "choices": [chunk], **extra})
+            if batch and not stream.ready:
+                yield batch
+                batch = []
         if include_usage:
-            yield {**base, "choices": [], "usage": _usage(stream)}
+            batch.append({**base, "choices": [], "usage": _usage(stream)})
+        if batch:
+            yield batch
 
     @staticmethod
     def _chunk(kind: str, event: GenerationEvent, choice: _Choice, want_logprobs: bool) -> dict | None:

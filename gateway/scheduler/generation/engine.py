@@ -4,7 +4,10 @@ batcher and the KV-cache decoder.
 One loop task per engine. Each turn it asks the batcher for a step plan and hands the
 whole step to the engine's one worker thread: release the rows that left, one batched
 decode call for every running sequence, one prefill call per distinct prompt length
-for those joining, then sampling, detokenisation and stop checks for all of them. The
+for those joining, then sampling, detokenisation and stop checks for all of them. When
+nothing joins, the worker runs further decode steps of the same batch within
+``stream_interval_ms`` (a thread hand-off costs about a small model's step), until a
+sequence finishes or the loop asks for the batch back (an arrival, a cancel). The
 results come back in one hand-off and are pushed to each request's stream. Tokenising
 and admission happen on the event loop at submit, so limits are answered (400, 429)
 before a stream starts.
@@ -74,6 +77,7 @@ class Sequence:
 class _StepResult:
     events: list[tuple[Sequence, GenerationEvent]] = field(default_factory=list)
     prefill_runs: int = 0
+    decode_steps: int = 0  # decode calls run for the plan: more than one when the batch ran ahead
     step_ns: int = 0
     repad_ns: int = 0
 
@@ -107,6 +111,10 @@ class GenerationEngine:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._steps = 0  # steps run, numbering them for traces
+        # Set on the loop when the batch must change (a request arrived, a client left, unloading):
+        # the worker reads it between steps and hands back instead of running ahead.
+        self._interrupt = False
+        self._interval_ns = int(config.stream_interval_ms * 1e6)
 
     # -- admission (event loop) ---------------------------------------------------------------
 
@@ -168,6 +176,7 @@ class GenerationEngine:
         self.stats.prompt_tokens += len(prompt_ids) * sampling.n
         self._refresh_gauges()
         self._ensure_running()
+        self._interrupt = True
         self._wake.set()
         return stream
 
@@ -220,6 +229,7 @@ class GenerationEngine:
             if self.batcher.cancel(seq_id):
                 self._seqs.pop(seq_id, None)  # never joined: nothing to release
         self._refresh_gauges()
+        self._interrupt = True
         self._wake.set()
 
     def _refresh_gauges(self) -> None:
@@ -251,18 +261,19 @@ class GenerationEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            self._interrupt = False
             try:
                 result = await loop.run_in_executor(self._pool, self._step, plan)
             except Exception as exc:  # noqa: BLE001 - a runtime failure fails these sequences, not the daemon
                 _log.exception("generation step failed on %s:%s", self.name, self.version)
                 self._fail_running(ExecutorError(f"the model failed during generation: {type(exc).__name__}: {exc}"))
                 continue
-            self._steps += 1
-            self._stamp_traces(plan, now)
+            self._steps += max(1, result.decode_steps)
+            self._stamp_traces(plan, now, result.decode_steps)
             self._deliver(plan, result)
 
-    def _stamp_traces(self, plan: StepPlan, start_ns: int) -> None:
-        """Traced requests in this step: its time is their prefill (joining) or one decode step."""
+    def _stamp_traces(self, plan: StepPlan, start_ns: int, decode_steps: int) -> None:
+        """Traced requests in this hand-off: its time is their prefill (joining) or their decode steps."""
         end_ns = self._clock_ns()
         for seq_id in plan.joining:
             seq = self._seqs.get(seq_id)
@@ -276,7 +287,7 @@ class GenerationEngine:
                 t.last_step = self._steps
                 t.decode_start_ns = t.decode_start_ns or start_ns
                 t.decode_end_ns = end_ns
-                t.decode_steps += 1
+                t.decode_steps += decode_steps
 
     def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
         stats = self.stats
@@ -297,9 +308,10 @@ class GenerationEngine:
         for seq_id in plan.leaving:
             self._seqs.pop(seq_id, None)
         if plan.decoding:
-            stats.step_sequences.observe(len(plan.decoding))
+            for _ in range(result.decode_steps):
+                stats.step_sequences.observe(len(plan.decoding))
             if len(plan.decoding) > 1:
-                stats.steps_multi += 1
+                stats.steps_multi += result.decode_steps
         stats.prefill_runs += result.prefill_runs
         stats.step_ns += result.step_ns
         stats.repad_ns += result.repad_ns
@@ -328,9 +340,10 @@ class GenerationEngine:
             decoder.release(plan.leaving)
         repad = time.perf_counter_ns() - start
         if plan.decoding:
-            masks = self._masks_beside_the_model([self._seqs[s] for s in plan.decoding])
-            logits = decoder.decode({s: self._seqs[s].last_token for s in plan.decoding})
-            self._sample([self._seqs[s] for s in plan.decoding], logits, masks, result)
+            seqs = [self._seqs[s] for s in plan.decoding]
+            self._decode(seqs, result)
+            if not plan.joining:  # a join hands over at once: the new rows' first tokens go out alone
+                self._run_ahead(seqs, start, result)
         if plan.joining:
             by_length: dict[int, list[Sequence]] = {}
             for seq_id in plan.joining:
@@ -348,6 +361,27 @@ class GenerationEngine:
         result.step_ns = time.perf_counter_ns() - start
         result.repad_ns = repad
         return result
+
+    def _decode(self, seqs: list[Sequence], result: _StepResult) -> None:
+        """One decode step of the whole batch: every running sequence gets its next token."""
+        masks = self._masks_beside_the_model(seqs)
+        logits = self.decoder.decode({s.seq_id: s.last_token for s in seqs})
+        self._sample(seqs, logits, masks, result)
+        result.decode_steps += 1
+
+    def _run_ahead(self, seqs: list[Sequence], start_ns: int, result: _StepResult) -> None:
+        """More decode steps of the same batch while nothing would change it: no sequence finished,
+        the loop has not asked for the batch back, and the next step should end within the stream
+        interval (judged by the last step's time). Each step's tokens still become their own events."""
+        interval = self._interval_ns
+        last_end = time.perf_counter_ns()
+        step_ns = last_end - start_ns
+        while (not self._interrupt
+               and not any(event.finish_reason is not None for _, event in result.events[-len(seqs):])
+               and last_end + step_ns - start_ns <= interval):
+            self._decode(seqs, result)
+            now = time.perf_counter_ns()
+            step_ns, last_end = now - last_end, now
 
     def _masks_beside_the_model(self, seqs: list[Sequence]) -> Future | None:
         """The constrained sequences' next masks, computed in a thread while the model's step runs
@@ -429,6 +463,7 @@ class GenerationEngine:
     async def drain(self, timeout_s: float) -> None:
         """Refuse new requests, let admitted ones finish (bounded), then stop."""
         self._closing = True
+        self._interrupt = True
         self._wake.set()
         task = self._task
         if task is not None and not task.done():
