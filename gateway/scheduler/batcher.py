@@ -65,8 +65,11 @@ class DynamicBatcher:
     def queued_rows(self) -> int:
         return self._queue.rows
 
-    def add(self, item: QueuedRequest, now_ns: int) -> None:
+    def add(self, item: QueuedRequest, now_ns: int, waiting_elsewhere: int = 0) -> None:
         """Queue ``item``, or raise without queueing it.
+
+        ``waiting_elsewhere``: requests taken from the queue that still wait (a prepared batch),
+        counted against ``max_queue_size`` with the queued ones.
 
         Resolves priority 0 to the default level, stamps ``enqueue_ns`` and sets
         ``deadline_ns`` to the effective queue timeout: the policy's default
@@ -87,7 +90,7 @@ class DynamicBatcher:
             raise InvalidInputError(
                 f"request batch size {item.rows} exceeds the model's max_batch_size {self._max}"
             )
-        if len(self._queue) >= p.max_queue_size:
+        if len(self._queue) + waiting_elsewhere >= p.max_queue_size:
             raise QueueFullError(f"request rejected: exceeds maximum queue size {p.max_queue_size}")
 
         item.priority = priority

@@ -425,3 +425,152 @@ def test_a_slow_inline_run_now_and_then_keeps_inlining_but_repeated_ones_end_it(
         await sched.drain(1)
 
     asyncio.run(main())
+
+
+# -- prepared batches: an instance goes from one run to the next without the loop ---------------
+
+
+def test_a_full_batch_is_prepared_behind_the_running_one_and_starts_without_the_loop():
+    async def main():
+        ex = GatedExecutor()
+        sched, stats = make(BatchingPolicy(max_batch_size=1), ex)
+        first = sched.submit(req(1), 1, (), 0)
+        await wait_started(ex)
+        second = sched.submit(req(2), 1, (), 0)  # a full batch (one row): prepared at once
+        assert sched.queue_depth == 1 and sched.busy_instances == 1  # waiting, reported as queued
+        ex.gate.set()
+        # Blocking the loop here: the instance's thread must start the prepared batch on its own.
+        assert ex.started.acquire(True, WAIT_S), "the prepared batch did not start without the loop"
+        results = await asyncio.wait_for(asyncio.gather(first, second), WAIT_S)
+        assert [r["y"][0, 0] for r in results] == [2.0, 4.0]
+        assert ex.batches == [[1.0], [2.0]] and stats.execution_count == 2
+        assert sched.queue_depth == 0 and sched.busy_instances == 0
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_a_partial_batch_waits_in_the_queue_under_a_fixed_window():
+    async def main():
+        ex = GatedExecutor()
+        sched, _ = make(BatchingPolicy(max_batch_size=4), ex)
+        first = sched.submit(req(1), 1, (), 0)
+        await wait_started(ex)
+        later = [sched.submit(req(v), 1, (), 0) for v in (2, 3)]
+        assert len(sched._batcher) == 2 and sched.queue_depth == 2  # noqa: SLF001 - not taken out of the queue
+        later.append(sched.submit(req(4), 1, (), 0))
+        ex.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, *later), WAIT_S)
+        assert ex.batches == [[1.0], [2.0, 3.0, 4.0]]  # the latecomer still joined them
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_a_prepared_request_past_its_deadline_fails_without_running():
+    async def main():
+        import time
+
+        ex = GatedExecutor()
+        sched, stats = make(BatchingPolicy(max_batch_size=1), ex)
+        running = sched.submit(req(0), 1, (), 0)
+        await wait_started(ex)
+        deadline = time.monotonic_ns() + 20_000_000
+        doomed = sched.submit(req(7, deadline_ns=deadline), 1, (), 0)  # prepared: no queue timer for it
+        async with asyncio.timeout(WAIT_S):
+            while time.monotonic_ns() <= deadline:  # the deadline passes while it waits
+                await asyncio.sleep(0.005)
+        ex.gate.set()
+        with pytest.raises(DeadlineExceededError):
+            await asyncio.wait_for(doomed, WAIT_S)
+        await asyncio.wait_for(running, WAIT_S)
+        assert ex.batches == [[0.0]] and stats.rejected_deadline == 1
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+class AbortableGated(GatedExecutor):
+    """An executor whose run abort() ends (as onnxruntime's terminate flag does) until rearm()."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.abort_flag = threading.Event()
+        self.calls: list[str] = []
+
+    def run(self, feeds, output_names):
+        self.calls.append(f"run {feeds['x'][0, 0]:g}")
+        self.started.release()
+        while not self.gate.wait(0.001):
+            if self.abort_flag.is_set():
+                raise RuntimeError("aborted")
+        if self.abort_flag.is_set():
+            raise RuntimeError("aborted")
+        self.batches.append(feeds["x"][:, 0].tolist())
+        return [feeds["x"] * 2]
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+        self.abort_flag.set()
+
+    def rearm(self) -> None:
+        self.calls.append("rearm")
+        self.abort_flag.clear()
+
+
+def test_cancelling_a_prepared_batch_skips_it_and_never_aborts_the_running_one():
+    async def main():
+        ex = AbortableGated()
+        sched, _ = make(BatchingPolicy(max_batch_size=1), ex)
+        running = sched.submit(req(1), 1, (), 0)
+        await wait_started(ex)
+        prepared = sched.submit(req(2), 1, (), 0)
+        prepared.cancel()
+        await asyncio.sleep(0)  # the cancellation's callbacks run
+        ex.gate.set()
+        assert (await asyncio.wait_for(running, WAIT_S))["y"][0, 0] == 2.0
+        after = await asyncio.wait_for(sched.submit(req(3), 1, (), 0), WAIT_S)
+        assert after["y"][0, 0] == 6.0
+        assert ex.calls == ["run 1", "run 3"]  # the prepared one skipped, nothing aborted
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_an_aborted_run_is_rearmed_before_the_prepared_batch_behind_it_starts():
+    async def main():
+        ex = AbortableGated()
+        sched, _ = make(BatchingPolicy(max_batch_size=1), ex)
+        doomed = sched.submit(req(1), 1, (), 0)
+        await wait_started(ex)
+        prepared = sched.submit(req(2), 1, (), 0)
+        doomed.cancel()  # its only caller left while it ran: the run is aborted
+        assert await asyncio.to_thread(ex.started.acquire, True, WAIT_S)  # the prepared batch started
+        ex.gate.set()
+        assert (await asyncio.wait_for(prepared, WAIT_S))["y"][0, 0] == 4.0
+        assert ex.calls == ["run 1", "abort", "rearm", "run 2"]
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_with_the_adaptive_window_a_partial_batch_as_large_as_the_running_one_is_prepared():
+    async def main():
+        ex = GatedExecutor()
+        stats = ModelStats()
+        spec = SchedulerSpec(name="m", version="1", batching=True, output_names=("y",), adaptive_delay=True)
+        sched = ModelScheduler(spec, BatchingPolicy(max_batch_size=8), [ex], stats)
+        first = sched.submit(req(1, rows=2), 2, (), 0)
+        await wait_started(ex)
+        smaller = sched.submit(req(2), 1, (), 0)
+        assert len(sched._batcher) == 1  # noqa: SLF001 - one row behind two: it waits in the queue
+        as_large = sched.submit(req(3), 1, (), 0)
+        assert len(sched._batcher) == 0 and sched.queue_depth == 2  # noqa: SLF001 - two rows: prepared
+        late = sched.submit(req(4), 1, (), 0)  # the instance has its prepared batch: this one queues
+        assert len(sched._batcher) == 1  # noqa: SLF001
+        ex.gate.set()
+        await asyncio.wait_for(asyncio.gather(first, smaller, as_large, late), WAIT_S)
+        assert ex.batches == [[1.0, 1.0], [2.0, 3.0], [4.0]]
+        await sched.drain(1)
+
+    asyncio.run(main())
