@@ -58,7 +58,7 @@ async def _one(session: aiohttp.ClientSession, url: str, model: str, tokens: int
     async with session.post(url, json=body) as resp:
         resp.raise_for_status()
         async for line in resp.content:
-            if line.startswith(b"data: {") and b'"usage": {' in line:
+            if line.startswith(b"data: {") and b'"usage":{' in line:
                 completion = json.loads(line[6:])["usage"]["completion_tokens"]
     return completion
 

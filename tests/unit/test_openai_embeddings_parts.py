@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import numpy as np
 import pytest
 
 from gateway.api.openai.embeddings_protocol import as_items, parse_request, response_document
 from gateway.api.openai.embeddings_serving import BUCKET_TOKENS, bucket_length, pool
+from gateway.api.openai.wire import json_bytes
 from gateway.core.errors import ConfigError, InvalidInputError
 from gateway.core.model_config import EmbeddingConfig, parse_model_config
 
@@ -71,7 +73,10 @@ def test_base64_is_little_endian_float32():
     doc = response_document("m", v, "base64", 7)
     assert np.frombuffer(base64.b64decode(doc["data"][0]["embedding"]), "<f4").tolist() == [1.5, -2.0, 3.25]
     assert doc["usage"] == {"prompt_tokens": 7, "total_tokens": 7} and doc["object"] == "list"
-    assert response_document("m", v, "float", 7)["data"][0] == {"object": "embedding", "index": 0, "embedding": [1.5, -2.0, 3.25]}
+    row = response_document("m", v, "float", 7)["data"][0]
+    assert row["object"] == "embedding" and row["index"] == 0 and row["embedding"].tolist() == [1.5, -2.0, 3.25]
+    assert json.loads(json_bytes(response_document("m", np.array([[0.1]], np.float32), "float", 7)))["data"][0]["embedding"] \
+        == [float(np.float32(0.1))]  # the float32's exact value, as json.dumps of the list wrote it
 
 
 def test_embedding_section_is_validated_with_the_field_named():

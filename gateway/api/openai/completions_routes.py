@@ -10,7 +10,6 @@ stream is closed and its sequences leave the decode batch at the next step.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 from aiohttp import web
@@ -27,7 +26,7 @@ from gateway.api.openai.completions_protocol import (
 from gateway.api.openai.completions_serving import CHAT, TEXT, CompletionServing
 from gateway.api.openai.completions_tools import TOOLS_NONE
 from gateway.api.openai.errors import error_response, sse_error_event
-from gateway.api.openai.wire import read_json
+from gateway.api.openai.wire import json_bytes, read_json
 from gateway.service import InferenceService
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -52,7 +51,7 @@ def _completion_attributes(stream) -> dict:
 
 
 def _event(doc: dict) -> bytes:
-    return b"data: " + json.dumps(doc, ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + json_bytes(doc) + b"\n\n"
 
 
 
@@ -120,7 +119,7 @@ class OpenAICompletionsApi:
                 return error_response(exc)
             if trace is not None:
                 trace.served_ns = time.monotonic_ns()
-            answer = web.Response(body=json.dumps(body, ensure_ascii=False).encode(), content_type="application/json",
+            answer = web.Response(body=json_bytes(body), content_type="application/json",
                                   headers=_cache_headers(stream))
             telemetry.request_done("http", stream.model, stream.version, "ok", start, time.monotonic_ns(), trace, None,
                                    _completion_attributes(stream))

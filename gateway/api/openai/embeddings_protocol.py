@@ -80,13 +80,16 @@ def as_items(req: EmbeddingRequest) -> list[str] | list[list[int]]:
 def response_document(model: str, vectors: np.ndarray, encoding_format: str, prompt_tokens: int) -> dict:
     """OpenAI's response: ``{object: list, data: [{object: embedding, index, embedding}], model, usage}``.
 
-    base64 is the float32 little-endian bytes of each vector, as OpenAI's clients decode it.
+    base64 is the float32 little-endian bytes of each vector, as OpenAI's clients decode it. Floats
+    are float64 rows (numpy: ``wire.json_bytes`` writes them without a list of Python floats), so
+    each value prints as the exact decimal of the float32 the model gave.
     """
+    encoded: list
     if encoding_format == "base64":
         rows = vectors.astype("<f4", copy=False)
         encoded = [base64.b64encode(row.tobytes()).decode("ascii") for row in rows]
     else:
-        encoded = vectors.tolist()
+        encoded = list(vectors.astype(np.float64))
     return {
         "object": "list",
         "data": [{"object": "embedding", "index": i, "embedding": e} for i, e in enumerate(encoded)],

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 from aiohttp import web
@@ -12,7 +11,7 @@ from gateway.api.errors import HTTP_STATUS, classify
 from gateway.api.openai.embeddings_protocol import parse_request, response_document
 from gateway.api.openai.embeddings_serving import EmbeddingServing
 from gateway.api.openai.errors import error_response
-from gateway.api.openai.wire import read_json
+from gateway.api.openai.wire import json_bytes, read_json
 from gateway.api.routing_http import MODEL_VERSION_HEADER, ROUTE_KEY_HEADER
 from gateway.service import InferenceService
 
@@ -53,5 +52,5 @@ class OpenAIEmbeddingsApi:
 
 
 def _encode(result, encoding_format: str) -> bytes:
-    return json.dumps(response_document(result.model, result.vectors, encoding_format, result.prompt_tokens)).encode()
+    return json_bytes(response_document(result.model, result.vectors, encoding_format, result.prompt_tokens))
 
