@@ -70,3 +70,49 @@ def test_compare_generations_counts_exact_choices_and_agreeing_tokens():
     pair.add(diff)
     doc = pair.to_json()
     assert doc["agreement_exact"] == 0.5 and doc["agreement_tokens"] == 5 / 7
+
+
+def _chunk_batches(stream: GenerationStream, kind: str = "text", include_usage: bool = False):
+    """What the SSE writer gets: CompletionServing.chunks' batches, as lists of texts (the usage chunk
+    as "usage"), and the error that ended them (None)."""
+    from gateway.api.openai.completions_serving import CompletionServing
+
+    async def main():
+        batches, error = [], None
+        try:
+            async for batch in CompletionServing(None).chunks(kind, "m", stream, False, include_usage):  # type: ignore[arg-type]
+                batches.append([c["choices"][0]["text"] if c["choices"] else "usage" for c in batch])
+        except ExecutorError as exc:
+            error = exc
+        return batches, error
+
+    return main()
+
+
+def test_chunks_that_are_ready_together_go_in_one_batch():
+    async def main():
+        s = _stream()
+        for text in ("a", "b", "c"):  # one hand-off of the engine: three steps' tokens at once
+            s.push(GenerationEvent(0, text, (5,)))
+        reader = asyncio.get_running_loop().create_task(_chunk_batches(s, include_usage=True))
+        for _ in range(100):  # bounded: until the reader has taken the three and waits for more
+            await asyncio.sleep(0)
+            if not s.ready:
+                break
+        s.push(GenerationEvent(0, "d", (6,), finish_reason="length"))
+        return await asyncio.wait_for(reader, 10)
+
+    batches, error = asyncio.run(main())
+    assert error is None and batches == [["a", "b", "c"], ["d", "usage"]]
+
+
+def test_tokens_made_before_a_failure_are_sent_before_the_error():
+    async def main():
+        s = _stream()
+        s.push(GenerationEvent(0, "a", (5,)))
+        s.push(GenerationEvent(0, "b", (6,)))
+        s.fail(ExecutorError("the model failed"))  # in the same hand-off as the tokens
+        return await _chunk_batches(s)
+
+    batches, error = asyncio.run(main())
+    assert batches == [["a", "b"]] and isinstance(error, ExecutorError)

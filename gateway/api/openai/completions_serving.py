@@ -245,13 +245,18 @@ class CompletionServing:
             if not stream.ready:
                 yield batch
                 batch = []
-        async for event in stream:
-            chunk = self._chunk(kind, event, choices[event.index], want_logprobs)
-            if chunk is not None:
-                batch.append({**base, "choices": [chunk], **extra})
-            if batch and not stream.ready:
+        try:
+            async for event in stream:
+                chunk = self._chunk(kind, event, choices[event.index], want_logprobs)
+                if chunk is not None:
+                    batch.append({**base, "choices": [chunk], **extra})
+                if batch and not stream.ready:
+                    yield batch
+                    batch = []
+        except Exception:
+            if batch:  # the tokens made before the failure still go out, then the error
                 yield batch
-                batch = []
+            raise
         if include_usage:
             batch.append({**base, "choices": [], "usage": _usage(stream)})
         if batch:
