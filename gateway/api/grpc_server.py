@@ -135,8 +135,9 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
             versions = self.service.statistics(request.name, request.version)
         except GatewayError as exc:
             return await _abort(context, exc)
+        peers = await self.service.peer_statistics()
         return pb.ModelStatisticsResponse(
-            model_stats=[statistics_message(v, self.service.version_stats(v)) for v in versions]
+            model_stats=[statistics_message(v, self.service.version_stats(v, peers)) for v in versions]
         )
 
     async def ModelInfer(self, request, context):

@@ -141,10 +141,11 @@ class HttpApi:
             versions = self.service.statistics(request.match_info.get("model", ""), _version(request))
         except GatewayError as exc:
             return error_response(exc)
+        peers = await self.service.peer_statistics()
         # queue_depth is ours (Triton's statistics have no such field); clients ignore unknown keys.
         return _json({
             "model_stats": [
-                {**statistics_document(v, self.service.version_stats(v)), "queue_depth": self.service.scheduler_state(v).queued}
+                {**statistics_document(v, self.service.version_stats(v, peers)), "queue_depth": self.service.scheduler_state(v).queued}
                 for v in versions
             ]
         })

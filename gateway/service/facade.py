@@ -280,11 +280,18 @@ class InferenceService:
             return list(self.models.serving[name].values())
         return [v for versions in self.models.serving.values() for v in versions.values()]
 
-    def version_stats(self, loaded: LoadedVersion) -> ModelStats:
-        """This process's counters, summed with the other workers' when there are several."""
+    async def peer_statistics(self) -> list[dict] | None:
+        """The other workers' statistics as of now (each asked for a snapshot, bounded wait), for
+        ``version_stats``; None with one worker. Statistics requests read them first, so counts
+        never go backwards between two requests that different workers answer."""
+        return None if self.worker_stats is None else await self.worker_stats.fresh_peer_docs()
+
+    def version_stats(self, loaded: LoadedVersion, peers: list[dict] | None = None) -> ModelStats:
+        """This process's counters, summed with the other workers' when there are several (``peers``
+        from ``peer_statistics``; else their latest periodic snapshots, up to 0.5 s old)."""
         if self.worker_stats is None:
             return loaded.stats
-        return self.worker_stats.merged(loaded.name, loaded.version, loaded.stats)
+        return self.worker_stats.merged(loaded.name, loaded.version, loaded.stats, peers)
 
     def cache_snapshot(self) -> dict:
         """The response caches' counters and sizes (``GET /v2/cache``)."""

@@ -3,7 +3,12 @@
 With ``--workers N`` each process keeps its own counters. Every worker
 publishes a snapshot to a shared directory (atomic file replace, twice a
 second); a statistics request sums the other workers' latest snapshots with
-its own live counters, so any worker answers for the whole server. The same
+its own live counters, so any worker answers for the whole server. A
+statistics request first asks the other workers for a snapshot now (SIGUSR1)
+and waits for them (bounded): otherwise two requests answered by different
+workers could go backwards, and perf_analyzer, which needs the count of its
+model to grow over each measurement window, failed at one client connection
+("failed to find the requested model version"). The same
 goes for the scheduler gauges of ``/metrics`` (queue depth, executor instances,
 busy instances), so a scrape that lands on one worker sees the host; a
 snapshot older than ``GAUGE_MAX_AGE_S`` (a worker that died) adds nothing to
@@ -16,6 +21,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import time
 
 from gateway.core.stats import ModelStats, merge_stats, stats_from_dict, stats_to_dict
@@ -25,6 +31,11 @@ from gateway.monitoring.metrics import RequestMetrics
 _log = logging.getLogger(__name__)
 PUBLISH_INTERVAL_S = 0.5
 GAUGE_MAX_AGE_S = 4 * PUBLISH_INTERVAL_S
+# How long a statistics request waits for the other workers' fresh snapshots (a worker too busy
+# to answer in time is summed with its last one).
+FRESH_WAIT_S = 0.25
+_FRESH_POLL_S = 0.002
+PUBLISH_NOW = signal.SIGUSR1
 
 
 class WorkerStats:
@@ -32,6 +43,7 @@ class WorkerStats:
         self.directory = directory
         self.index = index
         self._task: asyncio.Task | None = None
+        self._asked: asyncio.Event | None = None
 
     def _path(self, index: int) -> str:
         return os.path.join(self.directory, f"worker-{index}.json")
@@ -104,6 +116,34 @@ class WorkerStats:
                 continue
         return queued, instances, busy
 
+    async def fresh_peer_docs(self) -> list[dict]:
+        """The other workers' snapshots taken after this call began: each live peer (a fresh snapshot,
+        the same supervisor) is asked to publish now, and the directory is read until all have, for at
+        most FRESH_WAIT_S."""
+        asked_at = time.monotonic()
+        waiting = set()
+        for doc in self.peer_docs():
+            try:
+                pid, fresh = int(doc["pid"]), asked_at - float(doc["at"]) <= GAUGE_MAX_AGE_S
+            except (KeyError, TypeError, ValueError):
+                continue
+            # A dead worker's pid may be reused: never signal one whose snapshot is old or a process
+            # whose parent is not our supervisor.
+            if fresh and _parent_of(pid) == os.getppid():
+                try:
+                    os.kill(pid, PUBLISH_NOW)
+                    waiting.add(pid)
+                except OSError:
+                    continue
+        docs = self.peer_docs()
+        deadline = asked_at + FRESH_WAIT_S
+        while waiting and time.monotonic() < deadline:
+            waiting -= {d.get("pid") for d in docs if float(d.get("at", 0)) >= asked_at}
+            if waiting:
+                await asyncio.sleep(_FRESH_POLL_S)
+                docs = self.peer_docs()
+        return docs
+
     def merged(self, name: str, version: str, own: ModelStats, docs: list[dict] | None = None) -> ModelStats:
         return merge_stats([own, *self.peers(name, version, docs)])
 
@@ -112,15 +152,36 @@ class WorkerStats:
         return [doc["requests"] for doc in self.peer_docs() if isinstance(doc.get("requests"), list)]
 
     def start(self, serving_source, requests: RequestMetrics | None = None) -> None:
+        asked = self._asked = asyncio.Event()
+        loop_ = asyncio.get_running_loop()
+        # Before the first snapshot: a peer signals only workers that have published one.
+        loop_.add_signal_handler(PUBLISH_NOW, asked.set)
+
         async def loop() -> None:
             while True:
+                asked.clear()
                 try:
                     await asyncio.to_thread(self.write, self.snapshot(serving_source(), requests))
                 except OSError as exc:
                     _log.warning("cannot publish worker statistics: %s", exc)
-                await asyncio.sleep(PUBLISH_INTERVAL_S)
+                try:
+                    await asyncio.wait_for(asked.wait(), PUBLISH_INTERVAL_S)
+                except TimeoutError:
+                    pass
 
-        self._task = asyncio.get_running_loop().create_task(loop(), name="worker-stats")
+        self._task = loop_.create_task(loop(), name="worker-stats")
 
     async def stop(self) -> None:
+        if self._asked is not None:
+            asyncio.get_running_loop().remove_signal_handler(PUBLISH_NOW)
         await cancel_and_wait(self._task)
+
+
+def _parent_of(pid: int) -> int:
+    """The parent pid of a live process (/proc), or -1."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            stat = fh.read()
+        return int(stat[stat.rindex(b")") + 2:].split()[1])  # after "pid (comm) state"
+    except (OSError, ValueError, IndexError):
+        return -1

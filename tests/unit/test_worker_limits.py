@@ -76,3 +76,30 @@ def test_peer_gauges_sum_the_other_workers_fresh_snapshots(tmp_path):
     assert stats.peer_gauges("m", "1") == (5, 2, 1)
     assert stats.peer_gauges("m", "2") == (4, 1, 1)
     assert stats.peer_gauges("absent", "1") == (0, 0, 0)
+
+
+def test_fresh_statistics_never_signal_a_process_that_is_not_a_sibling_worker(tmp_path):
+    """A statistics request asks the other workers for a snapshot with SIGUSR1, whose default action
+    ends a process: a pid from a stale snapshot, or one whose parent is not this worker's supervisor
+    (a reused pid), is never signalled; the request then answers with what it has, within its bound."""
+    import asyncio
+    import subprocess
+
+    from gateway.service.worker_stats import FRESH_WAIT_S
+
+    # Our children: their parent is this process, not our parent (the supervisor's place).
+    children = [subprocess.Popen(["sleep", "30"]) for _ in range(2)]
+    try:
+        now = time.monotonic()
+        for index, (child, at) in enumerate(zip(children, (now, now - GAUGE_MAX_AGE_S - 1)), start=1):
+            with open(os.path.join(tmp_path, f"worker-{index}.json"), "w", encoding="utf-8") as fh:
+                json.dump({"pid": child.pid, "at": at, "models": {}, "gauges": {}}, fh)
+        started = time.monotonic()
+        docs = asyncio.run(WorkerStats(str(tmp_path), 0).fresh_peer_docs())
+        assert time.monotonic() - started < FRESH_WAIT_S  # nobody was asked, so nothing was waited for
+        assert sorted(d["pid"] for d in docs) == sorted(c.pid for c in children)
+        assert [c.poll() for c in children] == [None, None]  # not signalled: still running
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
