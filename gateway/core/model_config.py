@@ -193,7 +193,7 @@ class GenerationConfig(_Strict):
     # ONNX Runtime only), "host" as numpy arrays fed in and read back each step; "auto" = device on
     # the cuda/tensorrt providers, host on cpu (measured, README "Text generation").
     kv_cache: Literal["auto", "host", "device"] = "auto"
-    # How long the engine may keep stepping a batch that nothing joins or leaves before handing the
+    # How long the engine may keep stepping a batch that nothing joins before handing the
     # tokens to their streams (milliseconds). A step always completes; with a fast model, several
     # run back to back in the worker thread and their tokens leave together (each still its own
     # SSE chunk), saving a thread hand-off per token. A sequence that finishes, a request that
