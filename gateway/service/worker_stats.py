@@ -124,9 +124,10 @@ class WorkerStats:
         waiting = set()
         for doc in self.peer_docs():
             try:
-                pid, fresh = int(doc["pid"]), asked_at - float(doc["at"]) <= GAUGE_MAX_AGE_S
+                pid = int(doc["pid"])
             except (KeyError, TypeError, ValueError):
                 continue
+            fresh = asked_at - _taken_at(doc) <= GAUGE_MAX_AGE_S
             # A dead worker's pid may be reused: never signal one whose snapshot is old or a process
             # whose parent is not our supervisor.
             if fresh and _parent_of(pid) == os.getppid():
@@ -138,7 +139,7 @@ class WorkerStats:
         docs = self.peer_docs()
         deadline = asked_at + FRESH_WAIT_S
         while waiting and time.monotonic() < deadline:
-            waiting -= {d.get("pid") for d in docs if float(d.get("at", 0)) >= asked_at}
+            waiting -= {d.get("pid") for d in docs if _taken_at(d) >= asked_at}
             if waiting:
                 await asyncio.sleep(_FRESH_POLL_S)
                 docs = self.peer_docs()
@@ -174,7 +175,17 @@ class WorkerStats:
     async def stop(self) -> None:
         if self._asked is not None:
             asyncio.get_running_loop().remove_signal_handler(PUBLISH_NOW)
+            # Our snapshot stays fresh for a while and peers may still ask: the default action of
+            # SIGUSR1 would end this worker in the middle of its drain.
+            signal.signal(PUBLISH_NOW, signal.SIG_IGN)
         await cancel_and_wait(self._task)
+
+
+def _taken_at(doc: dict) -> float:
+    try:
+        return float(doc["at"])
+    except (KeyError, TypeError, ValueError):
+        return 0.0
 
 
 def _parent_of(pid: int) -> int:
