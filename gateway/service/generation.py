@@ -50,6 +50,7 @@ def build_generation_engine(name: str, version: str, config: GenerationConfig, e
     except DecoderLayoutError as exc:
         raise GenerationLoadError(f"{model_file}: generation: {exc}") from None
     tokenizer = _load_tokenizer(model_file)
+    tokenizer.byte_table  # noqa: B018 - built here, at load, not by the first request on the event loop
     if not tokenizer.eos_token_ids and not config.stop_token_ids:
         _log.warning("%s:%s has no eos token: sequences end only at max_tokens or a stop string", name, version)
     layout = decoder.layout

@@ -79,6 +79,17 @@ class TextTokenizer:
         self._special_ids = {i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
         decoder = json.loads(tokenizer.to_str()).get("decoder") or {}
         self._byte_level = decoder.get("type") == "ByteLevel"
+        self._byte_table: tuple[bytes, ...] | None = None
+
+    @property
+    def byte_table(self) -> tuple[bytes, ...] | None:
+        """Per token id, the bytes it adds to decoded text, when the decoder is GPT-2's byte-level one
+        alone: decoding is then the lossy UTF-8 of the tokens' bytes joined, special tokens (skipped
+        by ``decode``) adding none. None for any other decoder. Built on first use (a few µs a token:
+        the generation engine asks at load, off the event loop)."""
+        if self._byte_level and self._byte_table is None:
+            self._byte_table = tuple(b"" if i in self._special_ids else self.token_bytes(i) for i in range(self.vocab_size))
+        return self._byte_table
 
     @classmethod
     def from_dir(cls, directory: str) -> TextTokenizer:

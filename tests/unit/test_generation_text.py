@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.core.generation import SamplingParams
 from gateway.scheduler.generation.sampling import log_softmax, sample_token, sequence_rng, top_logprobs
@@ -110,3 +112,34 @@ def test_logprobs_are_of_the_model_distribution():
     lp = log_softmax(row)
     assert np.isclose(np.exp(lp).sum(), 1.0)
     assert [i for i, _ in top_logprobs(lp, 2)] == [0, 1]
+
+
+class _WindowOnly(TextTokenizer):
+    """The same tokenizer without the byte table: the detokenizer's general (window) path."""
+
+    byte_table = None
+
+
+@pytest.fixture(scope="module")
+def window_tokenizer(tiny_llm_model) -> TextTokenizer:
+    return _WindowOnly.from_dir(str(tiny_llm_model / "1"))
+
+
+def test_tiny_gpt_decodes_through_the_byte_table(tokenizer, window_tokenizer):
+    assert tokenizer.vocab_size == 512  # the random ids below cover it
+    assert tokenizer.byte_table is not None and len(tokenizer.byte_table) == tokenizer.vocab_size
+    assert window_tokenizer.byte_table is None
+    assert all(tokenizer.byte_table[i] == b"" for i in (0, 1, 2))  # the special tokens decoding skips
+
+
+@given(ids=st.lists(st.integers(0, 511), max_size=40))
+@settings(max_examples=300, deadline=None)
+def test_the_byte_table_path_gives_the_window_paths_text(tokenizer, window_tokenizer, ids):
+    """Random ids (invalid UTF-8 and special tokens included): the same text as decoding all the ids,
+    by either path; on valid UTF-8 the same delta at every step."""
+    fast, window = IncrementalDetokenizer(tokenizer), IncrementalDetokenizer(window_tokenizer)
+    fast_deltas, window_deltas = [fast.add(i) for i in ids], [window.add(i) for i in ids]
+    whole = tokenizer.decode(ids)
+    assert "".join(fast_deltas) + fast.flush() == "".join(window_deltas) + window.flush() == whole
+    if "\ufffd" not in whole:
+        assert fast_deltas == window_deltas
