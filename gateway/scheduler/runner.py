@@ -323,8 +323,8 @@ class ModelScheduler:
 
     def _dispatch(self, pending: list[Pending], now: int, executor: Executor) -> None:
         inline = self._runs_inline(pending)
-        if self._free and self._free[-1] is executor:  # an idle instance (_pump took the last); else a prepared batch
-            self._free.pop()
+        if not self._batches[id(executor)]:  # an idle instance; else this is its prepared batch
+            self._free.remove(executor)
         self._in_flight += 1
         for p in pending:
             p.dispatch_ns = now
@@ -468,12 +468,9 @@ class ModelScheduler:
                 dispatch.finished = True
                 return _BatchResult([_CANCELLED] * len(dispatch.pending))
         try:
-            now = time.monotonic_ns()
-            # A prepared batch waited: callers may have left and deadlines passed since it was formed.
-            # Futures are read here under the GIL; one cancelled after this still runs, as it would
-            # once its batch had started.
-            if any(p.future.cancelled() or (p.expire_ns and p.expire_ns <= now) for p in dispatch.pending):
-                return self._execute_live(dispatch, now)
+            gone = _not_wanted(dispatch.pending, time.monotonic_ns())
+            if gone:
+                return self._execute_live(dispatch, gone)
             return self._execute_all(dispatch, dispatch.pending)
         finally:
             with dispatch.lock:
@@ -481,11 +478,8 @@ class ModelScheduler:
                 if dispatch.aborted and dispatch.abortable is not None:
                     dispatch.abortable.rearm()  # before the instance's next batch starts on this thread
 
-    def _execute_live(self, dispatch: _Dispatch, now: int) -> _BatchResult:
-        """Run only the requests of the batch still wanted: a cancelled one is dropped, one past its
-        deadline fails as it would have in the queue."""
-        gone = {id(p): _CANCELLED if p.future.cancelled() else _EXPIRED
-                for p in dispatch.pending if p.future.cancelled() or (p.expire_ns and p.expire_ns <= now)}
+    def _execute_live(self, dispatch: _Dispatch, gone: dict[int, _NotRun]) -> _BatchResult:
+        """Run only the requests of the batch still wanted (``gone``: the others, by id)."""
         live = [p for p in dispatch.pending if id(p) not in gone]
         outputs = dict(zip(map(id, live), self._execute_all(dispatch, live).outputs)) if live else {}
         return _BatchResult([gone.get(id(p)) or outputs[id(p)] for p in dispatch.pending])
@@ -598,6 +592,20 @@ class _NotRun(Exception):
 
 _EXPIRED = _NotRun("passed its deadline while its prepared batch waited")
 _CANCELLED = _NotRun("its caller left before the batch started")
+
+
+def _not_wanted(pending: list[Pending], now: int) -> dict[int, _NotRun]:
+    """The requests of a batch that must not run, by id: a prepared batch waited, so callers may have
+    left (dropped) and deadlines passed (failed as they would have in the queue) since it was formed.
+    Futures are read on the worker thread under the GIL; one cancelled after this still runs, as it
+    would once its batch had started."""
+    gone: dict[int, _NotRun] = {}
+    for p in pending:
+        if p.future.cancelled():
+            gone[id(p)] = _CANCELLED
+        elif p.expire_ns and p.expire_ns <= now:
+            gone[id(p)] = _EXPIRED
+    return gone
 
 
 def _input_bytes(p: Pending) -> int:
