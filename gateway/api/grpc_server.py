@@ -18,6 +18,7 @@ from gateway._proto import grpc_service_pb2_grpc as pb_grpc
 from gateway.api.auth import AccessControl, metadata_value
 from gateway.api.errors import GRPC_STATUS, classify
 from gateway.api.grpc_native import NativeGrpcServer, TransportOptions
+from gateway.api.grpc_native.message_stream import MessageStreamHandler, Reply, StreamRefused
 from gateway.api.grpc_codec import decode_request, encode_response
 from gateway.api.limits import ConnectionTimeouts, RequestLimits, check_request
 from gateway.api.shared_memory import SharedMemoryRegistry
@@ -179,7 +180,8 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
         return msg
 
     async def ModelStreamInfer(self, request_iterator, context):
-        """Requests are served concurrently; each response (or error) carries its request's id."""
+        """Requests are served concurrently; each response (or error) carries its request's id.
+        (The native transport serves this method through `open_native_stream` instead.)"""
         try:
             self._check_api_key(context)
         except GatewayError as exc:
@@ -188,39 +190,18 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
         tasks: set[asyncio.Task] = set()
         room = asyncio.Semaphore(STREAM_IN_FLIGHT)
         route_key = _route_key(context)  # the stream's metadata applies to each of its requests
-
-        telemetry = self.service.telemetry
-        carrier = _metadata(context) if telemetry.tracing is not None else None
+        carrier = _metadata(context) if self.service.telemetry.tracing is not None else None
 
         async def serve_one(req) -> None:
-            start = time.monotonic_ns()
-            trace = None
-            if carrier is not None:
-                trace = telemetry.tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
-            try:
-                msg = await self._infer(req, 0, start, trace, route_key)
-                out.put_nowait(pb.ModelStreamInferResponse(infer_response=msg))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001
-                code, message = classify(exc)
-                telemetry.request_done("grpc", req.model_name, req.model_version, code.value, start,
-                                       time.monotonic_ns(), trace, message)
-                out.put_nowait(pb.ModelStreamInferResponse(
-                    error_message=message,
-                    infer_response=pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version, id=req.id),
-                ))
-
-        def finished(task: asyncio.Task) -> None:
-            tasks.discard(task)
-            room.release()
+            msg, error = await self._stream_one(req, route_key, carrier)
+            out.put_nowait(pb.ModelStreamInferResponse(error_message=error, infer_response=msg))
 
         async def read_all() -> None:
             async for req in request_iterator:
-                await room.acquire()
+                await room.acquire()  # released once its answer is written: unread answers hold requests back
                 task = asyncio.get_running_loop().create_task(serve_one(req))
                 tasks.add(task)
-                task.add_done_callback(finished)
+                task.add_done_callback(tasks.discard)
             out.put_nowait(None)
 
         reader = asyncio.get_running_loop().create_task(read_all())
@@ -234,10 +215,38 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
                         await asyncio.wait(set(tasks))
                     continue
                 yield item
+                room.release()
         finally:
             reader.cancel()
             for t in tasks:
                 t.cancel()
+
+    def open_native_stream(self, context, reply: Reply) -> _NativeInferStream:
+        """ModelStreamInfer on the native transport, message by message (grpc_native/message_stream.py)."""
+        try:
+            self._check_api_key(context)
+        except GatewayError as exc:
+            code, message = classify(exc)
+            raise StreamRefused(GRPC_STATUS[code], message) from None
+        carrier = _metadata(context) if self.service.telemetry.tracing is not None else None
+        return _NativeInferStream(self, reply, _route_key(context), carrier)
+
+    async def _stream_one(self, req, route_key: str, carrier: dict | None) -> tuple[pb.ModelInferResponse, str]:
+        """One request of a stream: its answer, or an error message that ends this request only."""
+        telemetry = self.service.telemetry
+        start = time.monotonic_ns()
+        trace = None
+        if carrier is not None:
+            trace = telemetry.tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
+        try:
+            return await self._infer(req, 0, start, trace, route_key), ""
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the request's error, never the stream's
+            code, message = classify(exc)
+            telemetry.request_done("grpc", req.model_name, req.model_version, code.value, start,
+                                   time.monotonic_ns(), trace, message)
+            return pb.ModelInferResponse(model_name=req.model_name, model_version=req.model_version, id=req.id), message
 
     async def RepositoryIndex(self, request, context):
         try:
@@ -289,6 +298,54 @@ async def _maybe_await(value) -> None:
 _DEFAULT_OPTIONS = TransportOptions()
 
 
+class _NativeInferStream:
+    """One ModelStreamInfer call on the native transport: a task per request, answered with `reply`
+    in the order requests finish (each answer carries its request's id)."""
+
+    __slots__ = ("_servicer", "_reply", "_route_key", "_carrier", "_tasks", "_loop")
+
+    def __init__(self, servicer: InferenceServicer, reply: Reply, route_key: str, carrier: dict | None) -> None:
+        self._servicer = servicer
+        self._reply = reply
+        self._route_key = route_key  # the stream's metadata applies to each of its requests
+        self._carrier = carrier
+        self._tasks: set[asyncio.Task] = set()
+        self._loop = asyncio.get_running_loop()
+
+    def on_message(self, request) -> None:
+        task = self._loop.create_task(self._serve(request))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, request) -> None:
+        msg, error = await self._servicer._stream_one(request, self._route_key, self._carrier)
+        self._reply(stream_response_bytes(msg, error))
+
+    def cancel(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def stream_response_bytes(msg: pb.ModelInferResponse, error: str) -> bytes:
+    """ModelStreamInferResponse{error_message, infer_response} serialized around the already built
+    answer (field 1 and field 2, length-delimited), without copying it into a wrapper message."""
+    inner = msg.SerializeToString()
+    head = b""
+    if error:
+        text = error.encode()
+        head = b"\x0a" + _varint(len(text)) + text
+    return head + b"\x12" + _varint(len(inner)) + inner
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
 def _reflection_pool():
     """Our private descriptor pool (see gateway._proto), with the health and reflection protos
     added, so reflection answers for all three services it lists."""
@@ -304,7 +361,11 @@ def _register(
     server, service: InferenceService, limits: RequestLimits, shared_memory: SharedMemoryRegistry | None = None,
     access: AccessControl | None = None,
 ) -> HealthMirror:
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(service, limits, shared_memory, access), server)
+    servicer = InferenceServicer(service, limits, shared_memory, access)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
+    if isinstance(server, NativeGrpcServer):
+        server.add_message_stream(SERVICE_NAME, "ModelStreamInfer", MessageStreamHandler(
+            servicer.open_native_stream, pb.ModelInferRequest.FromString, STREAM_IN_FLIGHT))
     mirror = HealthMirror(service)
     health_pb2_grpc.add_HealthServicer_to_server(mirror.servicer, server)
     names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)

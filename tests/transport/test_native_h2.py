@@ -436,6 +436,73 @@ def test_a_stream_not_read_by_its_handler_holds_the_client_back(native_gw):
                              timeout=30, what="the reset stream's requests abandoned")
 
 
+def _echo_inferences(gw) -> int:
+    status, doc = gw.http_json("GET", "/v2/models/echo/stats")
+    assert status == 200, doc
+    return sum(int(v["inference_count"]) for v in doc["model_stats"])
+
+
+def test_a_stream_whose_answers_are_not_read_is_not_fed_more_requests(native_gw):
+    """Once 1 MiB of a stream's answers waits for its client, its next requests wait in the transport
+    (and hold back the client's window) instead of running and queueing ever more answers: what a
+    stream holds is bounded by its requests in flight (256) and the high-water mark."""
+    from tritonclient.grpc import service_pb2 as pb
+
+    payload = bytes(range(256)) * 256  # 64 KiB answers: 20 of them pass the 1 MiB mark
+    sent = 40  # 2.6 MiB of requests: all fit the 4 MiB stream window
+    bodies = [grpc_frame(echo_request(payload, request_id=f"e{i}").SerializeToString()) for i in range(sent)]
+    before = _echo_inferences(native_gw)
+    with RawH2(native_gw.grpc_url, settings={SETTINGS_INITIAL_WINDOW_SIZE: 0}, auto_window=False) as client:
+        client.wait(lambda: client.settings_acked)
+        client.headers(1, client.request_block(STREAM_INFER))
+        for body in bodies[:20]:
+            client.data(1, body)
+        native_gw.wait_until(lambda: _echo_inferences(native_gw) - before == 20, what="the first answers queued")
+        for body in bodies[20:]:
+            client.data(1, body)
+        client.quiet_for(0.5)  # time enough for them to run, were they handed over
+        assert _echo_inferences(native_gw) - before == 20
+        # The client reads: the rest run, every request is answered once, and the call ends OK.
+        client.window_update(0, 64 << 20)
+        client.window_update(1, 64 << 20)
+        client.data(1, b"", end_stream=True)
+        answer = client.response(1, timeout_s=30)
+        assert answer.status == OK, answer.message
+        responses = [pb.ModelStreamInferResponse.FromString(m) for m in grpc_messages(bytes(answer.data))]
+        assert sorted(r.infer_response.id for r in responses) == sorted(f"e{i}" for i in range(sent))
+        assert all(r.error_message == "" and r.infer_response.raw_output_contents[0] == payload for r in responses)
+    _serves(native_gw)
+
+
+@pytest.mark.parametrize("end_on_headers", [True, False])
+def test_a_stream_without_requests_ends_ok(native_gw, end_on_headers):
+    with RawH2(native_gw.grpc_url) as client:
+        client.headers(1, client.request_block(STREAM_INFER), end_stream=end_on_headers)
+        if not end_on_headers:
+            client.data(1, b"", end_stream=True)
+        answer = client.response(1)
+        assert answer.status == OK, answer.message
+        assert not answer.data
+
+
+def test_a_streams_deadline_ends_it_and_abandons_its_runs(native_gw):
+    a, b = simple_arrays()
+    with RawH2(native_gw.grpc_url) as client:
+        started = time.monotonic()
+        client.headers(1, client.request_block(STREAM_INFER, extra=[("grpc-timeout", "500m")]))
+        client.data(1, grpc_frame(simple_request(a, b, request_id="quick").SerializeToString()))
+        client.data(1, grpc_frame(slow_grpc_request(20_000_000).SerializeToString()))
+        answer = client.response(1, timeout_s=10)
+        assert answer.status == DEADLINE_EXCEEDED
+        assert 0.4 <= time.monotonic() - started < 5
+        # The quick request was answered before the deadline ended the call.
+        from tritonclient.grpc import service_pb2 as pb
+        [quick] = [pb.ModelStreamInferResponse.FromString(m) for m in grpc_messages(bytes(answer.data))]
+        assert quick.infer_response.id == "quick" and quick.error_message == ""
+    native_gw.wait_until(lambda: _slow_busy(native_gw) == 0, timeout=20, what="the slow run abandoned")
+    _serves(native_gw)
+
+
 def test_server_side_deadline_from_grpc_timeout(native_gw):
     """The daemon ends the call itself when grpc-timeout passes (the raw client keeps no deadline)."""
     with RawH2(native_gw.grpc_url) as client:

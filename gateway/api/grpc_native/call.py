@@ -19,6 +19,7 @@ from gateway.api.grpc_native import frames as f
 from gateway.api.grpc_native.context import AbortError, ServicerContext
 from gateway.api.grpc_native.engine import Stream
 from gateway.api.grpc_native.headers import OK_TRAILERS, RESPONSE_HEAD, RequestHead, metadata_fields, status_fields
+from gateway.api.grpc_native.message_stream import SEND_HIGH_WATER, MessageFeed, MessageStreamHandler, StreamRefused
 from gateway.api.grpc_native.status import Status
 
 if TYPE_CHECKING:
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger(__name__)
 
-_SEND_HIGH_WATER = 1 << 20  # a streaming writer waits while this much is queued on its stream
 _END = object()
 
 
@@ -35,7 +35,7 @@ class Call(Stream):
 
     __slots__ = (
         "head", "handler", "deadline_s", "timer", "task", "ctx", "recv", "message", "messages", "cancelled",
-        "counted", "held",
+        "counted", "held", "feed",
     )
 
     def __init__(self, connection: Http2Connection, stream_id: int, head: RequestHead) -> None:
@@ -52,6 +52,7 @@ class Call(Stream):
         self.cancelled = False
         self.counted = False  # holds one of the server's call slots
         self.held = 0  # request bytes this call keeps (unfinished message, unread messages)
+        self.feed: MessageFeed | None = None  # a call served message by message (message_stream.py)
 
     # -- what the engine tells the call --
     def on_data(self, payload: bytes, end_stream: bool, flow_size: int) -> None:
@@ -65,7 +66,8 @@ class Call(Stream):
             # A streaming call's messages give their window back as the handler takes them
             # (so a client sending faster than the model serves is held back by HTTP/2 itself);
             # a unary message, and padding, at once.
-            self.connection.consumed(self, flow_size if self.messages is None else flow_size - len(payload))
+            streamed = self.messages is not None or self.feed is not None
+            self.connection.consumed(self, flow_size - len(payload) if streamed else flow_size)
 
     def on_remote_end(self) -> None:
         if self.handler is None or self.finished:
@@ -74,6 +76,8 @@ class Call(Stream):
             self.finish(Status.INTERNAL, "the stream ended inside a message")
         elif self.messages is not None:
             self.messages.put_nowait(_END)
+        elif self.feed is not None:
+            self.feed.pump()
         elif self.message is None:
             self.finish(Status.INTERNAL, "the call ended without a request message")
         elif self.task is None and _takes_a_slot(self):
@@ -97,9 +101,16 @@ class Call(Stream):
             self.connection.hold_request_bytes(self, -self.held)
             self.held = 0
         self.recv = None
+        if self.feed is not None:
+            self.feed.cancel()
         # Released here, not only when the task ends: a task cancelled before its first step
         # never runs its own finally.
         self.release()
+
+    def on_drained(self) -> None:
+        super().on_drained()
+        if self.feed is not None:
+            self.feed.drained()
 
     def release(self) -> None:
         if self.counted:
@@ -107,7 +118,7 @@ class Call(Stream):
             self.connection.server.call_ended()
 
     # -- request messages --
-    def _hold(self, delta: int) -> bool:
+    def hold(self, delta: int) -> bool:
         if delta > 0 and not self.connection.hold_request_bytes(self, delta):
             self.finish(Status.RESOURCE_EXHAUSTED,
                         "the server holds too many unfinished request bytes for this client; retry later")
@@ -121,7 +132,7 @@ class Call(Stream):
         buf = self.recv
         if buf is None:
             buf = self.recv = bytearray()
-        if not self._hold(len(payload)):
+        if not self.hold(len(payload)):
             return
         buf += payload
         limit = self.connection.server.options.max_message_bytes
@@ -134,7 +145,7 @@ class Call(Stream):
                 return
             flag, message = buf[0], bytes(buf[5:5 + size])
             del buf[:5 + size]
-            self._hold(-(5 + size))
+            self.hold(-(5 + size))
             self._on_message(flag, message)
         if not buf:
             self.recv = None
@@ -161,8 +172,10 @@ class Call(Stream):
             except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends
                 self.finish(Status.INVALID_ARGUMENT, f"cannot parse the request message: {exc}")
                 return
-        if self.messages is not None:
-            if self._hold(wire_size):  # until the handler reads it
+        if self.feed is not None:
+            self.feed.offer(message, wire_size)
+        elif self.messages is not None:
+            if self.hold(wire_size):  # until the handler reads it
                 self.messages.put_nowait((message, wire_size))
         elif self.message is None:
             self.message = message
@@ -179,7 +192,7 @@ class Call(Stream):
             return grpc.aio.EOF
         message, wire_size = item
         if not self.finished:
-            self._hold(-wire_size)
+            self.hold(-wire_size)
             self.connection.consumed(self, wire_size)
         return message
 
@@ -195,7 +208,7 @@ class Call(Stream):
         body = serializer(message) if serializer else message
         if not self._send(_message_prefix(body) + body):
             raise AbortError("the client does not read its answers")
-        if len(self.pending) > _SEND_HIGH_WATER and not self.finished:
+        if len(self.pending) > SEND_HIGH_WATER and not self.finished:
             self.drained = self.connection.loop.create_future()
             await self.drained
 
@@ -208,6 +221,10 @@ class Call(Stream):
             return
         if self._send(message):
             self.finish(Status.OK, "", trailing_metadata)
+
+    def send_message(self, body: bytes) -> bool:
+        """One serialized answer of a streaming call, queued without waiting; False if the call ended instead."""
+        return self._send(_message_prefix(body) + body)
 
     def _send(self, message: bytes) -> bool:
         """Queues one message; over the bytes held for slow readers the call ends instead."""
@@ -235,6 +252,8 @@ class Call(Stream):
             self.finish(Status.DEADLINE_EXCEEDED, "Deadline Exceeded")
             if self.task is not None:
                 self.task.cancel()
+            if self.feed is not None:
+                self.feed.cancel()
 
 
 class _RequestStream:
@@ -276,7 +295,9 @@ def open_call(connection: Http2Connection, stream_id: int, head: RequestHead, en
     if head.timeout_s is not None:
         call.deadline_s = time.monotonic() + head.timeout_s
         call.timer = connection.loop.call_later(head.timeout_s, call.deadline_passed)
-    if handler.request_streaming:
+    if isinstance(handler, MessageStreamHandler):
+        _open_feed(call, handler)
+    elif handler.request_streaming:
         if not _takes_a_slot(call):
             return call
         call.messages = asyncio.Queue()
@@ -286,6 +307,23 @@ def open_call(connection: Http2Connection, stream_id: int, head: RequestHead, en
     elif end_stream:
         call.finish(Status.INTERNAL, "the call ended without a request message")
     return call
+
+
+def _open_feed(call: Call, handler: MessageStreamHandler) -> None:
+    if not _takes_a_slot(call):
+        return
+    call.ctx = ServicerContext(call)
+    try:
+        call.feed = MessageFeed(call, handler)
+    except StreamRefused as exc:
+        call.finish(Status.of(exc.code), exc.details)
+        return
+    except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN, as grpcio does
+        _log.exception("gRPC stream handler for %s failed to open", call.head.path[:256].decode("latin-1"))
+        call.finish(Status.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+        return
+    if call.remote_closed:
+        call.feed.pump()  # no request at all: answered OK at once
 
 
 def _takes_a_slot(call: Call) -> bool:

@@ -16,6 +16,7 @@ from gateway.api.grpc_native.budgets import ByteBudget
 from gateway.api.grpc_native.call import Call, open_call
 from gateway.api.grpc_native.engine import Http2Connection
 from gateway.api.grpc_native.headers import RequestHead
+from gateway.api.grpc_native.message_stream import MessageStreamHandler
 from gateway.api.grpc_native.options import TransportOptions
 
 __all__ = ["NativeGrpcServer", "TransportOptions"]
@@ -77,6 +78,11 @@ class NativeGrpcServer:
     def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None:
         for method, handler in method_handlers.items():
             self._by_path[f"/{service}/{method}".encode()] = handler
+
+    def add_message_stream(self, service: str, method: str, handler: MessageStreamHandler) -> None:
+        """Serves this streaming method message by message (message_stream.py) instead of through
+        the grpcio-style handler registered for it."""
+        self._by_path[f"/{service}/{method}".encode()] = handler
 
     def handler(self, path: bytes):
         found = self._by_path.get(path)
