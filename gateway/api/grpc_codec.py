@@ -44,6 +44,8 @@ def param_value(p: pb.InferParameter) -> ParamValue:
 
 
 def decode_parameters(params) -> dict[str, ParamValue]:
+    if not params:  # the common case; iterating an empty protobuf map still costs a view and an iterator
+        return {}
     return {k: param_value(v) for k, v in params.items()}
 
 
