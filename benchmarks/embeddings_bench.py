@@ -7,6 +7,8 @@ pooling + L2 normalisation). Every request embeds one sentence.
 
 - raw ORT, batch 1: this process, one thread, a loop of tokenize -> session.run -> pool,
   the work a hand-written service does per sentence without batching.
+- raw ORT, batch 16 on one and on two threads: what batching alone can give on this model (on
+  one thread a transformer's cost per sentence barely falls with the batch: ~1.3x batch 1 here).
 - gateway: wrk (compiled HTTP/1.1 load generator) POSTing one OpenAI embeddings request per
   connection at a time, at each concurrency; the dynamic batcher joins concurrent requests.
 
@@ -41,31 +43,31 @@ from benchmarks.payloads import Body  # noqa: E402
 SENTENCE = "A model-serving daemon batches concurrent requests to make better use of the hardware."
 
 
-def raw_ort(model_dir: str, seconds: float) -> tuple[float, float]:
-    """(embeddings/s, mean ms) of a batch-1 tokenize + run + pool loop."""
+def raw_ort(model_dir: str, seconds: float, batch: int = 1, threads: int = 1) -> tuple[float, float]:
+    """(embeddings/s, mean ms per run) of a tokenize + run + pool loop, ``batch`` sentences a run."""
     from tokenizers import Tokenizer
 
     opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     session = ort.InferenceSession(os.path.join(model_dir, "1", "model.onnx"), opts, providers=["CPUExecutionProvider"])
     tok = Tokenizer.from_file(os.path.join(model_dir, "1", "tokenizer.json"))
     tok.no_padding()
 
     def once() -> np.ndarray:
-        ids = np.array([tok.encode(SENTENCE).ids], np.int64)
+        ids = np.array([e.ids for e in tok.encode_batch([SENTENCE] * batch)], np.int64)
         (hidden,) = session.run(["last_hidden_state"], {"input_ids": ids, "attention_mask": np.ones_like(ids)})
-        v = hidden[0].mean(axis=0)
-        return v / np.linalg.norm(v)
+        v = hidden.mean(axis=1)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
 
-    for _ in range(20):
+    for _ in range(max(2, 20 // batch)):
         once()
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         once()
         n += 1
     wall = time.perf_counter() - start
-    return n / wall, wall / n * 1000
+    return n * batch / wall, wall / n * 1000
 
 
 def main() -> None:
@@ -79,6 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_dir = str(embedding_model.write_minilm(tmp))
         raw_rate, raw_ms = raw_ort(model_dir, args.seconds)
+        # What batching alone can give: the same sentences 16 to a run, on one thread and on two.
+        ceilings = [(threads, *raw_ort(model_dir, args.seconds / 2, batch=16, threads=threads)) for threads in (1, 2)]
         proc, _, http_port = start_gateway(tmp)
         # The daemon logs to stderr: keep reading it so a full pipe never stalls it.
         threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
@@ -99,6 +103,9 @@ def main() -> None:
     print("| system | concurrency | embeddings/s | vs raw ORT | p50 ms | p99 ms | server CPU ms/req | generator CPU s | errors |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     print(f"| raw ORT batch 1 (in process) | 1 | {raw_rate:,.0f} | 1.00 | {raw_ms:.2f} | | | | 0 |")
+    for threads, rate, ms in ceilings:
+        print(f"| raw ORT batch 16, {threads} thread{'s' if threads > 1 else ''} (batching's ceiling) | | {rate:,.0f} "
+              f"| {rate / raw_rate:.2f} | {ms:.2f} per run | | | | 0 |")
     for c, res, cpu_ms in rows:
         rate = res.requests / res.wall_s
         print(f"| gateway /v1/embeddings | {c} | {rate:,.0f} | {rate / raw_rate:.2f} | {res.p50_ms:.2f} | {res.p99_ms:.2f} "
