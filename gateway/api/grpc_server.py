@@ -236,8 +236,9 @@ class InferenceServicer(SharedMemoryRpcs, UnsupportedRpcs, pb_grpc.GRPCInference
         telemetry = self.service.telemetry
         start = time.monotonic_ns()
         trace = None
-        if carrier is not None:
-            trace = telemetry.tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
+        tracing = telemetry.tracing
+        if carrier is not None and tracing is not None:
+            trace = tracing.begin(_STREAM_SPAN, carrier, start, _span_attributes(req))
         try:
             return await self._infer(req, 0, start, trace, route_key), ""
         except asyncio.CancelledError:
