@@ -90,6 +90,11 @@ def test_greedy_and_seeded_sampling():
     rng = np.random.default_rng(0)
     row = rng.standard_normal(100).astype(np.float32)
     assert sample_token(row, SamplingParams(temperature=0.0), sequence_rng(None, 0)) == int(np.argmax(row))
+    # Greedy draws nothing: the engine gives such sequences no generator at all.
+    assert sample_token(row, SamplingParams(temperature=0.0), None) == int(np.argmax(row))
+    assert sample_token(row, SamplingParams(temperature=1.0, top_k=1), None) == int(np.argmax(row))
+    with pytest.raises(ValueError, match="random generator"):
+        sample_token(row, SamplingParams(temperature=1.0), None)
     params = SamplingParams(temperature=1.0, top_p=0.9, top_k=20, seed=7)
     a = [sample_token(row, params, r) for r in [sequence_rng(7, 0)] for _ in range(20)]
     r2 = sequence_rng(7, 0)

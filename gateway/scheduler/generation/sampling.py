@@ -20,9 +20,16 @@ def log_softmax(row: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum())
 
 
-def sample_token(row: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> int:
-    if params.temperature == 0.0 or params.top_k == 1:
+def is_greedy(params: SamplingParams) -> bool:
+    """The most likely token every time: nothing is drawn, so no random generator is needed."""
+    return params.temperature == 0.0 or params.top_k == 1
+
+
+def sample_token(row: np.ndarray, params: SamplingParams, rng: np.random.Generator | None) -> int:
+    if is_greedy(params):
         return int(np.argmax(row))
+    if rng is None:
+        raise ValueError("sampling with a temperature needs a random generator")
     x = row.astype(np.float64) / params.temperature
     vocab = x.shape[0]
     if 0 < params.top_k < vocab:
