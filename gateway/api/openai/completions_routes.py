@@ -30,6 +30,14 @@ from gateway.api.openai.wire import json_bytes, read_json
 from gateway.service import InferenceService
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class _EventStream(web.StreamResponse):
+    """An SSE answer whose head leaves with its first events, in one write (aiohttp 3.14's switch,
+    as its plain Response uses): the stream has started on the engine already, so the first
+    chunk follows the head within a decode step or a prefill."""
+
+    _send_headers_immediately = False
 _DONE = b"data: [DONE]\n\n"
 # Request header keeping one request out of the semantic cache (as the body's "cache": false does).
 CACHE_HEADER = "X-Gateway-Cache"
@@ -125,7 +133,7 @@ class OpenAICompletionsApi:
                                    _completion_attributes(stream))
             return answer
         include_usage = bool(parsed.stream_options and parsed.stream_options.include_usage)
-        response = web.StreamResponse(headers={**_SSE_HEADERS, **_cache_headers(stream)})
+        response = _EventStream(headers={**_SSE_HEADERS, **_cache_headers(stream)})
         outcome = "ok"
         try:
             await response.prepare(request)
