@@ -35,6 +35,7 @@ ATTACKS = [
     ("SETTINGS flood, client never reads", attacks.settings_flood_no_read),
     ("SETTINGS with 87k entries, 100 streams open", attacks.settings_many_entries),
     ("zero window: 8 conns x 1,000 calls, 16 KB answers", attacks.zero_window),
+    ("unread streams: 4 conns x 8 ModelStreamInfer x 100 requests, 16 KB answers", attacks.unread_streams),
     ("64 unfinished 60 MiB messages (4 MiB sent each)", attacks.unfinished_messages),
     ("300 silent TCP connections", attacks.silent_connections),
 ]

@@ -17,7 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from hyperframe.frame import ContinuationFrame, DataFrame, HeadersFrame, PingFrame, RstStreamFrame, SettingsFrame
-from transport_helpers import INFER, PREFACE, RawH2, echo_request, grpc_frame, simple_arrays, simple_request
+from transport_helpers import (
+    INFER, PREFACE, STREAM_INFER, RawH2, echo_request, grpc_frame, simple_arrays, simple_request,
+)
 
 from reliability_helpers import rss_bytes  # noqa: E402 - on the path transport_helpers sets
 
@@ -327,6 +329,35 @@ def zero_window(url: str, connections: int = 8, calls: int = 1000, answer_bytes:
         except (TimeoutError, ConnectionError):
             pass  # counted as they are: what has no outcome is "waiting"
         attack.streams += _stream_outcomes(client, calls)
+        client.close()
+    return attack
+
+
+def unread_streams(url: str, connections: int = 4, streams: int = 8, messages: int = 100,
+                   answer_bytes: int = 16_000, hold_s: float = 3.0) -> Attack:
+    """ModelStreamInfer streams on zero-window connections: each sends ``messages`` requests whose
+    answers can never go out, keeps the stream open and never reads, for ``hold_s``. What the
+    daemon holds is its answers (bounded by the pending-bytes budgets) and requests it has not
+    handed over (bounded by the request budgets); streams past a budget are ended."""
+    body = grpc_frame(echo_request(b"u" * answer_bytes).SerializeToString())
+    attack, clients = Attack(), []
+    for _ in range(connections):
+        client = RawH2(url, settings={4: 0}, auto_window=False)
+        out = bytearray()
+        for i in range(streams):
+            sid = 1 + 2 * i
+            out += HeadersFrame(sid, client.request_block(STREAM_INFER), flags={"END_HEADERS"}).serialize()
+            for _ in range(messages):
+                out += DataFrame(sid, body).serialize()
+        _send_all(client, bytes(out), attack)
+        clients.append(client)
+    deadline = time.monotonic() + hold_s
+    for client in clients:
+        try:
+            client.quiet_for(max(0.0, deadline - time.monotonic()))
+        except (ConnectionError, OSError):
+            attack.closed = True
+        attack.streams += _stream_outcomes(client, streams)
         client.close()
     return attack
 

@@ -17,12 +17,12 @@ import pytest
 from attacks import (
     GoodClient, big_header_blocks, continuation_flood, error_echo, percentile, ping_flood_no_read, rapid_reset,
     reset_after_request, rss_mib, settings_flood_no_read, settings_many_entries, silent_connections,
-    unfinished_messages, zero_window,
+    unfinished_messages, unread_streams, zero_window,
 )
 from hyperframe.frame import DataFrame, HeadersFrame, SettingsFrame, WindowUpdateFrame
 from transport_helpers import (
-    INFER, PREFACE, RawH2, check_simple, grpc_messages, simple_arrays, simple_request, slow_grpc_request,
-    start_transport_gateway,
+    INFER, PREFACE, RawH2, check_simple, grpc_messages, metric_value, simple_arrays, simple_request,
+    slow_grpc_request, start_transport_gateway,
 )
 
 NO_ERROR, PROTOCOL_ERROR, FLOW_CONTROL_ERROR, FRAME_SIZE_ERROR = 0x0, 0x1, 0x3, 0x6
@@ -152,6 +152,19 @@ def test_zero_window_stalls_hold_bounded_memory(gw, good):
     assert attack.streams["RST REFUSED_STREAM"] >= 8 * (1000 - 128), attack.summary()
     assert rss_mib(gw.proc.pid) - rss0 < 64
     _served_through(gw, good, good.attack_mark)
+
+
+def test_streams_whose_answers_are_never_read_hold_bounded_memory(gw, good):
+    """ModelStreamInfer requests on zero-window connections: their answers wait (15 MiB of them
+    here), the loop keeps serving, and closing the connections lets everything go."""
+    rss0 = rss_mib(gw.proc.pid)
+    attack = unread_streams(gw.grpc_url, connections=2, streams=8, messages=60, hold_s=2.0)
+    assert attack.streams == {"waiting": 16}, attack.summary()
+    assert rss_mib(gw.proc.pid) - rss0 < 64
+    _served_through(gw, good, good.attack_mark)
+    gw.wait_until(lambda: metric_value(gw, "gateway_queue_depth", model="echo") == 0
+                  and metric_value(gw, "gateway_executor_busy_instances", model="echo") == 0,
+                  timeout=30, what="the closed streams' requests gone")
 
 
 def test_unfinished_messages_hold_bounded_memory(gw, good):
