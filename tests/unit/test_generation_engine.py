@@ -154,6 +154,62 @@ def test_a_stable_batch_runs_ahead_and_hands_its_tokens_over_together(tiny_llm_m
     assert engine.stats.decode_steps == 39
 
 
+def test_a_long_run_hands_its_tokens_over_while_it_goes_on(tiny_llm_model):
+    """Past stream_interval_ms the worker hands the tokens made so far to the loop and keeps
+    decoding, instead of stopping for a round trip to the loop: one decode step call for the whole
+    run, several deliveries during it, and the tokens of one hand-off per step."""
+    request = GenerationRequest("tiny", SamplingParams(max_tokens=200, temperature=0, logit_bias=NO_EOS), prompt="hello")
+
+    async def step_by_step():
+        return (await _collect(_engine(tiny_llm_model, stream_interval_ms=0).submit(request)))[0]
+
+    want = asyncio.run(step_by_step())
+    engine = _engine(tiny_llm_model, stream_interval_ms=0.5)
+    steps, deliveries = [], []
+    step, deliver_events = engine._step, engine._deliver_events
+
+    def counting_step(plan, keep_running=False):
+        steps.append((len(plan.joining), len(plan.decoding), keep_running))
+        return step(plan, keep_running)
+
+    def counting_deliver(events):
+        deliveries.append(len(events))
+        return deliver_events(events)
+
+    engine._step, engine._deliver_events = counting_step, counting_deliver
+
+    async def run():
+        return (await _collect(engine.submit(request)))[0]
+
+    tokens = asyncio.run(run())
+    assert len(want) == 200 and tokens == want
+    assert steps == [(1, 0, True), (0, 1, True)]  # the prefill, then one run to max_tokens
+    # The prefill's token, several hand-overs during the run, then its last tokens with the finish.
+    assert len(deliveries) >= 4 and sum(deliveries) == 200, deliveries
+    assert engine.stats.decode_steps == 199
+
+
+def test_a_waiting_sequence_keeps_runs_within_the_interval(long_tiny_llm_model):
+    """While a sequence waits for a place, runs end every interval, so its queue timeout is
+    judged on time (not when the running one finishes)."""
+    model_file = str(long_tiny_llm_model / "1" / "model.onnx")
+    engine = build_generation_engine("tiny", "1", GenerationConfig(context_length=4096, max_sequences=1, queue_timeout_s=0.05),
+                                     OnnxRuntimeExecutor(model_file), model_file)
+
+    async def run():
+        long = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=4000, temperature=0, logit_bias=NO_EOS),
+                                               prompt="hello"))
+        await long.__anext__()  # running: the only place is taken
+        waiting = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=5, temperature=0), prompt="Python is"))
+        with pytest.raises(Exception, match="queue_timeout_s"):
+            await asyncio.wait_for(_collect(waiting), 30)
+        still_running = engine.stats.active == 1
+        long.close()
+        return still_running
+
+    assert asyncio.run(run())
+
+
 def test_an_arrival_ends_a_run_ahead_at_once(tiny_llm_model):
     """A request arriving while a long sequence runs ahead joins at the next step: it finishes
     (with the reference's tokens) long before the long one, not after its interval."""

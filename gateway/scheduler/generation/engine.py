@@ -115,6 +115,7 @@ class GenerationEngine:
         # the worker reads it between steps and hands back instead of running ahead.
         self._interrupt = False
         self._interval_ns = int(config.stream_interval_ms * 1e6)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop _run runs on: where tokens are delivered
 
     # -- admission (event loop) ---------------------------------------------------------------
 
@@ -245,7 +246,7 @@ class GenerationEngine:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"generate-{self.name}-{self.version}")
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         while True:
             now = self._clock_ns()
             for seq_id in self.batcher.expire(now):
@@ -264,8 +265,11 @@ class GenerationEngine:
                 await self._wake.wait()
                 continue
             self._interrupt = False
+            # A run of decode steps may go on past the interval, its tokens delivered while it runs,
+            # only while nothing waits for a place: a waiting sequence's queue timeout is checked here.
+            keep_running = not self.batcher.waiting and not self._closing
             try:
-                result = await loop.run_in_executor(self._pool, self._step, plan)
+                result = await loop.run_in_executor(self._pool, self._step, plan, keep_running)
             except Exception as exc:  # noqa: BLE001 - a runtime failure fails these sequences, not the daemon
                 _log.exception("generation step failed on %s:%s", self.name, self.version)
                 self._fail_running(ExecutorError(f"the model failed during generation: {type(exc).__name__}: {exc}"))
@@ -293,20 +297,7 @@ class GenerationEngine:
 
     def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
         stats = self.stats
-        now = self._clock_ns()
-        finished = []
-        for seq, event in result.events:
-            if seq.first_token_ns == 0:
-                seq.first_token_ns = now
-                stats.time_to_first_token.observe(now - seq.admitted_ns)
-            stats.generated_tokens += len(event.token_ids)
-            if event.finish_reason is not None:
-                finished.append(seq.seq_id)
-                stats.finished[event.finish_reason] = stats.finished.get(event.finish_reason, 0) + 1
-            if not seq.done or event.finish_reason is not None:
-                seq.stream.push(event)
-            if event.finish_reason is not None:
-                seq.done = True
+        finished = self._deliver_events(result.events)
         for seq_id in plan.leaving:
             self._seqs.pop(seq_id, None)
         if plan.decoding:
@@ -319,6 +310,35 @@ class GenerationEngine:
         stats.repad_ns += result.repad_ns
         self.batcher.complete(plan, finished)
         self._refresh_gauges()
+
+    def _deliver_events(self, events: list[tuple[Sequence, GenerationEvent]]) -> list[int]:
+        """Tokens to their streams (on the loop); the ids of the sequences that finished."""
+        stats = self.stats
+        now = self._clock_ns()
+        finished = []
+        for seq, event in events:
+            if seq.first_token_ns == 0:
+                seq.first_token_ns = now
+                stats.time_to_first_token.observe(now - seq.admitted_ns)
+            stats.generated_tokens += len(event.token_ids)
+            if event.finish_reason is not None:
+                finished.append(seq.seq_id)
+                stats.finished[event.finish_reason] = stats.finished.get(event.finish_reason, 0) + 1
+            if not seq.done or event.finish_reason is not None:
+                seq.stream.push(event)
+            if event.finish_reason is not None:
+                seq.done = True
+        return finished
+
+    def _publish(self, result: _StepResult) -> None:
+        """Worker thread: hands the tokens made so far to the loop and goes on decoding. They hold no
+        finish (a finish ends the run first), so the step's own delivery still sees every finish."""
+        events, result.events = result.events, []
+        assert self._loop is not None  # set by _run, which started this step
+        try:
+            self._loop.call_soon_threadsafe(self._deliver_events, events)
+        except RuntimeError:  # the loop closed under a step still running at shutdown: nobody reads them
+            self._interrupt = True
 
     def _fail_running(self, exc: BaseException) -> None:
         for seq_id in self.batcher.fail_all():
@@ -334,7 +354,7 @@ class GenerationEngine:
 
     # -- one step (worker thread) -------------------------------------------------------------
 
-    def _step(self, plan: StepPlan) -> _StepResult:
+    def _step(self, plan: StepPlan, keep_running: bool = False) -> _StepResult:
         start = time.perf_counter_ns()
         result = _StepResult()
         decoder = self.decoder
@@ -345,7 +365,7 @@ class GenerationEngine:
             seqs = [self._seqs[s] for s in plan.decoding]
             self._decode(seqs, result)
             if not plan.joining:  # a join hands over at once: the new rows' first tokens go out alone
-                self._run_ahead(seqs, start, result)
+                self._run_ahead(seqs, start, result, keep_running)
         if plan.joining:
             by_length: dict[int, list[Sequence]] = {}
             for seq_id in plan.joining:
@@ -371,16 +391,25 @@ class GenerationEngine:
         self._sample(seqs, logits, masks, result)
         result.decode_steps += 1
 
-    def _run_ahead(self, seqs: list[Sequence], start_ns: int, result: _StepResult) -> None:
-        """More decode steps of the same batch while nothing would change it: no sequence finished,
-        the loop has not asked for the batch back, and the next step should end within the stream
-        interval (judged by the last step's time). Each step's tokens still become their own events."""
+    def _run_ahead(self, seqs: list[Sequence], start_ns: int, result: _StepResult, keep_running: bool) -> None:
+        """More decode steps of the same batch while nothing would change it: no sequence finished
+        and the loop has not asked for the batch back. Each step's tokens still become their own
+        events, and they reach the loop at least once per stream interval (judged by the last
+        step's time): at the end of the run, or, with ``keep_running``, handed over while the run
+        goes on (the worker would otherwise idle through a round trip to the loop every interval)."""
         interval = self._interval_ns
+        if interval <= 0:
+            return
         last_end = time.perf_counter_ns()
         step_ns = last_end - start_ns
+        since = start_ns  # the oldest token not yet handed to the loop was made after this
         while (not self._interrupt
-               and not any(event.finish_reason is not None for _, event in result.events[-len(seqs):])
-               and last_end + step_ns - start_ns <= interval):
+               and not any(event.finish_reason is not None for _, event in result.events[-len(seqs):])):
+            if last_end + step_ns - since > interval:
+                if not keep_running:
+                    return
+                self._publish(result)
+                since = last_end
             self._decode(seqs, result)
             now = time.perf_counter_ns()
             step_ns, last_end = now - last_end, now
