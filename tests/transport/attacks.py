@@ -301,22 +301,38 @@ def settings_many_entries(url: str, entries: int = 87_000, open_streams: int = 1
     return attack
 
 
+def _calls(client: RawH2, path: str, count: int, message: bytes, messages: int = 1, end_stream: bool = True) -> bytes:
+    """``count`` calls of ``path`` on streams 1, 3, 5, ..., each ``messages`` copies of ``message``
+    (a whole gRPC frame), half-closed after them unless ``end_stream`` is False."""
+    out = bytearray()
+    for i in range(count):
+        sid = 1 + 2 * i
+        out += HeadersFrame(sid, client.request_block(path), flags={"END_HEADERS"}).serialize()
+        for k in range(messages):
+            last = end_stream and k == messages - 1
+            out += DataFrame(sid, message, flags={"END_STREAM"} if last else set()).serialize()
+    return bytes(out)
+
+
+def _zero_window_clients(url: str, connections: int, frames, attack: Attack) -> list[RawH2]:
+    """Connections whose initial window is zero (no answer can go out), each sent ``frames(client)``
+    at once; a failed write is noted on ``attack``."""
+    clients = []
+    for _ in range(connections):
+        client = RawH2(url, settings={4: 0}, auto_window=False)
+        _send_all(client, frames(client), attack)
+        clients.append(client)
+    return clients
+
+
 def zero_window(url: str, connections: int = 8, calls: int = 1000, answer_bytes: int = 16_000,
                 admitted: int = 128) -> Attack:
     """Connections with a zero initial window whose calls' answers can never go out. Each client
     reads until all but ``admitted`` of its calls have an outcome (the server's stream limit) or
     a bounded time has passed: a loaded server takes a while to refuse thousands of streams."""
-    body = echo_request(b"z" * answer_bytes).SerializeToString()
-    attack, clients = Attack(), []
-    for _ in range(connections):
-        client = RawH2(url, settings={4: 0}, auto_window=False)
-        out = bytearray()
-        for i in range(calls):
-            sid = 1 + 2 * i
-            out += HeadersFrame(sid, client.request_block(INFER), flags={"END_HEADERS"}).serialize()
-            out += DataFrame(sid, grpc_frame(body), flags={"END_STREAM"}).serialize()
-        _send_all(client, bytes(out), Attack())
-        clients.append(client)
+    body = grpc_frame(echo_request(b"z" * answer_bytes).SerializeToString())
+    attack = Attack()
+    clients = _zero_window_clients(url, connections, lambda c: _calls(c, INFER, calls, body), Attack())
     deadline = time.monotonic() + 15
 
     def settled(client: RawH2) -> bool:
@@ -340,17 +356,9 @@ def unread_streams(url: str, connections: int = 4, streams: int = 8, messages: i
     daemon holds is its answers (bounded by the pending-bytes budgets) and requests it has not
     handed over (bounded by the request budgets); streams past a budget are ended."""
     body = grpc_frame(echo_request(b"u" * answer_bytes).SerializeToString())
-    attack, clients = Attack(), []
-    for _ in range(connections):
-        client = RawH2(url, settings={4: 0}, auto_window=False)
-        out = bytearray()
-        for i in range(streams):
-            sid = 1 + 2 * i
-            out += HeadersFrame(sid, client.request_block(STREAM_INFER), flags={"END_HEADERS"}).serialize()
-            for _ in range(messages):
-                out += DataFrame(sid, body).serialize()
-        _send_all(client, bytes(out), attack)
-        clients.append(client)
+    attack = Attack()
+    clients = _zero_window_clients(
+        url, connections, lambda c: _calls(c, STREAM_INFER, streams, body, messages, end_stream=False), attack)
     deadline = time.monotonic() + hold_s
     for client in clients:
         try:
