@@ -30,6 +30,10 @@ from gateway.api.openai.wire import json_bytes, read_json
 from gateway.service import InferenceService
 
 _SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+_DONE = b"data: [DONE]\n\n"
+# Request header keeping one request out of the semantic cache (as the body's "cache": false does).
+CACHE_HEADER = "X-Gateway-Cache"
+_CACHE_OFF = frozenset({"off", "no", "false", "bypass"})
 
 
 class _EventStream(web.StreamResponse):
@@ -38,10 +42,6 @@ class _EventStream(web.StreamResponse):
     chunk follows the head within a decode step or a prefill."""
 
     _send_headers_immediately = False
-_DONE = b"data: [DONE]\n\n"
-# Request header keeping one request out of the semantic cache (as the body's "cache": false does).
-CACHE_HEADER = "X-Gateway-Cache"
-_CACHE_OFF = frozenset({"off", "no", "false", "bypass"})
 
 
 def _cache_headers(stream) -> dict[str, str]:

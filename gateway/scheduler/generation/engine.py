@@ -5,10 +5,12 @@ One loop task per engine. Each turn it asks the batcher for a step plan and hand
 whole step to the engine's one worker thread: release the rows that left, one batched
 decode call for every running sequence, one prefill call per distinct prompt length
 for those joining, then sampling, detokenisation and stop checks for all of them. When
-nothing joins, the worker runs further decode steps of the same batch within
-``stream_interval_ms`` (a thread hand-off costs about a small model's step), until a
-sequence finishes or the loop asks for the batch back (an arrival, a cancel). The
-results come back in one hand-off and are pushed to each request's stream. Tokenising
+nothing joins, the worker runs further decode steps of the same batch (a thread hand-off
+costs about a small model's step), until a sequence finishes or the loop asks for the
+batch back (an arrival, a cancel). The results come back when the step ends and are pushed
+to each request's stream; a run that lasts longer than ``stream_interval_ms`` hands the
+tokens made so far to the loop every interval and goes on (with a sequence waiting for a
+place, it ends at the interval instead). Tokenising
 and admission happen on the event loop at submit, so limits are answered (400, 429)
 before a stream starts.
 """
