@@ -92,6 +92,8 @@ class _Dispatch:
     lock: threading.Lock
     # The executor, when it can abort a run.
     abortable: Abortable | None = None
+    # Its rows, summed once: every arrival while it runs compares them with the queue's.
+    rows: int = 0
     timed_out: bool = False
     # Every caller went away (cancelled): the run is aborted, or skipped if it has not started.
     abandoned: bool = False
@@ -254,21 +256,21 @@ class ModelScheduler:
         now = time.monotonic_ns()
         for item in self._batcher.expire(now):
             self._fail_expired(_pending(item))
-        if self._adaptive is not None and (self._free or self._preparable() is not None):
+        # Called on every arrival: the slot is looked up once per decision, not once per question.
+        executor = self._free[-1] if self._free else self._preparable()
+        if self._adaptive is not None and executor is not None:
             b = self._batcher
             b.set_queue_delay(self._adaptive.delay_ns(b.queued_rows, b.target_rows, not self._in_flight, now,
                                                       b.oldest_enqueue_ns()))
-        while True:
-            executor = self._free[-1] if self._free else self._preparable()
-            if executor is None:
-                break
+        while executor is not None:
             batch = self._batcher.next_batch(now)
             if not batch:
                 break
             pending = [p for p in map(_pending, batch) if not p.future.done()]
             if pending:
                 self._dispatch(pending, now, executor)
-        self._arm_timer(now)
+            executor = self._free[-1] if self._free else self._preparable()
+        self._arm_timer(now, executor is not None)
         if not self._in_flight and not len(self._batcher):
             self._idle.set()
 
@@ -283,16 +285,15 @@ class ModelScheduler:
             return None
         for executor in self._executors:
             batches = self._batches[id(executor)]
-            if len(batches) == 1 and (full or sum(p.rows for p in batches[0].pending) <= queued):
+            if len(batches) == 1 and (full or batches[0].rows <= queued):
                 return executor
         return None
 
-    def _arm_timer(self, now: int) -> None:
+    def _arm_timer(self, now: int, has_slot: bool) -> None:
         if not len(self._batcher):
             return
         # With every instance busy, only a deadline can change anything before a
         # completion pumps again; a "ready now" wake-up would spin the loop.
-        has_slot = self._free or self._preparable() is not None
         wake = self._batcher.next_wakeup(now) if has_slot else self._batcher.next_deadline()
         if wake is None:
             return
@@ -329,7 +330,8 @@ class ModelScheduler:
         for p in pending:
             p.dispatch_ns = now
             self.stats.record_queue(now - p.enqueue_ns)
-        dispatch = _Dispatch(executor, pending, self._locks[id(executor)], self._abortable.get(id(executor)))
+        dispatch = _Dispatch(executor, pending, self._locks[id(executor)], self._abortable.get(id(executor)),
+                             rows=sum(p.rows for p in pending))
         self._batches[id(executor)].append(dispatch)
         loop = self._bound_loop
         if inline:
