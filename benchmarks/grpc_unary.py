@@ -29,8 +29,10 @@ import onnxruntime as ort
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "examples"))
+sys.path.insert(0, ROOT)  # the benchmarks package, when this file runs as a script or from one
 
 import make_models  # noqa: E402
+from benchmarks.machine import cpu_idle, cpu_idle_words  # noqa: E402
 from gateway._proto import grpc_service_pb2 as pb  # noqa: E402
 
 
@@ -47,7 +49,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
-    return f"{os.cpu_count()} cores, {model}; Python {platform.python_version()}, onnxruntime {ort.__version__}"
+    idle = cpu_idle_words(cpu_idle())
+    return f"{os.cpu_count()} cores, {model}, {idle}; Python {platform.python_version()}, onnxruntime {ort.__version__}"
 
 
 def raw_ort(model_path: str, batch: int, seconds: float) -> float:
