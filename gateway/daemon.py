@@ -17,11 +17,9 @@ from aiohttp import web
 
 from gateway import native
 from gateway.api.auth import AccessControl
-from gateway.api.grpc_native import NativeGrpcServer
 from gateway.api.grpc_server import HealthMirror, build_server
 from gateway.api.http_connections import GatewaySite
 from gateway.api.http_server import build_app
-from gateway.api.idle_poll import IdlePoll
 from gateway.api.shared_memory import SharedMemoryRegistry
 from gateway.api.limits import ConnectionTimeouts, RequestLimits
 from gateway.api.tls import grpc_credentials, http_ssl_context
@@ -184,13 +182,6 @@ async def _listen(
         transport=settings.grpc_transport, ssl_context=grpc_ssl, timeouts=timeouts, access=access,
         shared_memory=shared_memory,
     )
-    idle_poll = None
-    if settings.idle_poll_us:
-        idle_poll = IdlePoll(asyncio.get_running_loop(), settings.idle_poll_us)
-        if isinstance(grpc_server, NativeGrpcServer):
-            grpc_server.on_traffic = idle_poll.poke
-        _log.info("idle polling: %d us after traffic (HTTP%s)", settings.idle_poll_us,
-                  " and gRPC" if isinstance(grpc_server, NativeGrpcServer) else "; not the grpcio transport")
     await grpc_server.start()
     runner = web.AppRunner(
         build_app(service, settings.max_request_bytes, access=access, limits=limits, shared_memory=shared_memory),
@@ -210,8 +201,7 @@ async def _listen(
     stack.push_async_callback(stop_servers)
     await runner.setup()
     site = GatewaySite(runner, settings.host, settings.http_port, ssl_context=ssl_context,
-                       header_timeout_s=timeouts.header_s, tls_handshake_timeout_s=timeouts.tls_handshake_s,
-                       on_traffic=idle_poll.poke if idle_poll is not None else None)
+                       header_timeout_s=timeouts.header_s, tls_handshake_timeout_s=timeouts.tls_handshake_s)
     await site.start()
     return grpc_port, site.port, mirror
 

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import re
 import ssl
-from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -43,22 +42,18 @@ def _one_line(exc: HttpProcessingError) -> str:
 class TimedRequestHandler(RequestHandler):
     """aiohttp's per-connection protocol with a deadline on each request head."""
 
-    __slots__ = ("_header_timeout_s", "_header_handle", "_on_traffic")
+    __slots__ = ("_header_timeout_s", "_header_handle")
 
-    def __init__(self, manager, *, header_timeout_s: float, on_traffic: Callable[[], None] | None = None,
-                 **kwargs) -> None:
+    def __init__(self, manager, *, header_timeout_s: float, **kwargs) -> None:
         super().__init__(manager, **kwargs)
         self._header_timeout_s = header_timeout_s
         self._header_handle: asyncio.TimerHandle | None = None
-        self._on_traffic = on_traffic  # idle polling (api/idle_poll.py)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_header_timer()
 
     def data_received(self, data: bytes) -> None:
-        if self._on_traffic is not None:
-            self._on_traffic()
         heads = self._request_count  # aiohttp counts each request head parsed (or refused)
         super().data_received(data)
         if self._request_count != heads:
@@ -108,15 +103,14 @@ class TimedRequestHandler(RequestHandler):
 class GatewaySite(web.TCPSite):
     """A TCP site whose connections run :class:`TimedRequestHandler`, with a TLS handshake deadline."""
 
-    __slots__ = ("_header_timeout_s", "_tls_handshake_timeout_s", "_on_traffic")
+    __slots__ = ("_header_timeout_s", "_tls_handshake_timeout_s")
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, header_timeout_s: float,
                  tls_handshake_timeout_s: float, ssl_context: ssl.SSLContext | None = None,
-                 reuse_port: bool = True, backlog: int = 1024, on_traffic: Callable[[], None] | None = None) -> None:
+                 reuse_port: bool = True, backlog: int = 1024) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=backlog)
         self._header_timeout_s = header_timeout_s
         self._tls_handshake_timeout_s = tls_handshake_timeout_s
-        self._on_traffic = on_traffic
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site; TCPSite.start would create its own server
@@ -128,8 +122,7 @@ class GatewaySite(web.TCPSite):
         options = dict(server._kwargs)
 
         def protocol() -> TimedRequestHandler:
-            return TimedRequestHandler(server, loop=loop, header_timeout_s=self._header_timeout_s,
-                                       on_traffic=self._on_traffic, **options)
+            return TimedRequestHandler(server, loop=loop, header_timeout_s=self._header_timeout_s, **options)
 
         self._server = await loop.create_server(
             protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,

@@ -51,12 +51,6 @@ class ServerSettings(BaseModel):
         "each collection walks the objects of the requests in flight, so a serving process collects less "
         "often); 0 keeps Python's setting",
     )
-    idle_poll_us: int = Field(
-        default=0, ge=0, le=100_000,
-        description="after traffic, the event loop polls its sockets this long before sleeping (native gRPC "
-        "and HTTP): lower latency at low concurrency for a busy core, so CPU use stops following the load "
-        "(README: Server settings); 0 = off",
-    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="log level")
     log_format: Literal["text", "json"] = Field(
         default="text", description="log lines as text, or as JSON objects with request and trace ids"

@@ -109,7 +109,6 @@ def test_every_field_follows_the_precedence(tmp_path, monkeypatch):
         "workers": (2, 3, 4),
         "gil_switch_interval_us": (500, 1000, 2000),
         "gc_threshold": (0, 5000, 50000),
-        "idle_poll_us": (100, 300, 1000),
         "grpc_transport": ("grpcio", "native", "grpcio"),
         "log_format": ("json", "text", "json"),
         "log_levels": ("gateway.a=debug", "gateway.b=info", "gateway.c=error"),

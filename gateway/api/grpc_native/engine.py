@@ -192,8 +192,6 @@ class Http2Connection(asyncio.Protocol):
             self._flush_blocked(charged=False)
 
     def data_received(self, data: bytes) -> None:
-        if self.server.on_traffic is not None:
-            self.server.on_traffic()
         if self.buf:
             self.buf += data
             if not self._holds_a_frame(self.buf):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.api.grpc_native.budgets import ByteBudget
@@ -64,8 +63,6 @@ class NativeGrpcServer:
         self._idle: asyncio.Event | None = None
         self._server: asyncio.base_events.Server | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        # Called when a connection's bytes arrive (idle polling, api/idle_poll.py); None: nothing.
-        self.on_traffic: Callable[[], None] | None = None
 
     @property
     def running_loop(self) -> asyncio.AbstractEventLoop:
