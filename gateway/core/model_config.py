@@ -257,8 +257,9 @@ class ModelConfig(_Strict):
     # instance is asked to abort; 0 = no limit. See README "Reliability".
     execute_timeout_s: float = Field(default=0.0, ge=0, le=86_400)
     # A lone request on an idle model runs on the event loop itself when the model's measured
-    # time for one request is below this: for tiny models the two thread hand-offs cost more
-    # (~0.1-0.2 ms) than the run. 0 = always in an executor thread. See README "Performance".
+    # time for one request is below this, and so does a batch of several when batches measured
+    # below it: for tiny models the two thread hand-offs cost more (~0.1-0.2 ms) than the run.
+    # 0 = always in an executor thread. See README "Performance".
     inline_execute_us: int = Field(default=200, ge=0, le=1000)
 
     @field_validator("providers")

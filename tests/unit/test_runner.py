@@ -574,3 +574,57 @@ def test_with_the_adaptive_window_a_partial_batch_as_large_as_the_running_one_is
         await sched.drain(1)
 
     asyncio.run(main())
+
+
+def _together(sched: ModelScheduler, values: range) -> list:
+    """Requests submitted in one loop pass: the first finds the model idle, the rest queue behind it."""
+    return [sched.submit(req(v), 1, (), 0) for v in values]
+
+
+def test_batches_measured_fast_run_on_the_loop_as_one_batch():
+    async def main():
+        ex = ThreadRecordingExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        loop_thread = threading.current_thread().name
+        await asyncio.wait_for(sched.submit(req(1), 1, (), 0), WAIT_S)  # a lone request measured fast
+        await asyncio.wait_for(asyncio.gather(*_together(sched, range(5))), WAIT_S)
+        assert ex.threads[-1] != loop_thread  # the first batch of several: not measured yet
+        ex.threads.clear()
+        ex.batches.clear()
+        results = await asyncio.wait_for(asyncio.gather(*_together(sched, range(5))), WAIT_S)
+        assert [r["y"][0, 0] for r in results] == [0, 2, 4, 6, 8]
+        assert ex.batches == [[0.0], [1.0, 2.0, 3.0, 4.0]]  # still one batch, not one run each
+        assert ex.threads == [loop_thread, loop_thread]
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_batches_measured_slower_than_the_bound_stay_in_the_executor_thread():
+    async def main():
+        ex = ThreadRecordingExecutor(sleep_s=0.002)
+        sched = _inline_scheduler(ex, 50)
+        for _ in range(3):
+            await asyncio.wait_for(asyncio.gather(*_together(sched, range(5))), WAIT_S)
+        assert len(ex.threads) == 6
+        assert threading.current_thread().name not in ex.threads
+        await sched.drain(1)
+
+    asyncio.run(main())
+
+
+def test_a_batch_larger_than_any_measured_fast_runs_in_the_executor_thread():
+    async def main():
+        ex = ThreadRecordingExecutor()
+        sched = _inline_scheduler(ex, 1000)
+        loop_thread = threading.current_thread().name
+        await asyncio.wait_for(sched.submit(req(1), 1, (), 0), WAIT_S)
+        for _ in range(2):  # batches of 2 measured, then run on the loop
+            await asyncio.wait_for(asyncio.gather(*_together(sched, range(3))), WAIT_S)
+        assert ex.batches[-1] == [1.0, 2.0] and ex.threads[-1] == loop_thread
+        await asyncio.wait_for(asyncio.gather(*_together(sched, range(8))), WAIT_S)
+        assert ex.batches[-1] == [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]
+        assert ex.threads[-1] != loop_thread  # seven rows: more input than any batch measured fast
+        await sched.drain(1)
+
+    asyncio.run(main())
