@@ -118,6 +118,25 @@ class _Dispatch:
 
 
 @dataclass(slots=True)
+class _RunTimes:
+    """What the scheduler has measured of one kind of run (a lone request, or a batch of several):
+    its smoothed execute time (0: not measured yet) and the most input bytes of one that ran faster
+    than the inline bound."""
+
+    ns: float = 0.0
+    fast_bytes: int = 0
+
+    def observe(self, took_ns: int, bound_ns: int, pending: list[Pending]) -> None:
+        self.ns = smooth(self.ns, took_ns)
+        if took_ns < bound_ns:
+            self.fast_bytes = max(self.fast_bytes, sum(map(_input_bytes, pending)))
+
+    def fast(self, bound_ns: int, pending: list[Pending]) -> bool:
+        """Measured faster than the bound, for inputs no larger than one that ran that fast."""
+        return 0 < self.ns < bound_ns and sum(map(_input_bytes, pending)) <= self.fast_bytes
+
+
+@dataclass(slots=True)
 class _BatchResult:
     outputs: Sequence[dict[str, np.ndarray] | BaseException]
     input_ns: int = 0
@@ -180,20 +199,16 @@ class ModelScheduler:
         self.observer: Callable[[dict[str, np.ndarray], dict[str, np.ndarray]], None] | None = None
         # Instances whose batch passed execute_timeout_s and whose thread has not returned yet.
         self._stuck: set[int] = set()
-        # Smoothed execute time of one-request batches, for inline_execute_ns (0: not measured yet).
-        self._lone_ns = 0.0
+        # Execute times of one-request batches and of batches of several, for inline_execute_ns.
+        self._lone = _RunTimes()
+        self._batched = _RunTimes()
         # A run on the loop blocks every connection of the daemon until it returns, and nothing can
         # abort it there: only models whose cost follows their input size (no Loop or If whose work
         # depends on input values) run inline, only for inputs no larger than a lone request (or a
         # batch) measured fast, and never again once inline runs took far longer than the bound too
         # often (strikes, INLINE_STRIKES) or once too long (INLINE_HARD_NS).
         self._inline_ns = 0 if any(getattr(e, "data_dependent_cost", False) for e in executors) else spec.inline_execute_ns
-        self._inline_bytes = 0
         self._inline_strikes = 0.0
-        # The same for batches of several requests: their smoothed execute time, and the most input
-        # bytes of one measured faster than the bound.
-        self._batch_ns = 0.0
-        self._inline_batch_bytes = 0
 
     # -- intake ---------------------------------------------------------------
 
@@ -331,9 +346,8 @@ class ModelScheduler:
         if self._in_flight or self.spec.execute_timeout_s:
             return False
         if len(pending) == 1:
-            return (0 < self._lone_ns < self._inline_ns and not len(self._batcher)
-                    and _input_bytes(pending[0]) <= self._inline_bytes)
-        return 0 < self._batch_ns < self._inline_ns and sum(map(_input_bytes, pending)) <= self._inline_batch_bytes
+            return not len(self._batcher) and self._lone.fast(self._inline_ns, pending)
+        return self._batched.fast(self._inline_ns, pending)
 
     def _dispatch(self, pending: list[Pending], now: int, executor: Executor) -> None:
         inline = self._runs_inline(pending)
@@ -449,14 +463,7 @@ class ModelScheduler:
             if self._adaptive is not None:
                 self._adaptive.observe_execution(took, rows)
                 self._adaptive.observe_answered(end, rows, self._batcher.target_rows)
-            if len(pending) == 1:
-                self._lone_ns = smooth(self._lone_ns, took)
-                if took < self._inline_ns:
-                    self._inline_bytes = max(self._inline_bytes, _input_bytes(pending[0]))
-            else:
-                self._batch_ns = smooth(self._batch_ns, took)
-                if took < self._inline_ns:
-                    self._inline_batch_bytes = max(self._inline_batch_bytes, sum(map(_input_bytes, pending)))
+            (self._lone if len(pending) == 1 else self._batched).observe(took, self._inline_ns, pending)
         for p, out in zip(pending, result.outputs):
             if p.request.trace is not None:
                 p.request.trace.batched(p.enqueue_ns, p.dispatch_ns, end, rows, len(pending))
