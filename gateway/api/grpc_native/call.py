@@ -222,6 +222,11 @@ class Call(Stream):
         if self._send(message):
             self.finish(Status.OK, "", trailing_metadata)
 
+    def handler_failed(self, exc: Exception, what: str = "handler") -> None:
+        """A handler raised: the call answers UNKNOWN, as grpcio does, and the daemon logs it."""
+        _log.error("gRPC %s for %s failed", what, self.head.path[:256].decode("latin-1"), exc_info=exc)
+        self.finish(Status.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+
     def send_message(self, body: bytes) -> bool:
         """One serialized answer of a streaming call, queued without waiting; False if the call ended instead."""
         return self._send(_message_prefix(body) + body)
@@ -318,9 +323,8 @@ def _open_feed(call: Call, handler: MessageStreamHandler) -> None:
     except StreamRefused as exc:
         call.finish(Status.of(exc.code), exc.details)
         return
-    except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN, as grpcio does
-        _log.exception("gRPC stream handler for %s failed to open", call.head.path[:256].decode("latin-1"))
-        call.finish(Status.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN
+        call.handler_failed(exc, "stream handler's open")
         return
     if call.remote_closed:
         call.feed.pump()  # no request at all: answered OK at once
@@ -368,9 +372,8 @@ async def _serve(call: Call) -> None:
         _finish_from_context(call, ctx)
     except asyncio.CancelledError:
         pass  # the client left, the deadline passed, or the server stopped: answered (or not) already
-    except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN, as grpcio does
-        _log.exception("gRPC handler for %s failed", call.head.path[:256].decode("latin-1"))
-        call.finish(Status.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN
+        call.handler_failed(exc)
     finally:
         call.release()
         if ctx._done_callbacks:

@@ -16,7 +16,6 @@ half-closed and every request is answered.
 
 from __future__ import annotations
 
-import logging
 from collections import deque
 from typing import TYPE_CHECKING, Callable, Protocol
 
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
     from gateway.api.grpc_native.call import Call
     from gateway.api.grpc_native.context import ServicerContext
 
-_log = logging.getLogger(__name__)
 SEND_HIGH_WATER = 1 << 20  # answers queued on a stream beyond which its requests wait (and its writers)
 
 
@@ -136,6 +134,5 @@ class MessageFeed:
         call.connection.consumed(call, wire_size)
         try:
             self.session.on_message(request)
-        except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN, as grpcio does
-            _log.exception("gRPC stream handler for %s failed", call.head.path[:256].decode("latin-1"))
-            call.finish(Status.UNKNOWN, f"Unexpected {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - a failing handler answers UNKNOWN
+            call.handler_failed(exc, "stream handler")
