@@ -144,10 +144,12 @@ def perf_analyzer_binary() -> str:
     return done.stdout.strip()
 
 
-def perf_analyzer_input(directory: str, input_name: str, rows: np.ndarray) -> str:
-    """A --input-data file of real rows (perf_analyzer's own random FP32 is random bytes: NaN, Inf)."""
-    path = os.path.join(directory, f"pa-input-{input_name}-{rows.shape[1:]!s}.json".replace(" ", ""))
-    docs = [{input_name: {"content": row.ravel().round(5).tolist(), "shape": list(row.shape)}} for row in rows]
+def perf_analyzer_input(directory: str, input_name: str, rows: np.ndarray, *, batch_axis: bool = False) -> str:
+    """A --input-data file of real rows (perf_analyzer's own random FP32 is random bytes: NaN, Inf).
+    ``batch_axis``: each row's shape starts with 1, for a model served with max_batch_size 0."""
+    lead = [1] if batch_axis else []
+    path = os.path.join(directory, f"pa-input-{input_name}-{lead}{rows.shape[1:]!s}.json".replace(" ", ""))
+    docs = [{input_name: {"content": row.ravel().round(5).tolist(), "shape": lead + list(row.shape)}} for row in rows]
     with open(path, "w") as fh:
         json.dump({"data": docs}, fh)
     return path

@@ -98,14 +98,16 @@ def ratios(rows: list[dict]) -> list[dict]:
                     adaptive["infer_per_s"] / fixed["infer_per_s"], 0.95)
 
     # Compute-bound: cnn against raw ORT's best batch at equal cores, and against PyTriton.
-    for threads, workers in ((1, 1), (2, 2)):
-        raw = _best(_ok(rows, model="cnn", system="onnxruntime", threads=threads))
+    # Equal cores: the raw loop's threads are the gateway's workers times its intra-op threads.
+    for workers in (1, 2):
         for c in (x for x in concurrencies if x >= 32):
             for protocol, tool in UNARY:
                 gw = _gw(rows, "cnn", c, protocol, workers=workers)
+                threads = workers * (gw.get("threads") or 1) if gw else 0
+                raw = _best(_ok(rows, model="cnn", system="onnxruntime", threads=threads))
                 if gw and raw:
-                    add(f"gRPC ({tool}), {workers} worker(s) ÷ raw ORT best ({threads} thread(s), batch {raw['batch']})",
-                        "cnn", c, gw["infer_per_s"] / raw["infer_per_s"], 0.9)
+                    add(f"gRPC ({tool}), {workers} worker(s) × {gw.get('threads') or 1} intra-op thread(s) ÷ raw ORT best "
+                        f"({threads} thread(s), batch {raw['batch']})", "cnn", c, gw["infer_per_s"] / raw["infer_per_s"], 0.9)
     for c in (x for x in concurrencies if x >= 32):
         for protocol, tool in UNARY:
             gw = _gw(rows, "cnn", c, protocol)

@@ -169,15 +169,16 @@ def run_raw(args, models) -> list[dict]:
     return rows
 
 
-def _perf_analyzer_go(run: systems.Running, m, protocol: str, c: int, args, expected, x):
-    """The measuring call of one perf_analyzer point (the server's answer checked first, over gRPC)."""
+def _perf_analyzer_go(run: systems.Running, batching: bool, m, protocol: str, c: int, args, expected, x):
+    """The measuring call of one perf_analyzer point (the server's answer checked first, over gRPC).
+    Without batching a model has max_batch_size 0, so perf_analyzer wants the batch axis in its data."""
     if args.pa_binary is None:
         raise loadgen.LoadError(args.pa_unavailable)
     if run.grpc_port is not None:
         payloads.check_grpc(f"127.0.0.1:{run.grpc_port}", payloads.grpc_unary(m.name, x), expected)
     http = protocol == "pa-http"
     url = f"127.0.0.1:{run.http_port if http else run.grpc_port}"
-    data = args.pa_inputs[m.name]
+    data = args.pa_inputs[m.name, batching]
 
     def go(seconds):
         return loadgen.perf_analyzer(args.pa_binary, url, "http" if http else "grpc", m.name, c, seconds, data,
@@ -192,7 +193,7 @@ def _point(run: systems.Running, cfg: systems.SystemConfig, m, protocol: str, c:
     row = {**_row_head(cfg, m.name, protocol, c, args), "p50_ms": None, "p99_ms": None, "server_cpu_cores": None,
            "server_cpu_ms_per_infer": None, "mean_batch": None, "gen_cpu_cores": None, "errors": None, "note": ""}
     if perf_analyzer:
-        go = _perf_analyzer_go(run, m, protocol, c, args, expected, x)
+        go = _perf_analyzer_go(run, cfg.batching, m, protocol, c, args, expected, x)
     elif protocol.startswith("grpc"):
         if shutil.which("h2load") is None:
             row["note"] = "h2load not found (apt-get install nghttp2-client)"
@@ -332,8 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.perf_analyzer:
             try:
                 args.pa_binary = loadgen.perf_analyzer_binary()
-                args.pa_inputs = {name: loadgen.perf_analyzer_input(workdir, "INPUT", m.sample(16, seed=1))
-                                  for name, m in models.items()}
+                args.pa_inputs = {(name, batching): loadgen.perf_analyzer_input(workdir, "INPUT", m.sample(16, seed=1),
+                                                                                batch_axis=not batching)
+                                  for name, m in models.items() for batching in (True, False)}
             except loadgen.LoadError as exc:
                 args.pa_unavailable = str(exc)
                 _log(f"warning: {exc}: the perf_analyzer rows will say so")

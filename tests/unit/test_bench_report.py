@@ -7,8 +7,8 @@ import pytest
 from benchmarks import report
 
 
-def gw(c, rate, protocol="grpc", workers=1, window="adaptive", model="mlp", p50=None, cores=1.0):
-    return {"model": model, "system": "gateway", "protocol": protocol, "workers": workers, "window": window,
+def gw(c, rate, protocol="grpc", workers=1, window="adaptive", model="mlp", p50=None, cores=1.0, threads=1):
+    return {"model": model, "system": "gateway", "protocol": protocol, "workers": workers, "threads": threads, "window": window,
             "batching": window is not None, "concurrency": c, "infer_per_s": rate, "p50_ms": p50,
             "server_cpu_cores": cores}
 
@@ -53,3 +53,16 @@ def test_the_ceiling_has_no_target_and_a_missing_row_leaves_its_target_out():
     assert ceiling["value"] == pytest.approx((9_000 / 1.0) / (90_000 / 0.9)) and ceiling["met"] is None
     assert "| – |" in report.ratios_markdown([ceiling])
     assert not any("PyTriton" in i["what"] or i["model"] == "cnn" for i in items)  # no such rows in this run
+
+
+def test_cnn_is_compared_with_the_raw_loop_on_as_many_threads_as_the_gateway_uses():
+    raw = [other("onnxruntime", "–", rate, model="cnn", protocol="in-process", threads=t, batch=32)
+           for t, rate in ((1, 3_000), (2, 6_000), (4, 8_000))]
+    # A run with --intra-op-threads 2: one worker uses 2 threads, two workers 4.
+    rows = [*raw, gw(32, 3_600, model="cnn", threads=2), gw(32, 4_000, model="cnn", workers=2, threads=2)]
+    found = sorted((i["what"], i["value"]) for i in report.ratios(rows) if "raw ORT best" in i["what"])
+    assert [w for w, _ in found] == [
+        "gRPC (h2load), 1 worker(s) × 2 intra-op thread(s) ÷ raw ORT best (2 thread(s), batch 32)",
+        "gRPC (h2load), 2 worker(s) × 2 intra-op thread(s) ÷ raw ORT best (4 thread(s), batch 32)",
+    ]
+    assert [v for _, v in found] == [pytest.approx(0.6), pytest.approx(0.5)]
