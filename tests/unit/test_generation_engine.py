@@ -156,8 +156,8 @@ def test_a_stable_batch_runs_ahead_and_hands_its_tokens_over_together(tiny_llm_m
 
 def test_a_long_run_hands_its_tokens_over_while_it_goes_on(tiny_llm_model):
     """Past stream_interval_ms the worker hands the tokens made so far to the loop and keeps
-    decoding, instead of stopping for a round trip to the loop: one decode step call for the whole
-    run, several deliveries during it, and the tokens of one hand-off per step."""
+    decoding, instead of stopping for a round trip to the loop: one call for the prefill and the
+    whole run after it, several deliveries during it, and the tokens of one hand-off per step."""
     request = GenerationRequest("tiny", SamplingParams(max_tokens=200, temperature=0, logit_bias=NO_EOS), prompt="hello")
 
     async def step_by_step():
@@ -183,7 +183,7 @@ def test_a_long_run_hands_its_tokens_over_while_it_goes_on(tiny_llm_model):
 
     tokens = asyncio.run(run())
     assert len(want) == 200 and tokens == want
-    assert steps == [(1, 0, True), (0, 1, True)]  # the prefill, then one run to max_tokens
+    assert steps == [(1, 0, True)]  # one hand-off: the prefill, then the run to max_tokens
     # The prefill's token, several hand-overs during the run, then its last tokens with the finish.
     assert len(deliveries) >= 4 and sum(deliveries) == 200, deliveries
     assert engine.stats.decode_steps == 199
@@ -238,6 +238,37 @@ def test_an_arrival_ends_a_run_ahead_at_once(tiny_llm_model):
     assert short_tokens == want
     assert len(long_tokens) == 239  # its first token was read before
     assert order == ["short", "long"]
+
+
+def test_a_join_runs_the_whole_batch_ahead_in_the_same_hand_off(tiny_llm_model):
+    """A sequence that joins a running one, with nobody waiting, does not hand the step back after
+    its prefill: its first token is handed over at once and both rows decode on in the same call
+    until it finishes. The statistics count those steps as steps of two rows."""
+    engine = _engine(tiny_llm_model, stream_interval_ms=1000)
+    stop = tuple(engine.tokenizer.eos_token_ids)
+    want = tiny_llm.reference_greedy(tiny_llm_model / "1", engine.tokenizer.encode("Python is"), 5, stop)
+    steps = []
+    step = engine._step
+
+    def counting_step(plan, keep_running=False):
+        steps.append((len(plan.joining), len(plan.decoding)))
+        return step(plan, keep_running)
+
+    engine._step = counting_step
+
+    async def run():
+        long = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=120, temperature=0, logit_bias=NO_EOS),
+                                               prompt="hello"))
+        await long.__anext__()
+        short = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=5, temperature=0), prompt="Python is"))
+        return await asyncio.gather(_collect(long), _collect(short))
+
+    (long_tokens, _, _), (short_tokens, _, reason) = asyncio.run(run())
+    assert len(want) == 5 and short_tokens == want and reason == "length" and len(long_tokens) == 119
+    # The long one's prefill and run (ended by the arrival), the join with its run, the long one alone.
+    assert steps == [(1, 0), (1, 1), (0, 1)]
+    assert engine.stats.steps_multi == 4  # the short one's 4 decode steps, each with the long one
+    assert engine.stats.decode_steps == 119  # model calls: the short one's 4 were among the long one's
 
 
 def test_penalised_and_plain_sequences_share_steps(tiny_llm_model):

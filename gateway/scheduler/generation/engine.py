@@ -4,10 +4,10 @@ batcher and the KV-cache decoder.
 One loop task per engine. Each turn it asks the batcher for a step plan and hands the
 whole step to the engine's one worker thread: release the rows that left, one batched
 decode call for every running sequence, one prefill call per distinct prompt length
-for those joining, then sampling, detokenisation and stop checks for all of them. When
-nothing joins, the worker runs further decode steps of the same batch (a thread hand-off
-costs about a small model's step), until a sequence finishes or the loop asks for the
-batch back (an arrival, a cancel). The results come back when the step ends and are pushed
+for those joining, then sampling, detokenisation and stop checks for all of them. The
+worker then runs further decode steps of the same batch (a thread hand-off costs about a
+small model's step; after a join, once the new rows' first tokens are handed over), until
+a sequence finishes or the loop asks for the batch back (an arrival, a cancel). The results come back when the step ends and are pushed
 to each request's stream; a run that lasts longer than ``stream_interval_ms`` hands the
 tokens made so far to the loop every interval and goes on (with a sequence waiting for a
 place, it ends at the interval instead). Tokenising
@@ -80,6 +80,8 @@ class _StepResult:
     events: list[tuple[Sequence, GenerationEvent]] = field(default_factory=list)
     prefill_runs: int = 0
     decode_steps: int = 0  # decode calls run for the plan: more than one when the batch ran ahead
+    joined_steps: int = 0  # of those, the ones after the join: the joining rows took part in them
+    prefill_end_ns: int = 0  # engine clock; set when the batch ran ahead after a join
     step_ns: int = 0
     repad_ns: int = 0
 
@@ -277,36 +279,46 @@ class GenerationEngine:
                 self._fail_running(ExecutorError(f"the model failed during generation: {type(exc).__name__}: {exc}"))
                 continue
             self._steps += max(1, result.decode_steps)
-            self._stamp_traces(plan, now, result.decode_steps)
+            self._stamp_traces(plan, now, result)
             self._deliver(plan, result)
 
-    def _stamp_traces(self, plan: StepPlan, start_ns: int, decode_steps: int) -> None:
-        """Traced requests in this hand-off: its time is their prefill (joining) or their decode steps."""
+    def _stamp_traces(self, plan: StepPlan, start_ns: int, result: _StepResult) -> None:
+        """Traced requests in this hand-off: its time is their prefill (joining) or their decode steps
+        (joining ones too when the batch ran ahead after the join)."""
         end_ns = self._clock_ns()
+        prefill_end_ns = result.prefill_end_ns or end_ns
         for seq_id in plan.joining:
             seq = self._seqs.get(seq_id)
             t = seq.trace if seq is not None else None
             if t is not None and t.prefill_start_ns == 0:
-                t.prefill_start_ns, t.prefill_end_ns = start_ns, end_ns
+                t.prefill_start_ns, t.prefill_end_ns = start_ns, prefill_end_ns
+                if result.joined_steps:
+                    self._stamp_decode(t, prefill_end_ns, end_ns, result.joined_steps)
         for seq_id in plan.decoding:
             seq = self._seqs.get(seq_id)
             t = seq.trace if seq is not None else None
-            if t is not None and t.last_step != self._steps:
-                t.last_step = self._steps
-                t.decode_start_ns = t.decode_start_ns or start_ns
-                t.decode_end_ns = end_ns
-                t.decode_steps += decode_steps
+            if t is not None:
+                self._stamp_decode(t, start_ns, end_ns, result.decode_steps)
+
+    def _stamp_decode(self, t: GenerationTrace, start_ns: int, end_ns: int, steps: int) -> None:
+        if t.last_step != self._steps:
+            t.last_step = self._steps
+            t.decode_start_ns = t.decode_start_ns or start_ns
+            t.decode_end_ns = end_ns
+            t.decode_steps += steps
 
     def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
         stats = self.stats
         finished = self._deliver_events(result.events)
         for seq_id in plan.leaving:
             self._seqs.pop(seq_id, None)
-        if plan.decoding:
-            for _ in range(result.decode_steps):
-                stats.step_sequences.observe(len(plan.decoding))
-            if len(plan.decoding) > 1:
-                stats.steps_multi += result.decode_steps
+        for rows, steps in ((len(plan.decoding), result.decode_steps - result.joined_steps),
+                            (len(plan.decoding) + len(plan.joining), result.joined_steps)):
+            if rows and steps:
+                for _ in range(steps):
+                    stats.step_sequences.observe(rows)
+                if rows > 1:
+                    stats.steps_multi += steps
         stats.prefill_runs += result.prefill_runs
         stats.step_ns += result.step_ns
         stats.repad_ns += result.repad_ns
@@ -366,7 +378,7 @@ class GenerationEngine:
         if plan.decoding:
             seqs = [self._seqs[s] for s in plan.decoding]
             self._decode(seqs, result)
-            if not plan.joining:  # a join hands over at once: the new rows' first tokens go out alone
+            if not plan.joining:
                 self._run_ahead(seqs, start, result, keep_running)
         if plan.joining:
             by_length: dict[int, list[Sequence]] = {}
@@ -382,6 +394,7 @@ class GenerationEngine:
                     repad += (time.perf_counter_ns() - t0) * rows // (rows + len(seqs))
                 result.prefill_runs += 1
                 self._sample(seqs, logits, None, result)
+            self._run_after_join(plan, result, keep_running)
         result.step_ns = time.perf_counter_ns() - start
         result.repad_ns = repad
         return result
@@ -415,6 +428,23 @@ class GenerationEngine:
             self._decode(seqs, result)
             now = time.perf_counter_ns()
             step_ns, last_end = now - last_end, now
+
+    def _run_after_join(self, plan: StepPlan, result: _StepResult, keep_running: bool) -> None:
+        """After a join, the whole batch runs ahead when it may go on past the interval: the new
+        rows' first tokens (and the step's others) are handed to the loop at once, while the
+        worker decodes on. Handing the step back instead would cost two thread hand-offs per
+        request, the first token's and the next run's. A finish or an arrival hands back."""
+        if (not keep_running or self._interval_ns <= 0 or self._interrupt
+                or any(event.finish_reason is not None for _, event in result.events)):
+            return
+        result.prefill_end_ns = self._clock_ns()
+        self._publish(result)
+        before = result.decode_steps
+        seqs = [self._seqs[s] for s in (*plan.decoding, *plan.joining)]
+        start = time.perf_counter_ns()
+        self._decode(seqs, result)
+        self._run_ahead(seqs, start, result, keep_running)
+        result.joined_steps = result.decode_steps - before
 
     def _masks_beside_the_model(self, seqs: list[Sequence]) -> Future | None:
         """The constrained sequences' next masks, computed in a thread while the model's step runs
