@@ -193,12 +193,13 @@ class GenerationConfig(_Strict):
     # ONNX Runtime only), "host" as numpy arrays fed in and read back each step; "auto" = device on
     # the cuda/tensorrt providers, host on cpu (measured, README "Text generation").
     kv_cache: Literal["auto", "host", "device"] = "auto"
-    # How often, at least, the tokens of a batch that nothing joins reach their streams
-    # (milliseconds). A step always completes; with a fast model, several run back to back in the
-    # worker thread and their tokens leave together (each still its own SSE chunk), saving a thread
-    # hand-off per token; past the interval the worker hands them over and goes on (it stops there
-    # instead while a sequence waits for a place). A sequence that finishes, a request that
-    # arrives and a client that leaves end the run at once. 0 = hand off after every step.
+    # How often, at least, the tokens of a running batch reach their streams (milliseconds). A
+    # step always completes; with a fast model, several run back to back in the worker thread and
+    # their tokens leave together (each still its own SSE chunk), saving a thread hand-off per
+    # token; past the interval the worker hands them over and goes on (it stops there instead
+    # while a sequence waits for a place). A request that arrives and a client that leaves end
+    # the run at once; a sequence that finishes leaves in the worker while others run and nothing
+    # waits (else it ends the run too). 0 = hand off after every step.
     stream_interval_ms: float = Field(default=2.0, ge=0, le=1000)
 
     @model_validator(mode="after")

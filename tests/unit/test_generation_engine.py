@@ -241,10 +241,11 @@ def test_an_arrival_ends_a_run_ahead_at_once(tiny_llm_model):
     assert order == ["short", "long"]
 
 
-def test_a_join_runs_the_whole_batch_ahead_in_the_same_hand_off(tiny_llm_model):
+def test_a_join_and_a_finish_do_not_end_a_run_while_nothing_waits(tiny_llm_model):
     """A sequence that joins a running one, with nobody waiting, does not hand the step back after
-    its prefill: its first token is handed over at once and both rows decode on in the same call
-    until it finishes. The statistics count those steps as steps of two rows."""
+    its prefill: its first token is handed over at once and both rows decode on in the same call.
+    When it finishes, it leaves the batch in the worker, its last tokens reach its stream, and the
+    other row goes on in the same call. The statistics count the shared steps as steps of two rows."""
     engine = _engine(tiny_llm_model, stream_interval_ms=1000)
     stop = tuple(engine.tokenizer.eos_token_ids)
     want = tiny_llm.reference_greedy(tiny_llm_model / "1", engine.tokenizer.encode("Python is"), 5, stop)
@@ -259,19 +260,28 @@ def test_a_join_runs_the_whole_batch_ahead_in_the_same_hand_off(tiny_llm_model):
     engine._step = counting_step
 
     async def run():
+        order = []
+
+        async def collect(name, stream):
+            got = await _collect(stream)
+            order.append((name, engine.stats.active))
+            return got
+
         long = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=120, temperature=0, logit_bias=NO_EOS),
                                                prompt="hello"))
         await long.__anext__()
         short = engine.submit(GenerationRequest("tiny", SamplingParams(max_tokens=5, temperature=0), prompt="Python is"))
-        return await asyncio.gather(_collect(long), _collect(short))
+        got = await asyncio.gather(collect("long", long), collect("short", short))
+        return order, got
 
-    (long_tokens, _, _), (short_tokens, _, reason) = asyncio.run(run())
+    order, ((long_tokens, _, _), (short_tokens, _, reason)) = asyncio.run(run())
     assert len(want) == 5 and short_tokens == want and reason == "length" and len(long_tokens) == 119
-    # The long one's prefill and run (ended by the arrival), the join with its run, the long one alone.
-    assert steps == [(1, 0), (1, 1), (0, 1)]
+    # The long one's prefill and run (ended by the arrival), then the join and one run to the end.
+    assert steps == [(1, 0), (1, 1)]
+    assert order == [("short", 1), ("long", 0)]  # the short one left the batcher while the long one ran
     assert engine.stats.steps_multi == 4  # the short one's 4 decode steps, each with the long one
     assert engine.stats.decode_steps == 119  # model calls: the short one's 4 were among the long one's
-
+    assert engine.stats.finished == {"length": 2} and engine.decoder.rows <= 1
 
 def test_penalised_and_plain_sequences_share_steps(tiny_llm_model):
     """A batch mixing sequences with and without logit_bias/penalties: the plain ones still equal

@@ -1,8 +1,8 @@
 """The continuous batcher: which sequences leave, join and decode at each step.
 
 A plain synchronous object with the clock passed in, stepped by the engine (or by a
-test, by hand): ``admit`` new sequences, ask for the ``next_step`` plan, ``complete`` it
-with the sequences that finished, ``cancel`` one whose client went away, ``expire``
+test, by hand): ``admit`` new sequences, ask for the ``next_step`` plan, ``complete`` the
+sequences that finished, ``cancel`` one whose client went away, ``expire``
 those that waited too long to join. It never touches tensors.
 
 Sequences join in arrival order (no overtaking, so a long request cannot starve) while
@@ -114,8 +114,9 @@ class ContinuousBatcher:
             longest = new_longest
         return plan
 
-    def complete(self, plan: StepPlan, finished: Iterable[int]) -> None:
-        """Sequences of ``plan`` that finished leave the batch at the next step."""
+    def complete(self, finished: Iterable[int]) -> None:
+        """Running sequences that finished leave the batch at the next step (a step's, or those
+        that finished while a run went on)."""
         for seq_id in finished:
             if self._running.pop(seq_id, None) is not None:
                 self._leaving.append(seq_id)

@@ -81,6 +81,7 @@ class _StepResult:
     prefill_runs: int = 0
     decode_steps: int = 0  # decode calls run for the plan: more than one when the batch ran ahead
     joined_steps: int = 0  # of those, the ones after the join: the joining rows took part in them
+    step_rows: list[int] = field(default_factory=list)  # rows of each decode call (some may leave during a run)
     prefill_end_ns: int = 0  # engine clock; set when the batch ran ahead after a join
     step_ns: int = 0
     repad_ns: int = 0
@@ -312,17 +313,13 @@ class GenerationEngine:
         finished = self._deliver_events(result.events)
         for seq_id in plan.leaving:
             self._seqs.pop(seq_id, None)
-        for rows, steps in ((len(plan.decoding), result.decode_steps - result.joined_steps),
-                            (len(plan.decoding) + len(plan.joining), result.joined_steps)):
-            if rows and steps:
-                for _ in range(steps):
-                    stats.step_sequences.observe(rows)
-                if rows > 1:
-                    stats.steps_multi += steps
+        for rows in result.step_rows:
+            stats.step_sequences.observe(rows)
+            stats.steps_multi += rows > 1
         stats.prefill_runs += result.prefill_runs
         stats.step_ns += result.step_ns
         stats.repad_ns += result.repad_ns
-        self.batcher.complete(plan, finished)
+        self.batcher.complete(finished)
         self._refresh_gauges()
 
     def _deliver_events(self, events: list[tuple[Sequence, GenerationEvent]]) -> list[int]:
@@ -345,14 +342,20 @@ class GenerationEngine:
         return finished
 
     def _publish(self, result: _StepResult) -> None:
-        """Worker thread: hands the tokens made so far to the loop and goes on decoding. They hold no
-        finish (a finish ends the run first), so the step's own delivery still sees every finish."""
+        """Worker thread: hands the tokens made so far to the loop and goes on decoding. A finish
+        among them leaves the batcher there (its row already left the decoder: ``_leave_in_run``)."""
         events, result.events = result.events, []
         assert self._loop is not None  # set by _run, which started this step
         try:
-            self._loop.call_soon_threadsafe(self._deliver_events, events)
+            self._loop.call_soon_threadsafe(self._deliver_published, events)
         except RuntimeError:  # the loop closed under a step still running at shutdown: nobody reads them
             self._interrupt = True
+
+    def _deliver_published(self, events: list[tuple[Sequence, GenerationEvent]]) -> None:
+        finished = self._deliver_events(events)
+        if finished:
+            self.batcher.complete(finished)
+            self._refresh_gauges()
 
     def _fail_running(self, exc: BaseException) -> None:
         for seq_id in self.batcher.fail_all():
@@ -396,7 +399,7 @@ class GenerationEngine:
                 self._sample(seqs, logits, None, result)
             self._run_after_join(plan, result, keep_running)
         result.step_ns = time.perf_counter_ns() - start
-        result.repad_ns = repad
+        result.repad_ns += repad
         return result
 
     def _decode(self, seqs: list[Sequence], result: _StepResult) -> None:
@@ -405,21 +408,28 @@ class GenerationEngine:
         logits = self.decoder.decode({s.seq_id: s.last_token for s in seqs})
         self._sample(seqs, logits, masks, result)
         result.decode_steps += 1
+        result.step_rows.append(len(seqs))
 
     def _run_ahead(self, seqs: list[Sequence], start_ns: int, result: _StepResult, keep_running: bool) -> None:
-        """More decode steps of the same batch while nothing would change it: no sequence finished
-        and the loop has not asked for the batch back. Each step's tokens still become their own
-        events, and they reach the loop at least once per stream interval (judged by the last
-        step's time): at the end of the run, or, with ``keep_running``, handed over while the run
-        goes on (the worker would otherwise idle through a round trip to the loop every interval)."""
+        """More decode steps of the same batch while the loop has not asked for it back. Each step's
+        tokens still become their own events, and they reach the loop at least once per stream
+        interval (judged by the last step's time): at the end of the run, or, with ``keep_running``,
+        handed over while the run goes on (the worker would otherwise idle through a round trip to
+        the loop every interval). A sequence that finishes ends the run, unless ``keep_running``
+        and others remain: then it leaves in the worker and the rest decode on."""
         interval = self._interval_ns
         if interval <= 0:
             return
         last_end = time.perf_counter_ns()
         step_ns = last_end - start_ns
         since = start_ns  # the oldest token not yet handed to the loop was made after this
-        while (not self._interrupt
-               and not any(event.finish_reason is not None for _, event in result.events[-len(seqs):])):
+        while not self._interrupt:
+            finishing = [seq for seq, event in result.events[-len(seqs):] if event.finish_reason is not None]
+            if finishing:
+                if not keep_running or len(finishing) == len(seqs) or any(s.trace is not None for s in finishing):
+                    return  # traced ones end the run: their spans are stamped on the loop before the finish
+                seqs = self._leave_in_run(seqs, finishing, result)
+                since = last_end
             if last_end + step_ns - since > interval:
                 if not keep_running:
                     return
@@ -428,6 +438,15 @@ class GenerationEngine:
             self._decode(seqs, result)
             now = time.perf_counter_ns()
             step_ns, last_end = now - last_end, now
+
+    def _leave_in_run(self, seqs: list[Sequence], finishing: list[Sequence], result: _StepResult) -> list[Sequence]:
+        """Finished sequences leave the decoder now and their last events (all made so far) go to
+        the loop, where they leave the batcher; the next plan's release of them finds nothing."""
+        start = time.perf_counter_ns()
+        self.decoder.release([s.seq_id for s in finishing])
+        result.repad_ns += time.perf_counter_ns() - start
+        self._publish(result)
+        return [s for s in seqs if s not in finishing]
 
     def _run_after_join(self, plan: StepPlan, result: _StepResult, keep_running: bool) -> None:
         """After a join, the whole batch runs ahead when it may go on past the interval: the new
