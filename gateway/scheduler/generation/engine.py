@@ -6,11 +6,12 @@ whole step to the engine's one worker thread: release the rows that left, one ba
 decode call for every running sequence, one prefill call per distinct prompt length
 for those joining, then sampling, detokenisation and stop checks for all of them. The
 worker then runs further decode steps of the same batch (a thread hand-off costs about a
-small model's step; after a join, once the new rows' first tokens are handed over), until
-a sequence finishes or the loop asks for the batch back (an arrival, a cancel). The results come back when the step ends and are pushed
-to each request's stream; a run that lasts longer than ``stream_interval_ms`` hands the
-tokens made so far to the loop every interval and goes on (with a sequence waiting for a
-place, it ends at the interval instead). Tokenising
+small model's step; after a join, once the new rows' first tokens are handed over) until
+the loop asks for the batch back (an arrival, a cancel); a sequence that finishes leaves
+in the worker and the others go on. The results come back when the step ends and are
+pushed to each request's stream; a run that lasts longer than ``stream_interval_ms`` hands
+the tokens made so far to the loop every interval and goes on. With a sequence waiting for
+a place, a run ends at the interval or at a finish instead. Tokenising
 and admission happen on the event loop at submit, so limits are answered (400, 429)
 before a stream starts.
 """
@@ -352,6 +353,7 @@ class GenerationEngine:
             self._interrupt = True
 
     def _deliver_published(self, events: list[tuple[Sequence, GenerationEvent]]) -> None:
+        """On the loop: tokens handed over during a run; the finished leave the batcher."""
         finished = self._deliver_events(events)
         if finished:
             self.batcher.complete(finished)
@@ -446,13 +448,15 @@ class GenerationEngine:
         self.decoder.release([s.seq_id for s in finishing])
         result.repad_ns += time.perf_counter_ns() - start
         self._publish(result)
-        return [s for s in seqs if s not in finishing]
+        gone = {s.seq_id for s in finishing}
+        return [s for s in seqs if s.seq_id not in gone]
 
     def _run_after_join(self, plan: StepPlan, result: _StepResult, keep_running: bool) -> None:
         """After a join, the whole batch runs ahead when it may go on past the interval: the new
         rows' first tokens (and the step's others) are handed to the loop at once, while the
         worker decodes on. Handing the step back instead would cost two thread hand-offs per
-        request, the first token's and the next run's. A finish or an arrival hands back."""
+        request, the first token's and the next run's. A finish in this step hands back, as an
+        arrival does."""
         if (not keep_running or self._interval_ns <= 0 or self._interrupt
                 or any(event.finish_reason is not None for _, event in result.events)):
             return
