@@ -148,7 +148,7 @@ def perf_analyzer_input(directory: str, input_name: str, rows: np.ndarray, *, ba
     """A --input-data file of real rows (perf_analyzer's own random FP32 is random bytes: NaN, Inf).
     ``batch_axis``: each row's shape starts with 1, for a model served with max_batch_size 0."""
     lead = [1] if batch_axis else []
-    path = os.path.join(directory, f"pa-input-{input_name}-{lead}{rows.shape[1:]!s}.json".replace(" ", ""))
+    path = os.path.join(directory, f"pa-input-{input_name}-{[*lead, *rows.shape[1:]]}.json".replace(" ", ""))
     docs = [{input_name: {"content": row.ravel().round(5).tolist(), "shape": lead + list(row.shape)}} for row in rows]
     with open(path, "w") as fh:
         json.dump({"data": docs}, fh)
