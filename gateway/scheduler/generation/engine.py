@@ -311,7 +311,7 @@ class GenerationEngine:
 
     def _deliver(self, plan: StepPlan, result: _StepResult) -> None:
         stats = self.stats
-        finished = self._deliver_events(result.events)
+        self._deliver_events(result.events)
         for seq_id in plan.leaving:
             self._seqs.pop(seq_id, None)
         for rows in result.step_rows:
@@ -320,11 +320,12 @@ class GenerationEngine:
         stats.prefill_runs += result.prefill_runs
         stats.step_ns += result.step_ns
         stats.repad_ns += result.repad_ns
-        self.batcher.complete(finished)
         self._refresh_gauges()
 
-    def _deliver_events(self, events: list[tuple[Sequence, GenerationEvent]]) -> list[int]:
-        """Tokens to their streams (on the loop); the ids of the sequences that finished."""
+    def _deliver_events(self, events: list[tuple[Sequence, GenerationEvent]]) -> None:
+        """Tokens to their streams (on the loop), at a step's end or handed over during a run; the
+        sequences that finished leave the batcher (their rows leave the decoder at the next step,
+        or left it already in the worker: ``_leave_in_run``)."""
         stats = self.stats
         now = self._clock_ns()
         finished = []
@@ -340,24 +341,18 @@ class GenerationEngine:
                 seq.stream.push(event)
             if event.finish_reason is not None:
                 seq.done = True
-        return finished
-
-    def _publish(self, result: _StepResult) -> None:
-        """Worker thread: hands the tokens made so far to the loop and goes on decoding. A finish
-        among them leaves the batcher there (its row already left the decoder: ``_leave_in_run``)."""
-        events, result.events = result.events, []
-        assert self._loop is not None  # set by _run, which started this step
-        try:
-            self._loop.call_soon_threadsafe(self._deliver_published, events)
-        except RuntimeError:  # the loop closed under a step still running at shutdown: nobody reads them
-            self._interrupt = True
-
-    def _deliver_published(self, events: list[tuple[Sequence, GenerationEvent]]) -> None:
-        """On the loop: tokens handed over during a run; the finished leave the batcher."""
-        finished = self._deliver_events(events)
         if finished:
             self.batcher.complete(finished)
             self._refresh_gauges()
+
+    def _publish(self, result: _StepResult) -> None:
+        """Worker thread: hands the tokens made so far to the loop and goes on decoding."""
+        events, result.events = result.events, []
+        assert self._loop is not None  # set by _run, which started this step
+        try:
+            self._loop.call_soon_threadsafe(self._deliver_events, events)
+        except RuntimeError:  # the loop closed under a step still running at shutdown: nobody reads them
+            self._interrupt = True
 
     def _fail_running(self, exc: BaseException) -> None:
         for seq_id in self.batcher.fail_all():
